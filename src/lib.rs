@@ -1,0 +1,16 @@
+//! pyward: a sandbox executor for untrusted Python.
+//!
+//! A [`Submission`] goes in, an [`Outcome`] comes out; a [`SandboxPolicy`]
+//! says what the program may do.
+#![deny(missing_docs)]
+
+mod arch;
+mod policy;
+mod runtime;
+mod seccomp;
+#[doc(hidden)]
+pub mod sys;
+
+pub use arch::{Arch, UnknownArch};
+pub use policy::*;
+pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};

@@ -1,0 +1,94 @@
+//! What one run produced: the verdict, the output and the resources used.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// Why a run ended. The names are a public contract (docs/API.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The program exited with status 0.
+    Ok,
+    /// The program exited with a non-zero status.
+    RuntimeError,
+    /// The program was killed by a signal not caused by a limit.
+    Signaled,
+    /// The wall-clock limit was reached; the sandbox was killed.
+    Timeout,
+    /// The CPU-time limit was reached.
+    CpuLimit,
+    /// The memory limit was reached (an OOM kill).
+    MemoryLimit,
+    /// stdout or stderr passed its cap; the sandbox was killed.
+    OutputLimit,
+    /// The process limit was reached and the program failed.
+    PidsLimit,
+    /// The seccomp filter killed the program for a forbidden syscall.
+    SecurityViolation,
+    /// pyward could not set the sandbox up. Never the program's fault.
+    SandboxError,
+}
+
+impl Verdict {
+    /// The snake_case name used in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::RuntimeError => "runtime_error",
+            Verdict::Signaled => "signaled",
+            Verdict::Timeout => "timeout",
+            Verdict::CpuLimit => "cpu_limit",
+            Verdict::MemoryLimit => "memory_limit",
+            Verdict::OutputLimit => "output_limit",
+            Verdict::PidsLimit => "pids_limit",
+            Verdict::SecurityViolation => "security_violation",
+            Verdict::SandboxError => "sandbox_error",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One captured stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captured {
+    /// The bytes kept, at most the policy's output cap.
+    pub bytes: Vec<u8>,
+    /// True when the program wrote more than was kept.
+    pub truncated: bool,
+}
+
+/// Resources one run used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Wall-clock time from sandbox start to the end of its last process.
+    pub wall: Duration,
+    /// User plus system CPU time of every process in the sandbox.
+    pub cpu: Duration,
+    /// Peak memory of the sandbox, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Why the run ended.
+    pub verdict: Verdict,
+    /// The program's exit status, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the program, when one did.
+    pub signal: Option<i32>,
+    /// What the program wrote to stdout.
+    pub stdout: Captured,
+    /// What the program wrote to stderr.
+    pub stderr: Captured,
+    /// Resources used.
+    pub usage: Usage,
+    /// For `sandbox_error` and limit verdicts: a sentence saying what happened.
+    pub message: Option<String>,
+}

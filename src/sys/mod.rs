@@ -1,0 +1,5 @@
+//! The only home of `unsafe` and raw syscalls in pyward: clone, mounts,
+//! pivot_root, capabilities, rlimits, fds and cgroup files. Each unsafe block
+//! says why it is sound. Code here knows nothing of policies or verdicts.
+
+pub mod probe;
