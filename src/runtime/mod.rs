@@ -7,3 +7,30 @@ mod submission;
 
 pub use outcome::{Captured, Outcome, Usage, Verdict};
 pub use submission::{Entrypoint, InputFile, Submission};
+
+pub mod native;
+
+use crate::policy::SandboxPolicy;
+
+/// A way to run a submission in a sandbox. Every front end goes through one.
+pub trait Runtime: Send + Sync {
+    /// A short name for logs and the `--runtime` flag (`native`, `docker`).
+    fn name(&self) -> &'static str;
+
+    /// Runs `submission` under `policy`, which the caller has already tightened
+    /// with the submission's overrides. Setup failures inside the sandbox come
+    /// back as an `Outcome` with verdict `sandbox_error`; `Err` means the run
+    /// never started.
+    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError>;
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The submission itself is malformed (a bad file path, NUL bytes, an unknown entrypoint).
+    #[error("invalid submission: {0}")]
+    InvalidSubmission(String),
+    /// The runtime could not prepare the run on the host.
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
+}
