@@ -6,5 +6,7 @@
 //! the policy file it is asked to load.
 
 mod types;
+mod units;
 
 pub use types::*;
+pub use units::{QuantityKind, UnitError, format_duration, parse_duration};
