@@ -21,6 +21,8 @@ mod compile;
 mod docker;
 mod error;
 mod table;
+#[cfg(test)]
+mod tests;
 
 pub use allowlist::{
     Allowlist, ArgCondition, ArgOp, BUILTIN_ALLOWLISTS, SyscallRule, dangerous_syscalls,
