@@ -195,6 +195,18 @@ mod tests {
     }
 
     #[test]
+    fn the_dangerous_set_compiles_on_both_arches() {
+        for arch in Arch::ALL {
+            let count = dangerous_syscalls()
+                .iter()
+                .filter(|r| table::number(arch, &r.name).is_some())
+                .count();
+            println!("dangerous set on {arch}: {count} syscalls killed");
+            assert!(count >= 45, "{arch}: {count}");
+        }
+    }
+
+    #[test]
     fn names_missing_on_an_arch_are_skipped_there_only() {
         let list = Allowlist::builtin("python-standard").unwrap();
         let amd64 = compile(&list, DeniedAction::Errno, Arch::Amd64).unwrap();
