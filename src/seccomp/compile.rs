@@ -39,6 +39,10 @@ pub struct SeccompProgram {
 
 impl SeccompProgram {
     /// The BPF programs, to install in this order (each with `seccompiler::apply_filter`).
+    ///
+    /// The last one is the allowlist: it denies `prctl` and `seccomp`, so no
+    /// filter can be installed after it, and anything the caller does between
+    /// installing it and `execve` must itself be on the allowlist.
     pub fn programs(&self) -> &[BpfProgram] {
         &self.programs
     }
