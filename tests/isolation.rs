@@ -21,7 +21,10 @@ fn a_listener_in_the_hosts_network_namespace_is_unreachable() {
     // lo is down in a fresh network namespace: no route at all.
     prints(&code, "OSError 101\n");
     listener.set_nonblocking(true).unwrap();
-    assert!(listener.accept().is_err(), "nothing may have reached the host's listener");
+    assert!(
+        listener.accept().is_err(),
+        "nothing may have reached the host's listener"
+    );
 }
 
 #[test]
@@ -36,12 +39,17 @@ fn loopback_policy_talks_to_itself_but_not_to_the_host() {
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let host_port = host.local_addr().unwrap().port();
     let text = "[seccomp]\nallowlist = \"python-strict\"\n";
-    let mut policy = SandboxPolicy::from_toml("loop", &format!("network = \"loopback\"\n{text}"), "test").unwrap();
+    let mut policy =
+        SandboxPolicy::from_toml("loop", &format!("network = \"loopback\"\n{text}"), "test")
+            .unwrap();
     policy.name = "loopback".into();
     let code = format!(
         "import socket\nsrv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\nc = socket.create_connection(srv.getsockname(), timeout=2)\nprint('self ok')\ntry:\n    socket.create_connection(('127.0.0.1', {host_port}), timeout=2)\n    print('reached host')\nexcept OSError as e:\n    print(type(e).__name__)"
     );
-    let case = Case { policy, submission: Submission::code(code) };
+    let case = Case {
+        policy,
+        submission: Submission::code(code),
+    };
     case.expect_stdout("self ok\nConnectionRefusedError\n");
 }
 
@@ -64,9 +72,7 @@ fn host_files_outside_the_rootfs_are_not_there() {
         "/var/run/docker.sock".into(),
         "/sys/fs/cgroup".into(),
     ];
-    let code = format!(
-        "import os\nfor p in {paths:?}:\n    print(p, os.path.exists(p))"
-    );
+    let code = format!("import os\nfor p in {paths:?}:\n    print(p, os.path.exists(p))");
     let expected: String = paths.iter().map(|p| format!("{p} False\n")).collect();
     prints(&code, &expected);
 }
@@ -119,8 +125,14 @@ fn only_stdio_is_inherited() {
 fn proc_self_exe_is_not_writable() {
     let code = "import errno\ntry:\n    open('/proc/self/exe', 'wb')\n    print('WRITABLE')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
     for outcome in Case::code("strict", code).expect(Verdict::Ok) {
-        let out = String::from_utf8_lossy(&outcome.stdout.bytes).trim().to_owned();
-        assert!(["ETXTBSY", "EROFS", "EACCES"].contains(&out.as_str()), "{}", describe(&outcome));
+        let out = String::from_utf8_lossy(&outcome.stdout.bytes)
+            .trim()
+            .to_owned();
+        assert!(
+            ["ETXTBSY", "EROFS", "EACCES"].contains(&out.as_str()),
+            "{}",
+            describe(&outcome)
+        );
     }
 }
 
@@ -131,7 +143,10 @@ fn hostname_and_environment_are_the_sandboxs_own() {
     for outcome in Case::code("strict", code).expect(Verdict::Ok) {
         let out = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
         assert!(out.starts_with("pyward\n"), "{out}");
-        assert!(!out.contains("CARGO") && !out.contains("RUST"), "host environment leaked: {out}");
+        assert!(
+            !out.contains("CARGO") && !out.contains("RUST"),
+            "host environment leaked: {out}"
+        );
     }
 }
 
@@ -139,7 +154,10 @@ fn hostname_and_environment_are_the_sandboxs_own() {
 fn a_setup_failure_is_a_sandbox_error_not_the_programs() {
     let mut policy = SandboxPolicy::builtin("strict").unwrap();
     policy.user.uid = 70000; // outside the mapped range: the switch of user fails
-    let case = Case { policy, submission: Submission::code("print('never')") };
+    let case = Case {
+        policy,
+        submission: Submission::code("print('never')"),
+    };
     for outcome in case.expect(Verdict::SandboxError) {
         let message = outcome.message.clone().unwrap();
         assert!(message.contains("switch to the sandbox user"), "{message}");
@@ -157,5 +175,8 @@ fn udp_sockets_cannot_reach_the_host_either() {
     prints(&code, "101\n");
     host.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 8];
-    assert!(host.recv_from(&mut buf).is_err(), "the host received a datagram");
+    assert!(
+        host.recv_from(&mut buf).is_err(),
+        "the host received a datagram"
+    );
 }

@@ -7,3 +7,4 @@ pub mod cgroup;
 pub mod clone;
 pub mod probe;
 pub mod process;
+pub mod syscall_probe;
