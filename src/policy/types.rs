@@ -52,7 +52,7 @@ pub enum Network {
 }
 
 /// What happens to a syscall that is not on the allowlist (the dangerous set is always killed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeniedAction {
     /// The syscall fails with EPERM and the program carries on.
     Errno,

@@ -241,7 +241,7 @@ fn setup_payload(plan: &Plan, fds: ChildFds) -> StepResult {
     sys::process::reset_signals().at(Step::ResetSignals)?;
     // no_new_privs, then the seccomp filters: the last step before execve.
     nix::sys::prctl::set_no_new_privs().at(Step::NoNewPrivs)?;
-    for program in &plan.seccomp {
+    for program in plan.seccomp.programs() {
         seccompiler::apply_filter(program).map_err(|_| (Step::Seccomp, Errno::last()))?;
     }
     // The interpreter, with a clean environment.

@@ -12,9 +12,13 @@ mod supervise;
 mod verdict;
 
 use super::{Outcome, RunError, Runtime, Submission};
-use crate::policy::SandboxPolicy;
+use crate::arch::Arch;
+use crate::policy::{DeniedAction, SandboxPolicy};
+use crate::seccomp::{self, Allowlist, SeccompError, SeccompProgram};
 use crate::sys::cgroup::{CgroupError, CgroupLimits, CgroupPool, Layout};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use supervise::IdMap;
 
 /// Host-side settings of the native runtime.
@@ -57,6 +61,9 @@ pub enum NativeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The policy's seccomp allowlist could not be loaded or compiled.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// cgroups could not be set up or read.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
@@ -107,6 +114,8 @@ pub struct NativeRuntime {
     config: NativeConfig,
     cgroups: CgroupPool,
     ids: IdMap,
+    /// Compiled filters by (allowlist, denied action): compiling once per policy, not per run.
+    filters: Mutex<HashMap<(String, DeniedAction), Arc<SeccompProgram>>>,
 }
 
 impl NativeRuntime {
@@ -137,7 +146,24 @@ impl NativeRuntime {
             config,
             cgroups,
             ids,
+            filters: Mutex::default(),
         })
+    }
+
+    /// The seccomp filters for `policy` on this host's architecture, compiled once.
+    fn seccomp(&self, policy: &SandboxPolicy) -> Result<Arc<SeccompProgram>, NativeError> {
+        let key = (policy.seccomp.allowlist.clone(), policy.seccomp.denied);
+        let mut filters = self
+            .filters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(program) = filters.get(&key) {
+            return Ok(program.clone());
+        }
+        let allowlist = Allowlist::load(&key.0, None)?;
+        let program = Arc::new(seccomp::compile(&allowlist, key.1, Arch::host())?);
+        filters.insert(key, program.clone());
+        Ok(program)
     }
 
     /// The cgroup version in use ("v1" or "v2").
@@ -152,7 +178,7 @@ impl Runtime for NativeRuntime {
     }
 
     fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
-        let seccomp = Vec::new();
+        let seccomp = self.seccomp(policy)?;
         let privileged = matches!(self.ids, IdMap::Range { .. });
         let plan = plan::Plan::new(&self.config, policy, submission, seccomp, privileged)?;
         let cgroup = self.cgroups.acquire().map_err(NativeError::from)?;

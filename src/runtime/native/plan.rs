@@ -4,11 +4,13 @@
 use super::NativeConfig;
 use crate::policy::{Network, SandboxPolicy};
 use crate::runtime::{Entrypoint, RunError, Submission};
+use crate::seccomp::SeccompProgram;
 use nix::mount::MsFlags;
 use nix::sys::resource::Resource;
 use nix::sys::statvfs::{FsFlags, statvfs};
 use std::ffi::{CString, c_char};
 use std::path::Path;
+use std::sync::Arc;
 
 /// The work dir inside the sandbox, the program's cwd.
 pub const WORK_DIR: &str = "/work";
@@ -54,7 +56,7 @@ pub struct Plan {
     /// True when uid 0 inside is mapped (pyward runs as root): the stub becomes
     /// the namespace's root and the payload may call setgroups.
     pub privileged_map: bool,
-    pub seccomp: Vec<seccompiler::BpfProgram>,
+    pub seccomp: Arc<SeccompProgram>,
     pub exe: CString,
     /// Owners of the strings `argv_ptrs` and `envp_ptrs` point into.
     #[allow(dead_code)]
@@ -75,7 +77,7 @@ impl Plan {
         config: &NativeConfig,
         policy: &SandboxPolicy,
         submission: &Submission,
-        seccomp: Vec<seccompiler::BpfProgram>,
+        seccomp: Arc<SeccompProgram>,
         privileged_map: bool,
     ) -> Result<Plan, RunError> {
         let root = config.state_dir.join("root");
