@@ -79,6 +79,9 @@ mod tests {
         assert_eq!("amd64".parse::<Arch>().unwrap(), Arch::Amd64);
         assert_eq!("aarch64".parse::<Arch>().unwrap(), Arch::Arm64);
         let err = "riscv64".parse::<Arch>().unwrap_err().to_string();
-        assert!(err.contains("riscv64") && err.contains("amd64, arm64"), "{err}");
+        assert!(
+            err.contains("riscv64") && err.contains("amd64, arm64"),
+            "{err}"
+        );
     }
 }

@@ -14,5 +14,6 @@ pub mod sys;
 pub use arch::{Arch, UnknownArch};
 pub use policy::*;
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime};
-pub use runtime::{RunError, Runtime};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
+pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
+pub use runtime::{RunError, Runtime};

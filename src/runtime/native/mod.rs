@@ -13,7 +13,9 @@ pub struct NativeConfig {
 
 impl Default for NativeConfig {
     fn default() -> Self {
-        NativeConfig { python: "/usr/bin/python3".into() }
+        NativeConfig {
+            python: "/usr/bin/python3".into(),
+        }
     }
 }
 
