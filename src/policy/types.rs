@@ -9,9 +9,19 @@ use std::time::Duration;
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// `n` kibibytes.
+    pub const fn kib(n: u64) -> ByteSize {
+        ByteSize(n * 1024)
+    }
+
     /// `n` mebibytes.
     pub const fn mib(n: u64) -> ByteSize {
         ByteSize(n * 1024 * 1024)
+    }
+
+    /// `n` gibibytes.
+    pub const fn gib(n: u64) -> ByteSize {
+        ByteSize(n * 1024 * 1024 * 1024)
     }
 
     /// The number of bytes.
@@ -50,6 +60,48 @@ pub enum DeniedAction {
     Kill,
 }
 
+impl Network {
+    /// The secure default: no network at all.
+    pub const fn strict() -> Network {
+        Network::None
+    }
+
+    /// The word used in policy files: `none` or `loopback`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Loopback => "loopback",
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl DeniedAction {
+    /// The default: a denied syscall fails with EPERM (Python handles that gracefully).
+    pub const fn strict() -> DeniedAction {
+        DeniedAction::Errno
+    }
+
+    /// The word used in policy files: `errno` or `kill`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeniedAction::Errno => "errno",
+            DeniedAction::Kill => "kill",
+        }
+    }
+}
+
+impl fmt::Display for DeniedAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Resource limits. Every field is enforced by both runtimes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -71,6 +123,24 @@ pub struct Limits {
     pub tmpfs: ByteSize,
     /// CPU bandwidth, in cores (a CFS quota): 0.5 is half of one core.
     pub cpus: f64,
+}
+
+impl Limits {
+    /// The strict limits: the defaults for every field a policy file omits,
+    /// and the values of the shipped `strict` policy.
+    pub const fn strict() -> Limits {
+        Limits {
+            wall_time: Duration::from_secs(10),
+            cpu_time: Duration::from_secs(5),
+            memory: ByteSize::mib(256),
+            pids: 32,
+            open_files: 64,
+            file_size: ByteSize::mib(16),
+            output: ByteSize::mib(1),
+            tmpfs: ByteSize::mib(16),
+            cpus: 1.0,
+        }
+    }
 }
 
 /// Per-run limits a caller asks for. Each may only tighten the policy's value.
@@ -105,6 +175,26 @@ pub struct EnvPolicy {
     pub allow: Vec<String>,
 }
 
+impl EnvPolicy {
+    /// The strict environment: a minimal fixed set, and nothing a request may add.
+    pub fn strict() -> EnvPolicy {
+        let set = [
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("LANG", "C.UTF-8"),
+            ("HOME", "/tmp"),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+            ("PYTHONUNBUFFERED", "1"),
+        ];
+        EnvPolicy {
+            set: set
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+            allow: Vec::new(),
+        }
+    }
+}
+
 /// The seccomp part of a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeccompSettings {
@@ -114,6 +204,16 @@ pub struct SeccompSettings {
     pub denied: DeniedAction,
 }
 
+impl SeccompSettings {
+    /// The strict allowlist (`python-strict`), denied syscalls failing with EPERM.
+    pub fn strict() -> SeccompSettings {
+        SeccompSettings {
+            allowlist: "python-strict".to_owned(),
+            denied: DeniedAction::strict(),
+        }
+    }
+}
+
 /// The user the program runs as, inside the sandbox's user namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SandboxUser {
@@ -121,6 +221,16 @@ pub struct SandboxUser {
     pub uid: u32,
     /// gid inside the sandbox (65534 by default; never 0).
     pub gid: u32,
+}
+
+impl SandboxUser {
+    /// `nobody`: uid and gid 65534.
+    pub const fn strict() -> SandboxUser {
+        SandboxUser {
+            uid: 65534,
+            gid: 65534,
+        }
+    }
 }
 
 /// A complete, validated policy.
