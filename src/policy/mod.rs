@@ -21,6 +21,9 @@ mod rules;
 mod types;
 mod units;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::PolicyError;
 pub use load::BUILTIN_POLICIES;
 pub use types::*;

@@ -70,7 +70,7 @@ impl fmt::Display for QuantityKind {
 /// A size or duration string that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
-    /// The text does not start with a whole number (empty, signed, fractional, ...).
+    /// The text is not a whole number, with or without a unit (empty, signed, fractional, ...).
     #[error("invalid {kind} `{input}`: expected {}", .kind.expected())]
     Malformed {
         /// Size or duration.
@@ -125,7 +125,8 @@ fn split_quantity(kind: QuantityKind, input: &str) -> Result<(u64, &str), UnitEr
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(digits_end);
-    if digits.is_empty() {
+    // "1.5s", "-1", "" : not a whole number, whatever follows.
+    if digits.is_empty() || unit.starts_with(['.', ',']) {
         return Err(UnitError::Malformed {
             kind,
             input: input.to_owned(),
