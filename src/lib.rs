@@ -19,3 +19,8 @@ pub use runtime::native::{NativeConfig, NativeError, NativeRuntime};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
 pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
 pub use runtime::{RunError, Runtime};
+pub use seccomp::{
+    Allowlist, ArgCondition, ArgOp, ArgProblem, BUILTIN_ALLOWLISTS, SeccompError, SeccompProgram,
+    SyscallRule, compile as compile_seccomp, dangerous_syscalls,
+    docker_profile as seccomp_docker_profile,
+};

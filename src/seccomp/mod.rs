@@ -5,3 +5,28 @@
 //! Depends on `policy` (for `DeniedAction`) and `arch` only. Installing a
 //! filter is the caller's business (the native runtime's payload, right
 //! before execve); nothing here installs a filter on the calling thread.
+//!
+//! The model: a syscall on the allowlist (with its argument conditions
+//! holding) is allowed; a syscall in the dangerous set kills the process
+//! (`security_violation`); anything else gets the policy's [`DeniedAction`]
+//! (EPERM or kill); `clone3` gets ENOSYS so that glibc falls back to `clone`,
+//! whose flags can be checked. Every filter checks the audit architecture, so
+//! the i386 ABI is killed, and x32 numbers never match an allowed number.
+//! See `compile.rs` for how the filters are stacked, and docs/SECURITY.md.
+//!
+//! [`DeniedAction`]: crate::policy::DeniedAction
+
+mod allowlist;
+mod compile;
+mod docker;
+mod error;
+mod table;
+#[cfg(test)]
+mod tests;
+
+pub use allowlist::{
+    Allowlist, ArgCondition, ArgOp, BUILTIN_ALLOWLISTS, SyscallRule, dangerous_syscalls,
+};
+pub use compile::{SeccompProgram, compile};
+pub use docker::docker_profile;
+pub use error::{ArgProblem, SeccompError};

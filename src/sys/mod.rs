@@ -3,3 +3,4 @@
 //! says why it is sound. Code here knows nothing of policies or verdicts.
 
 pub mod probe;
+pub mod syscall_probe;
