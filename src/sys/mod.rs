@@ -2,5 +2,9 @@
 //! pivot_root, capabilities, rlimits, fds and cgroup files. Each unsafe block
 //! says why it is sound. Code here knows nothing of policies or verdicts.
 
+pub mod caps;
+pub mod cgroup;
+pub mod clone;
 pub mod probe;
+pub mod process;
 pub mod syscall_probe;

@@ -1,0 +1,349 @@
+//! The sandbox's side of a run: the pid-1 stub and the payload's setup, as
+//! two lists of named steps. Everything here runs in a copy of a possibly
+//! multi-threaded parent, so it only makes raw syscalls on the prepared
+//! [`Plan`]: no allocation, no locks, no logging.
+
+use super::plan::{Bind, FileWrite, HOSTNAME, Plan};
+use super::status::{Message, Step};
+use crate::sys;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::resource::setrlimit;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{
+    Gid, Pid, Uid, chdir, mkdir, pivot_root, setgroups, sethostname, setresgid, setresuid,
+    symlinkat,
+};
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+use sys::process::rawfd;
+
+/// The fds the child inherits, by number (copies of the parent's, made by clone).
+#[derive(Clone, Copy)]
+pub struct ChildFds {
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    pub status: RawFd,
+    pub go: RawFd,
+}
+
+/// Where the status pipe sits in the payload once stdio is in place.
+const STATUS_FD: RawFd = 3;
+/// Signals the stub takes synchronously: SIGCHLD, and polite stops it forwards.
+const WAITED: [libc::c_int; 7] = [
+    libc::SIGCHLD,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+type StepResult = Result<(), (Step, Errno)>;
+
+/// Tags a failed syscall with the step it belongs to.
+trait At {
+    fn at(self, step: Step) -> StepResult;
+}
+
+impl<T> At for nix::Result<T> {
+    fn at(self, step: Step) -> StepResult {
+        self.map(|_| ()).map_err(|errno| (step, errno))
+    }
+}
+
+/// The pid-1 stub: waits for the parent's go, forks the payload, reaps every
+/// process, forwards polite signals and reports how the payload ended.
+pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
+    if let Err((failed, errno)) = stub_setup(plan, fds) {
+        report(fds.status, Message::setup_failed(failed, errno));
+        exit(1);
+    }
+    let payload_pid = match sys::clone::clone(sys::clone::CloneArgs::default()) {
+        Ok(sys::clone::Cloned::Child) => payload(plan, fds),
+        Ok(sys::clone::Cloned::Parent { pid, .. }) => pid,
+        Err(e) => {
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+            report(fds.status, Message::setup_failed(Step::ForkPayload, errno));
+            exit(1);
+        }
+    };
+    // The payload owns stdio now; the stub keeps only the status pipe.
+    for fd in [fds.stdin, fds.stdout, fds.stderr] {
+        rawfd::close(fd);
+    }
+    let message = reap_until_payload_ends(payload_pid);
+    report(fds.status, message);
+    // pid 1 exiting makes the kernel kill whatever the program left behind.
+    exit(0)
+}
+
+fn stub_setup(plan: &Plan, fds: ChildFds) -> StepResult {
+    // Wait until the parent has written the id maps and placed us in the cgroup.
+    let mut byte = [0u8; 1];
+    match rawfd::read(fds.go, &mut byte) {
+        Ok(1) => {}
+        Ok(_) => return Err((Step::WaitForParent, Errno::EPIPE)),
+        Err(errno) => return Err((Step::WaitForParent, errno)),
+    }
+    rawfd::close(fds.go);
+    // Run the rest of the setup as the namespace's root: an unprivileged host uid.
+    if plan.privileged_map {
+        become_namespace_root().at(Step::BecomeNamespaceRoot)?;
+    }
+    // A cgroup namespace rooted at the sandbox's own cgroup.
+    unshare(CloneFlags::CLONE_NEWCGROUP).at(Step::UnshareCgroup)?;
+    // Take SIGCHLD and polite stops synchronously (the payload unblocks them).
+    sys::process::block_signals(&WAITED).at(Step::BlockSignals)
+}
+
+fn become_namespace_root() -> nix::Result<()> {
+    let (root_gid, root_uid) = (Gid::from_raw(0), Uid::from_raw(0));
+    setresgid(root_gid, root_gid, root_gid)?;
+    setresuid(root_uid, root_uid, root_uid)
+}
+
+/// Reaps children until the payload is among them, forwarding polite signals.
+fn reap_until_payload_ends(payload: libc::pid_t) -> Message {
+    loop {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == payload => {
+                    return Message::exited(code);
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == payload => {
+                    return Message::signaled(sig as i32);
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if let Some(sig) = sys::process::wait_signal(&WAITED, 1000)
+            && sig != libc::SIGCHLD
+            && let Ok(signal) = Signal::try_from(sig)
+        {
+            let _ = kill(Pid::from_raw(payload), signal);
+        }
+    }
+}
+
+/// The payload: builds the sandbox around itself, step by step, then execs
+/// the interpreter. Reports the failing step over the status pipe otherwise.
+fn payload(plan: &Plan, fds: ChildFds) -> ! {
+    let failure = match setup_payload(plan, fds) {
+        Err(failed) => failed,
+        // setup_payload ends in execve, which returns only on failure.
+        Ok(()) => (Step::Execve, Errno::UnknownErrno),
+    };
+    report(STATUS_FD, Message::setup_failed(failure.0, failure.1));
+    exit(127)
+}
+
+fn setup_payload(plan: &Plan, fds: ChildFds) -> StepResult {
+    // stdin, stdout, stderr from the parent; the status pipe at fd 3, close-on-exec.
+    set_stdio(fds).at(Step::Stdio)?;
+    // Nothing we mount may propagate back to the host.
+    mount(
+        None::<&CStr>,
+        c"/",
+        None::<&CStr>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&CStr>,
+    )
+    .at(Step::MakeMountsPrivate)?;
+    // A small tmpfs becomes the new root; it is sealed read-only below.
+    mount(
+        Some(c"pyward"),
+        plan.new_root.as_c_str(),
+        Some(c"tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(plan.root_options.as_c_str()),
+    )
+    .at(Step::MountRoot)?;
+    // Mount points, merged-/usr symlinks, /etc files and device placeholders.
+    build_skeleton(plan)?;
+    // The interpreter and its libraries: read-only binds of the host's /usr.
+    plan.binds
+        .iter()
+        .try_for_each(bind_read_only)
+        .map_err(|e| (Step::BindHost, e))?;
+    // /dev/null, zero, full, random, urandom: binds of the host's nodes.
+    plan.devices
+        .iter()
+        .try_for_each(bind_device)
+        .map_err(|e| (Step::BindDevices, e))?;
+    // A /proc of the sandbox's own pid namespace.
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some(c"proc"),
+        plan.proc_dir.as_c_str(),
+        Some(c"proc"),
+        hardened,
+        None::<&CStr>,
+    )
+    .at(Step::MountProc)?;
+    // A size-limited, noexec /tmp.
+    mount(
+        Some(c"tmpfs"),
+        plan.tmp_dir.as_c_str(),
+        Some(c"tmpfs"),
+        hardened,
+        Some(plan.tmp_options.as_c_str()),
+    )
+    .at(Step::MountTmp)?;
+    // The work dir, owned by the sandbox user, with the program and its inputs.
+    mount(
+        Some(c"tmpfs"),
+        plan.work_dir.as_c_str(),
+        Some(c"tmpfs"),
+        hardened,
+        Some(plan.work_options.as_c_str()),
+    )
+    .at(Step::MountWork)?;
+    write_work_files(plan)?;
+    // Seal the new root read-only.
+    let seal = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        None::<&CStr>,
+        plan.new_root.as_c_str(),
+        None::<&CStr>,
+        seal,
+        None::<&CStr>,
+    )
+    .at(Step::SealRoot)?;
+    // Enter the new root and detach the host's.
+    enter_new_root(plan).at(Step::PivotRoot)?;
+    // Our own hostname in our own uts namespace.
+    sethostname(HOSTNAME).at(Step::Hostname)?;
+    // `loopback` policies get a working lo; otherwise no interface is up.
+    if plan.loopback {
+        sys::process::loopback_up().at(Step::Loopback)?;
+    }
+    // rlimits: no core dumps, open files, file size, CPU seconds (a backstop).
+    for &(resource, soft, hard) in &plan.rlimits {
+        setrlimit(resource, soft, hard).at(Step::Rlimits)?;
+    }
+    // The bounding set needs CAP_SETPCAP, which the switch of user below takes away.
+    sys::caps::drop_bounding_set().at(Step::DropBoundingSet)?;
+    // The unprivileged sandbox user, with no supplementary groups.
+    switch_user(plan).at(Step::SwitchUser)?;
+    // Nothing left in the ambient, inheritable, permitted or effective sets.
+    sys::caps::clear_all().map_err(|_| (Step::ClearCapabilities, Errno::EPERM))?;
+    // Only stdin, stdout, stderr and the close-on-exec status pipe stay open.
+    sys::process::close_fds_from(STATUS_FD + 1).at(Step::CloseFds)?;
+    // Default signal handling and an empty mask, as a fresh process expects.
+    sys::process::reset_signals().at(Step::ResetSignals)?;
+    // no_new_privs, then the seccomp filters: the last step before execve.
+    nix::sys::prctl::set_no_new_privs().at(Step::NoNewPrivs)?;
+    for program in &plan.seccomp {
+        seccompiler::apply_filter(program).map_err(|_| (Step::Seccomp, Errno::last()))?;
+    }
+    // The interpreter, with a clean environment.
+    Err((
+        Step::Execve,
+        sys::process::execve(&plan.exe, &plan.argv_ptrs, &plan.envp_ptrs),
+    ))
+}
+
+fn set_stdio(fds: ChildFds) -> nix::Result<()> {
+    // Move every source above 3 first, so no dup2 below clobbers another source.
+    let [stdin, stdout, stderr, status] = [fds.stdin, fds.stdout, fds.stderr, fds.status]
+        .map(|fd| rawfd::dup_at_least(fd, STATUS_FD + 1));
+    rawfd::dup_to(stdin?, 0, false)?;
+    rawfd::dup_to(stdout?, 1, false)?;
+    rawfd::dup_to(stderr?, 2, false)?;
+    rawfd::dup_to(status?, STATUS_FD, true)
+}
+
+fn build_skeleton(plan: &Plan) -> StepResult {
+    for dir in &plan.dirs {
+        mkdir(dir.as_c_str(), Mode::from_bits_truncate(0o755)).at(Step::Skeleton)?;
+    }
+    for (target, link) in &plan.symlinks {
+        symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, link.as_c_str()).at(Step::Skeleton)?;
+    }
+    plan.root_files
+        .iter()
+        .try_for_each(write_file)
+        .map_err(|e| (Step::Skeleton, e))
+}
+
+fn write_work_files(plan: &Plan) -> StepResult {
+    for dir in &plan.work_dirs {
+        mkdir(dir.as_c_str(), Mode::from_bits_truncate(0o755)).at(Step::WorkFiles)?;
+    }
+    plan.work_files
+        .iter()
+        .try_for_each(write_file)
+        .map_err(|e| (Step::WorkFiles, e))
+}
+
+fn write_file(file: &FileWrite) -> nix::Result<()> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+    let fd = open(
+        file.path.as_c_str(),
+        flags,
+        Mode::from_bits_truncate(file.mode),
+    )?;
+    rawfd::write_all(std::os::fd::AsRawFd::as_raw_fd(&fd), &file.contents)
+}
+
+fn bind_read_only(bind: &Bind) -> nix::Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(
+        Some(bind.source.as_c_str()),
+        bind.target.as_c_str(),
+        None::<&CStr>,
+        flags,
+        None::<&CStr>,
+    )?;
+    mount(
+        None::<&CStr>,
+        bind.target.as_c_str(),
+        None::<&CStr>,
+        bind.remount,
+        None::<&CStr>,
+    )
+}
+
+fn bind_device(bind: &Bind) -> nix::Result<()> {
+    mount(
+        Some(bind.source.as_c_str()),
+        bind.target.as_c_str(),
+        None::<&CStr>,
+        MsFlags::MS_BIND,
+        None::<&CStr>,
+    )
+}
+
+fn enter_new_root(plan: &Plan) -> nix::Result<()> {
+    // pivot_root(".", ".") stacks the old root on the new one; detaching "."
+    // then leaves only the new root (no put_old directory needed).
+    chdir(plan.new_root.as_c_str())?;
+    pivot_root(c".", c".")?;
+    umount2(c".", MntFlags::MNT_DETACH)?;
+    chdir(plan.cwd.as_c_str())
+}
+
+fn switch_user(plan: &Plan) -> nix::Result<()> {
+    if plan.privileged_map {
+        setgroups(&[])?;
+    }
+    let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
+    setresgid(gid, gid, gid)?;
+    setresuid(uid, uid, uid)
+}
+
+fn report(fd: RawFd, message: Message) {
+    let _ = rawfd::write_all(fd, &message.to_bytes());
+}
+
+fn exit(code: i32) -> ! {
+    sys::process::exit_now(code)
+}

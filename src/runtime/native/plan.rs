@@ -1,0 +1,341 @@
+//! The launch plan: every path, option string, file and pointer the sandbox's
+//! setup needs, prepared in the parent so that the child allocates nothing.
+
+use super::NativeConfig;
+use crate::policy::{Network, SandboxPolicy};
+use crate::runtime::{Entrypoint, RunError, Submission};
+use nix::mount::MsFlags;
+use nix::sys::resource::Resource;
+use nix::sys::statvfs::{FsFlags, statvfs};
+use std::ffi::{CString, c_char};
+use std::path::Path;
+
+/// The work dir inside the sandbox, the program's cwd.
+pub const WORK_DIR: &str = "/work";
+/// The sandbox's hostname.
+pub const HOSTNAME: &str = "pyward";
+
+/// A read-only bind of a host path into the new root.
+pub struct Bind {
+    pub source: CString,
+    pub target: CString,
+    /// Flags for the read-only remount, carrying the source's locked flags.
+    pub remount: MsFlags,
+}
+
+/// A file written into one of the sandbox's tmpfs mounts before it starts.
+pub struct FileWrite {
+    pub path: CString,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+/// Everything the child needs, by value, before the clone.
+pub struct Plan {
+    pub new_root: CString,
+    pub root_options: CString,
+    pub dirs: Vec<CString>,
+    pub symlinks: Vec<(CString, CString)>,
+    pub root_files: Vec<FileWrite>,
+    pub binds: Vec<Bind>,
+    pub devices: Vec<Bind>,
+    pub proc_dir: CString,
+    pub tmp_dir: CString,
+    pub tmp_options: CString,
+    pub work_dir: CString,
+    pub work_options: CString,
+    pub work_dirs: Vec<CString>,
+    pub work_files: Vec<FileWrite>,
+    pub cwd: CString,
+    pub loopback: bool,
+    pub rlimits: Vec<(Resource, u64, u64)>,
+    pub uid: u32,
+    pub gid: u32,
+    /// True when uid 0 inside is mapped (pyward runs as root): the stub becomes
+    /// the namespace's root and the payload may call setgroups.
+    pub privileged_map: bool,
+    pub seccomp: Vec<seccompiler::BpfProgram>,
+    pub exe: CString,
+    /// Owners of the strings `argv_ptrs` and `envp_ptrs` point into.
+    #[allow(dead_code)]
+    pub argv: Vec<CString>,
+    #[allow(dead_code)]
+    pub envp: Vec<CString>,
+    pub argv_ptrs: Vec<*const c_char>,
+    pub envp_ptrs: Vec<*const c_char>,
+}
+
+const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
+/// Top-level directories of a merged-/usr host, recreated as symlinks or binds.
+const USR_LINKS: [&str; 4] = ["bin", "lib", "lib64", "sbin"];
+
+impl Plan {
+    /// Builds the plan for one run. Fails only on a malformed submission.
+    pub fn new(
+        config: &NativeConfig,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        seccomp: Vec<seccompiler::BpfProgram>,
+        privileged_map: bool,
+    ) -> Result<Plan, RunError> {
+        let root = config.state_dir.join("root");
+        let at = |inside: &str| cstring(format!("{}{inside}", root.display()));
+        let limits = &policy.limits;
+
+        let mut dirs = vec![
+            at("/usr"),
+            at("/etc"),
+            at("/dev"),
+            at("/proc"),
+            at("/tmp"),
+            at(WORK_DIR),
+        ];
+        let mut symlinks = Vec::new();
+        let mut binds = vec![ro_bind("/usr", at("/usr"))];
+        for name in USR_LINKS {
+            let host = Path::new("/").join(name);
+            match std::fs::read_link(&host) {
+                Ok(target) => symlinks.push((
+                    cstring(target.display().to_string()),
+                    at(&format!("/{name}")),
+                )),
+                Err(_) if host.is_dir() => {
+                    dirs.push(at(&format!("/{name}")));
+                    binds.push(ro_bind(
+                        &host.display().to_string(),
+                        at(&format!("/{name}")),
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        for (target, link) in [
+            ("/proc/self/fd", "/dev/fd"),
+            ("/proc/self/fd/0", "/dev/stdin"),
+            ("/proc/self/fd/1", "/dev/stdout"),
+            ("/proc/self/fd/2", "/dev/stderr"),
+            ("/tmp", "/dev/shm"),
+        ] {
+            symlinks.push((cstring(target), at(link)));
+        }
+        let mut root_files = etc_files(policy, &at);
+        let devices = DEVICES
+            .iter()
+            .map(|dev| {
+                root_files.push(FileWrite {
+                    path: at(&format!("/dev/{dev}")),
+                    contents: Vec::new(),
+                    mode: 0o644,
+                });
+                Bind {
+                    source: cstring(format!("/dev/{dev}")),
+                    target: at(&format!("/dev/{dev}")),
+                    remount: MsFlags::empty(),
+                }
+            })
+            .collect();
+
+        let (work_dirs, work_files) = work_files(submission, &root)?;
+        let argv = argv(config, submission)?;
+        let envp: Vec<CString> = policy
+            .environment(&submission.env)
+            .into_iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                RunError::InvalidSubmission("environment values may not contain NUL bytes".into())
+            })?;
+        let argv_ptrs = null_terminated(&argv);
+        let envp_ptrs = null_terminated(&envp);
+        let uid = policy.user.uid;
+        let gid = policy.user.gid;
+        let tmpfs = limits.tmpfs.bytes();
+        Ok(Plan {
+            new_root: cstring(root.display().to_string()),
+            root_options: cstring("size=1m,nr_inodes=256,mode=0755"),
+            dirs,
+            symlinks,
+            root_files,
+            binds,
+            devices,
+            proc_dir: at("/proc"),
+            tmp_dir: at("/tmp"),
+            tmp_options: cstring(format!("size={tmpfs},mode=1777")),
+            work_dir: at(WORK_DIR),
+            work_options: cstring(format!("size={tmpfs},mode=0755,uid={uid},gid={gid}")),
+            work_dirs,
+            work_files,
+            cwd: cstring(WORK_DIR),
+            loopback: policy.network == Network::Loopback,
+            rlimits: vec![
+                (Resource::RLIMIT_CORE, 0, 0),
+                (
+                    Resource::RLIMIT_NOFILE,
+                    limits.open_files.into(),
+                    limits.open_files.into(),
+                ),
+                (
+                    Resource::RLIMIT_FSIZE,
+                    limits.file_size.bytes(),
+                    limits.file_size.bytes(),
+                ),
+                (
+                    Resource::RLIMIT_CPU,
+                    cpu_seconds(limits.cpu_time),
+                    cpu_seconds(limits.cpu_time) + 1,
+                ),
+            ],
+            uid,
+            gid,
+            privileged_map,
+            seccomp,
+            exe: cstring(config.python.display().to_string()),
+            argv,
+            envp,
+            argv_ptrs,
+            envp_ptrs,
+        })
+    }
+}
+
+/// RLIMIT_CPU counts whole seconds: round up, so the cgroup check (which is
+/// exact) fires first and the rlimit only backs it up.
+fn cpu_seconds(cpu: std::time::Duration) -> u64 {
+    cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0)
+}
+
+fn etc_files(policy: &SandboxPolicy, at: &dyn Fn(&str) -> CString) -> Vec<FileWrite> {
+    let (uid, gid) = (policy.user.uid, policy.user.gid);
+    let text = |path: &str, contents: String| FileWrite {
+        path: at(path),
+        contents: contents.into_bytes(),
+        mode: 0o644,
+    };
+    vec![
+        text(
+            "/etc/passwd",
+            format!(
+                "root:x:0:0:root:/:/usr/sbin/nologin\nsandbox:x:{uid}:{gid}:sandbox:/tmp:/usr/sbin/nologin\n"
+            ),
+        ),
+        text("/etc/group", format!("root:x:0:\nsandbox:x:{gid}:\n")),
+        text(
+            "/etc/hosts",
+            format!("127.0.0.1 localhost {HOSTNAME}\n::1 localhost\n"),
+        ),
+        text("/etc/hostname", format!("{HOSTNAME}\n")),
+    ]
+}
+
+fn ro_bind(source: &str, target: CString) -> Bind {
+    Bind {
+        source: cstring(source),
+        target,
+        remount: remount_flags(source),
+    }
+}
+
+/// Flags for remounting a bind read-only. A mount we inherited keeps its
+/// "locked" flags (nosuid, nodev, noexec, atime) in a user namespace; a
+/// remount that drops one fails, so carry the source's over.
+fn remount_flags(source: &str) -> MsFlags {
+    let mut flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    if let Ok(stat) = statvfs(source) {
+        let carried = [
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ];
+        for (st, ms) in carried {
+            if stat.flags().contains(st) {
+                flags |= ms;
+            }
+        }
+    }
+    flags
+}
+
+fn argv(config: &NativeConfig, submission: &Submission) -> Result<Vec<CString>, RunError> {
+    let nul = |what: &str| RunError::InvalidSubmission(format!("{what} may not contain NUL bytes"));
+    let mut argv = vec![cstring("python3"), cstring("-s")];
+    match &submission.entrypoint {
+        Entrypoint::Code(code) => {
+            argv.push(cstring("-c"));
+            argv.push(CString::new(code.as_str()).map_err(|_| nul("code"))?);
+        }
+        Entrypoint::File(path) => {
+            if !submission.files.iter().any(|f| &f.path == path) {
+                return Err(RunError::InvalidSubmission(format!(
+                    "entrypoint {path:?} is not one of the submission's files"
+                )));
+            }
+            argv.push(CString::new(path.as_str()).map_err(|_| nul("the entrypoint path"))?);
+        }
+    }
+    for arg in &submission.args {
+        argv.push(CString::new(arg.as_str()).map_err(|_| nul("arguments"))?);
+    }
+    let _ = config;
+    Ok(argv)
+}
+
+/// Checks each input path (relative, no `..`, no NUL) and lists the
+/// directories to create and the files to write, under the new root.
+fn work_files(
+    submission: &Submission,
+    root: &Path,
+) -> Result<(Vec<CString>, Vec<FileWrite>), RunError> {
+    let mut dirs: Vec<String> = Vec::new();
+    let mut files = Vec::new();
+    for file in &submission.files {
+        let path = &file.path;
+        let bad = |why: &str| RunError::InvalidSubmission(format!("file path {path:?} {why}"));
+        if path.is_empty() || path.starts_with('/') {
+            return Err(bad("must be relative to the work dir and not empty"));
+        }
+        if path.contains('\0') {
+            return Err(bad("contains a NUL byte"));
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            return Err(bad("may not contain empty, `.` or `..` components"));
+        }
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        files.push(FileWrite {
+            path: cstring(format!("{}{WORK_DIR}/{path}", root.display())),
+            contents: file.contents.clone(),
+            mode: 0o644,
+        });
+    }
+    let dirs = dirs
+        .iter()
+        .map(|d| cstring(format!("{}{WORK_DIR}/{d}", root.display())))
+        .collect();
+    Ok((dirs, files))
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// A CString from text pyward built itself (paths and option strings never hold NUL).
+fn cstring(s: impl Into<Vec<u8>>) -> CString {
+    CString::new(s).unwrap_or_default()
+}

@@ -1,0 +1,393 @@
+//! The parent's side of a run: start the stub, write its id maps, place it in
+//! its cgroup, then watch its pipes, its pidfd and the clock until it ends.
+
+use super::NativeError;
+use super::child::{self, ChildFds};
+use super::plan::Plan;
+use super::status::{MESSAGE_LEN, Message};
+use super::verdict::{self, KillReason, Observed};
+use crate::policy::Limits;
+use crate::runtime::{Captured, Outcome, Usage};
+use crate::sys;
+use crate::sys::cgroup::Cgroup;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::unistd::pipe2;
+use std::fs;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// How pyward maps the sandbox's ids onto the host's.
+#[derive(Debug, Clone, Copy)]
+pub enum IdMap {
+    /// pyward is root: ids 0..65536 inside map to `base..base+65536` outside.
+    Range { base: u32 },
+    /// pyward is not root: only the sandbox user maps, onto pyward's own ids.
+    Single { host_uid: u32, host_gid: u32 },
+}
+
+/// Runs the plan to completion inside `cgroup`.
+pub fn run(
+    plan: &Plan,
+    limits: &Limits,
+    cgroup: &Cgroup,
+    stdin: &[u8],
+    ids: IdMap,
+) -> Result<Outcome, NativeError> {
+    let io = StdioPipes::new(stdin)?;
+    let before = cgroup.counters()?;
+    let clone_target = cgroup.clone_target()?;
+    let mut flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_PIDFD) as u64;
+    if clone_target.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let fds = io.child_fds();
+    let started = Instant::now();
+    let args = sys::clone::CloneArgs {
+        flags,
+        cgroup: clone_target.as_ref().map(|fd| fd.as_raw_fd()),
+    };
+    let (pid, pidfd) =
+        match sys::clone::clone(args).map_err(|source| NativeError::Clone { source })? {
+            sys::clone::Cloned::Child => child::stub(plan, fds),
+            sys::clone::Cloned::Parent { pid, pidfd } => {
+                (pid, pidfd.expect("CLONE_PIDFD was requested"))
+            }
+        };
+    let parent = io.into_parent_side();
+    if let Err(error) = release_child(pid, ids, plan, cgroup, &parent.go) {
+        let _ = sys::process::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::process::wait4(pid);
+        return Err(error);
+    }
+    drop(parent.go);
+    let watched = watch(
+        &parent.stdout,
+        &parent.stderr,
+        &parent.status,
+        &pidfd,
+        limits,
+        cgroup,
+        started,
+    );
+    let reaped = sys::process::wait4(pid).map_err(|source| NativeError::Wait { source })?;
+    let wall = started.elapsed();
+    let after = cgroup.counters()?;
+    let cpu_used = Duration::from_micros(reaped.cpu_micros);
+    let observed = Observed {
+        message: watched.message,
+        killed: watched.killed,
+        oom_kills: after.oom_kills.saturating_sub(before.oom_kills),
+        pids_max_hits: after.pids_max_hits.saturating_sub(before.pids_max_hits),
+        cpu_used,
+        cpu_limit: limits.cpu_time,
+    };
+    let (verdict, exit_code, signal, message) = verdict::decide(&observed);
+    Ok(Outcome {
+        verdict,
+        exit_code,
+        signal,
+        stdout: watched.stdout,
+        stderr: watched.stderr,
+        usage: Usage {
+            wall,
+            cpu: cpu_used,
+            peak_memory_bytes: reaped.max_rss_bytes,
+        },
+        message,
+    })
+}
+
+/// Writes the id maps, joins the cgroup (v1) and lets the stub go on.
+fn release_child(
+    pid: libc::pid_t,
+    ids: IdMap,
+    plan: &Plan,
+    cgroup: &Cgroup,
+    go: &OwnedFd,
+) -> Result<(), NativeError> {
+    let proc = format!("/proc/{pid}");
+    let (uid_map, gid_map) = match ids {
+        IdMap::Range { base } => (format!("0 {base} 65536\n"), format!("0 {base} 65536\n")),
+        IdMap::Single { host_uid, host_gid } => {
+            write_proc(&format!("{proc}/setgroups"), "deny")?;
+            (
+                format!("{} {host_uid} 1\n", plan.uid),
+                format!("{} {host_gid} 1\n", plan.gid),
+            )
+        }
+    };
+    write_proc(&format!("{proc}/uid_map"), &uid_map)?;
+    write_proc(&format!("{proc}/gid_map"), &gid_map)?;
+    if cgroup.clone_target()?.is_none() {
+        cgroup.attach(pid)?;
+    }
+    nix::unistd::write(go, b"g").map_err(|source| NativeError::Release { source })?;
+    Ok(())
+}
+
+fn write_proc(path: &str, value: &str) -> Result<(), NativeError> {
+    fs::write(path, value).map_err(|source| NativeError::IdMap {
+        path: path.into(),
+        value: value.trim().into(),
+        source,
+    })
+}
+
+/// The pipes and memfd a run needs; the child's ends are plain numbers to it.
+struct StdioPipes {
+    stdin: OwnedFd,
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+    status: (OwnedFd, OwnedFd),
+    go: (OwnedFd, OwnedFd),
+}
+
+struct ParentSide {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    status: OwnedFd,
+    go: OwnedFd,
+}
+
+impl StdioPipes {
+    fn new(stdin: &[u8]) -> Result<StdioPipes, NativeError> {
+        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|source| NativeError::Pipe { source });
+        let memfd = memfd_create(c"pyward-stdin", MFdFlags::MFD_CLOEXEC)
+            .map_err(|source| NativeError::Pipe { source })?;
+        let mut file = fs::File::from(memfd);
+        file.write_all(stdin)
+            .and_then(|()| file.rewind())
+            .map_err(|source| NativeError::Stdin { source })?;
+        let io = StdioPipes {
+            stdin: file.into(),
+            stdout: pipe()?,
+            stderr: pipe()?,
+            status: pipe()?,
+            go: pipe()?,
+        };
+        for fd in [&io.stdout.0, &io.stderr.0, &io.status.0] {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+                .map_err(|source| NativeError::Pipe { source })?;
+        }
+        Ok(io)
+    }
+
+    fn child_fds(&self) -> ChildFds {
+        ChildFds {
+            stdin: self.stdin.as_raw_fd(),
+            stdout: self.stdout.1.as_raw_fd(),
+            stderr: self.stderr.1.as_raw_fd(),
+            status: self.status.1.as_raw_fd(),
+            go: self.go.0.as_raw_fd(),
+        }
+    }
+
+    /// Closes the child's ends in the parent, so EOF means the sandbox is gone.
+    fn into_parent_side(self) -> ParentSide {
+        ParentSide {
+            stdout: self.stdout.0,
+            stderr: self.stderr.0,
+            status: self.status.0,
+            go: self.go.1,
+        }
+    }
+}
+
+/// A captured stream with its cap.
+struct Stream {
+    captured: Captured,
+    cap: usize,
+    open: bool,
+}
+
+impl Stream {
+    fn new(cap: u64) -> Stream {
+        Stream {
+            captured: Captured::default(),
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+            open: true,
+        }
+    }
+
+    /// Reads what is available; returns true when the cap was passed.
+    fn drain(&mut self, fd: &OwnedFd) -> bool {
+        let mut buf = [0u8; 64 * 1024];
+        let mut file = fs::File::from(fd.try_clone().expect("dup of a pipe fd"));
+        let mut over = false;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => {
+                    self.open = false;
+                    break;
+                }
+                Ok(n) => {
+                    let room = self.cap.saturating_sub(self.captured.bytes.len());
+                    self.captured.bytes.extend_from_slice(&buf[..n.min(room)]);
+                    if n > room {
+                        self.captured.truncated = true;
+                        over = true;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        over
+    }
+}
+
+struct Watched {
+    stdout: Captured,
+    stderr: Captured,
+    message: Option<Message>,
+    killed: Option<KillReason>,
+}
+
+/// Polls the pipes and the pidfd until the stub has exited and every pipe is
+/// at EOF, killing the sandbox when a limit is passed.
+fn watch(
+    stdout: &OwnedFd,
+    stderr: &OwnedFd,
+    status: &OwnedFd,
+    pidfd: &OwnedFd,
+    limits: &Limits,
+    cgroup: &Cgroup,
+    started: Instant,
+) -> Watched {
+    let mut out = Stream::new(limits.output.bytes());
+    let mut err = Stream::new(limits.output.bytes());
+    let mut status_bytes = Vec::new();
+    let mut status_open = true;
+    let mut exited = false;
+    let mut exited_at = None;
+    let mut killed = None;
+    let deadline = started + limits.wall_time;
+    let mut next_cpu_check = started + cpu_check_interval(limits.cpu_time, limits.cpus);
+    let kill = |reason, killed: &mut Option<KillReason>| {
+        if killed.is_none() {
+            *killed = Some(reason);
+            let _ = sys::process::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        }
+    };
+    loop {
+        let now = Instant::now();
+        if exited
+            && ((!out.open && !err.open && !status_open)
+                || exited_at.is_some_and(|t: Instant| now - t > Duration::from_secs(1)))
+        {
+            break;
+        }
+        if !exited && killed.is_none() {
+            if now >= deadline {
+                kill(KillReason::WallTime, &mut killed);
+            } else if now >= next_cpu_check {
+                match cgroup.cpu_usage() {
+                    Ok(used) if used >= limits.cpu_time => kill(KillReason::CpuTime, &mut killed),
+                    Ok(used) => {
+                        next_cpu_check =
+                            now + cpu_check_interval(limits.cpu_time - used, limits.cpus)
+                    }
+                    Err(_) => next_cpu_check = now + Duration::from_millis(100),
+                }
+            }
+        }
+        let wake = if exited || killed.is_some() {
+            now + Duration::from_millis(100)
+        } else {
+            deadline.min(next_cpu_check)
+        };
+        let timeout = PollTimeout::try_from(
+            wake.saturating_duration_since(now)
+                .as_millis()
+                .clamp(1, 60_000) as i32,
+        )
+        .unwrap_or(PollTimeout::MAX);
+        let mut fds = Vec::with_capacity(4);
+        let mut slots = Vec::with_capacity(4);
+        for (slot, fd, open) in [
+            (0, stdout, out.open),
+            (1, stderr, err.open),
+            (2, status, status_open),
+            (3, pidfd, !exited),
+        ] {
+            if open {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                slots.push(slot);
+            }
+        }
+        if poll(&mut fds, timeout).is_err() {
+            continue;
+        }
+        let ready: Vec<usize> = fds
+            .iter()
+            .zip(&slots)
+            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, slot)| *slot)
+            .collect();
+        drop(fds);
+        for slot in ready {
+            match slot {
+                0 if out.drain(stdout) => kill(KillReason::Output, &mut killed),
+                1 if err.drain(stderr) => kill(KillReason::Output, &mut killed),
+                2 => status_open = read_status(status, &mut status_bytes),
+                3 => {
+                    exited = true;
+                    exited_at = Some(Instant::now());
+                }
+                _ => {}
+            }
+        }
+    }
+    Watched {
+        stdout: out.captured,
+        stderr: err.captured,
+        message: last_message(&status_bytes),
+        killed,
+    }
+}
+
+/// How long until the CPU limit could be reached, at `cpus` cores flat out.
+fn cpu_check_interval(remaining: Duration, cpus: f64) -> Duration {
+    remaining
+        .div_f64(cpus.max(0.01))
+        .max(Duration::from_millis(5))
+}
+
+/// Appends what the status pipe has; false at EOF.
+fn read_status(fd: &OwnedFd, into: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 256];
+    let mut file = fs::File::from(fd.try_clone().expect("dup of a pipe fd"));
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The message that decides the run: a setup failure wins over any later status.
+fn last_message(bytes: &[u8]) -> Option<Message> {
+    let messages: Vec<Message> = bytes
+        .chunks_exact(MESSAGE_LEN)
+        .filter_map(|chunk| Message::from_bytes(chunk.try_into().ok()?))
+        .collect();
+    messages
+        .iter()
+        .find(|m| matches!(m, Message::SetupFailed { .. }))
+        .or(messages.last())
+        .copied()
+}
+
+/// clone3's flag to start the child in a cgroup (Linux 5.7; libc's constant is deprecated for overflowing c_int).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
