@@ -39,6 +39,10 @@ pub struct SeccompProgram {
 
 impl SeccompProgram {
     /// The BPF programs, to install in this order (each with `seccompiler::apply_filter`).
+    ///
+    /// The last one is the allowlist: it denies `prctl` and `seccomp`, so no
+    /// filter can be installed after it, and anything the caller does between
+    /// installing it and `execve` must itself be on the allowlist.
     pub fn programs(&self) -> &[BpfProgram] {
         &self.programs
     }
@@ -191,6 +195,18 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_dangerous_set_compiles_on_both_arches() {
+        for arch in Arch::ALL {
+            let count = dangerous_syscalls()
+                .iter()
+                .filter(|r| table::number(arch, &r.name).is_some())
+                .count();
+            println!("dangerous set on {arch}: {count} syscalls killed");
+            assert!(count >= 45, "{arch}: {count}");
         }
     }
 

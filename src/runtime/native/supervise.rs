@@ -9,7 +9,7 @@ use super::verdict::{self, KillReason, Observed};
 use crate::policy::Limits;
 use crate::runtime::{Captured, Outcome, Usage};
 use crate::sys;
-use crate::sys::cgroup::Cgroup;
+use crate::sys::cgroup::{Cgroup, CgroupError};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::memfd::{MFdFlags, memfd_create};
@@ -38,6 +38,8 @@ pub fn run(
 ) -> Result<Outcome, NativeError> {
     let io = StdioPipes::new(stdin)?;
     let before = cgroup.counters()?;
+    // The slot is reused: its CPU counter starts where the last run left it.
+    let cpu_before = cgroup.cpu_usage()?;
     let clone_target = cgroup.clone_target()?;
     let mut flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
@@ -62,26 +64,22 @@ pub fn run(
                 (pid, pidfd.expect("CLONE_PIDFD was requested"))
             }
         };
-    let parent = io.into_parent_side();
-    if let Err(error) = release_child(pid, ids, plan, cgroup, &parent.go) {
+    let (parent, go) = io.into_parent_side();
+    if let Err(error) = release_child(pid, ids, plan, cgroup, go) {
         let _ = sys::process::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         let _ = sys::process::wait4(pid);
         return Err(error);
     }
-    drop(parent.go);
-    let watched = watch(
-        &parent.stdout,
-        &parent.stderr,
-        &parent.status,
-        &pidfd,
-        limits,
-        cgroup,
-        started,
-    );
+    let cpu_used = || cgroup.cpu_usage().map(|now| now.saturating_sub(cpu_before));
+    let watched = watch(&parent, &pidfd, limits, &cpu_used, started);
     let reaped = sys::process::wait4(pid).map_err(|source| NativeError::Wait { source })?;
     let wall = started.elapsed();
     let after = cgroup.counters()?;
-    let cpu_used = Duration::from_micros(reaped.cpu_micros);
+    // The cgroup counts every process, including those the kernel reaped when
+    // the stub died; rusage counts only what the stub reaped itself.
+    let cpu_used = cpu_used()
+        .unwrap_or_default()
+        .max(Duration::from_micros(reaped.cpu_micros));
     let observed = Observed {
         message: watched.message,
         killed: watched.killed,
@@ -112,7 +110,7 @@ fn release_child(
     ids: IdMap,
     plan: &Plan,
     cgroup: &Cgroup,
-    go: &OwnedFd,
+    go: OwnedFd,
 ) -> Result<(), NativeError> {
     let proc = format!("/proc/{pid}");
     let (uid_map, gid_map) = match ids {
@@ -130,7 +128,7 @@ fn release_child(
     if cgroup.clone_target()?.is_none() {
         cgroup.attach(pid)?;
     }
-    nix::unistd::write(go, b"g").map_err(|source| NativeError::Release { source })?;
+    nix::unistd::write(&go, b"g").map_err(|source| NativeError::Release { source })?;
     Ok(())
 }
 
@@ -155,7 +153,6 @@ struct ParentSide {
     stdout: OwnedFd,
     stderr: OwnedFd,
     status: OwnedFd,
-    go: OwnedFd,
 }
 
 impl StdioPipes {
@@ -192,13 +189,13 @@ impl StdioPipes {
     }
 
     /// Closes the child's ends in the parent, so EOF means the sandbox is gone.
-    fn into_parent_side(self) -> ParentSide {
-        ParentSide {
+    fn into_parent_side(self) -> (ParentSide, OwnedFd) {
+        let parent = ParentSide {
             stdout: self.stdout.0,
             stderr: self.stderr.0,
             status: self.status.0,
-            go: self.go.1,
-        }
+        };
+        (parent, self.go.1)
     }
 }
 
@@ -255,14 +252,13 @@ struct Watched {
 /// Polls the pipes and the pidfd until the stub has exited and every pipe is
 /// at EOF, killing the sandbox when a limit is passed.
 fn watch(
-    stdout: &OwnedFd,
-    stderr: &OwnedFd,
-    status: &OwnedFd,
+    pipes: &ParentSide,
     pidfd: &OwnedFd,
     limits: &Limits,
-    cgroup: &Cgroup,
+    cpu_used: &dyn Fn() -> Result<Duration, CgroupError>,
     started: Instant,
 ) -> Watched {
+    let (stdout, stderr, status) = (&pipes.stdout, &pipes.stderr, &pipes.status);
     let mut out = Stream::new(limits.output.bytes());
     let mut err = Stream::new(limits.output.bytes());
     let mut status_bytes = Vec::new();
@@ -290,7 +286,7 @@ fn watch(
             if now >= deadline {
                 kill(KillReason::WallTime, &mut killed);
             } else if now >= next_cpu_check {
-                match cgroup.cpu_usage() {
+                match cpu_used() {
                     Ok(used) if used >= limits.cpu_time => kill(KillReason::CpuTime, &mut killed),
                     Ok(used) => {
                         next_cpu_check =

@@ -1,0 +1,114 @@
+//! Shared helpers for the integration suite: the runtimes to test, and a
+//! short way to run a program under a policy.
+#![allow(dead_code)]
+
+use pyward::{
+    LimitOverrides, NativeConfig, NativeRuntime, Outcome, Runtime, SandboxPolicy, Submission,
+    Verdict,
+};
+
+/// Every runtime this machine can test. A runtime that cannot run here fails
+/// the test under `CI=true`, and is skipped loudly elsewhere.
+pub fn runtimes() -> Vec<Box<dyn Runtime>> {
+    let mut runtimes: Vec<Box<dyn Runtime>> = Vec::new();
+    if let Some(native) = native() {
+        runtimes.push(Box::new(native));
+    }
+    runtimes
+}
+
+/// The native runtime, or None (with a loud message) where it cannot run.
+pub fn native() -> Option<NativeRuntime> {
+    if !nix::unistd::geteuid().is_root() {
+        missing("the native runtime tests need root (uid maps over 65536 ids and cgroup writes)");
+        return None;
+    }
+    match NativeRuntime::new(NativeConfig::default()) {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            missing(&format!("the native runtime cannot start here: {e}"));
+            None
+        }
+    }
+}
+
+/// Fails under CI, warns loudly elsewhere.
+pub fn missing(what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {what}");
+    }
+    eprintln!("\n*** SKIPPED: {what} ***\n");
+}
+
+/// A program's run under a named policy with overrides, on every runtime.
+pub struct Case {
+    pub policy: SandboxPolicy,
+    pub submission: Submission,
+}
+
+impl Case {
+    pub fn code(policy: &str, code: &str) -> Case {
+        Case {
+            policy: SandboxPolicy::builtin(policy).unwrap(),
+            submission: Submission::code(code),
+        }
+    }
+
+    pub fn limits(mut self, limits: LimitOverrides) -> Case {
+        self.policy = self.policy.tightened(&limits).unwrap();
+        self
+    }
+
+    pub fn stdin(mut self, stdin: &[u8]) -> Case {
+        self.submission.stdin = stdin.to_vec();
+        self
+    }
+
+    /// Runs on every runtime and checks the verdict; returns each outcome.
+    pub fn expect(&self, verdict: Verdict) -> Vec<Outcome> {
+        runtimes()
+            .iter()
+            .map(|runtime| {
+                let outcome = runtime
+                    .run(&self.policy, &self.submission)
+                    .expect("the run starts");
+                assert_eq!(
+                    outcome.verdict,
+                    verdict,
+                    "runtime {}: expected {verdict}, got {}\n{}",
+                    runtime.name(),
+                    outcome.verdict,
+                    describe(&outcome)
+                );
+                outcome
+            })
+            .collect()
+    }
+
+    /// Runs and expects `ok` with exactly `stdout`.
+    pub fn expect_stdout(&self, stdout: &str) {
+        for outcome in self.expect(Verdict::Ok) {
+            assert_eq!(
+                String::from_utf8_lossy(&outcome.stdout.bytes),
+                stdout,
+                "{}",
+                describe(&outcome)
+            );
+        }
+    }
+}
+
+pub fn describe(outcome: &Outcome) -> String {
+    format!(
+        "exit={:?} signal={:?} message={:?}\n--- stdout\n{}\n--- stderr\n{}",
+        outcome.exit_code,
+        outcome.signal,
+        outcome.message,
+        String::from_utf8_lossy(&outcome.stdout.bytes),
+        String::from_utf8_lossy(&outcome.stderr.bytes)
+    )
+}
+
+pub fn stderr(outcome: &Outcome) -> String {
+    String::from_utf8_lossy(&outcome.stderr.bytes).into_owned()
+}

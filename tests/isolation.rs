@@ -1,0 +1,182 @@
+//! Every isolation property: an attack, and proof that it fails for the right reason.
+
+mod common;
+
+use common::{Case, describe, stderr};
+use pyward::{SandboxPolicy, Submission, Verdict};
+use std::net::{TcpListener, UdpSocket};
+
+/// Runs `code` under strict and expects it to print exactly `expected`.
+fn prints(code: &str, expected: &str) {
+    Case::code("strict", code).expect_stdout(expected);
+}
+
+#[test]
+fn a_listener_in_the_hosts_network_namespace_is_unreachable() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)"
+    );
+    // lo is down in a fresh network namespace: no route at all.
+    prints(&code, "OSError 101\n");
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "nothing may have reached the host's listener"
+    );
+}
+
+#[test]
+fn no_route_out_of_the_sandbox() {
+    // A UDP connect() only looks a route up; it sends nothing.
+    let code = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    s.connect(('192.0.2.1', 53))\n    print('routed')\nexcept OSError as e:\n    print(e.errno)";
+    prints(code, "101\n");
+}
+
+#[test]
+fn loopback_policy_talks_to_itself_but_not_to_the_host() {
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let text = "[seccomp]\nallowlist = \"python-strict\"\n";
+    let mut policy =
+        SandboxPolicy::from_toml("loop", &format!("network = \"loopback\"\n{text}"), "test")
+            .unwrap();
+    policy.name = "loopback".into();
+    let code = format!(
+        "import socket\nsrv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\nc = socket.create_connection(srv.getsockname(), timeout=2)\nprint('self ok')\ntry:\n    socket.create_connection(('127.0.0.1', {host_port}), timeout=2)\n    print('reached host')\nexcept OSError as e:\n    print(type(e).__name__)"
+    );
+    let case = Case {
+        policy,
+        submission: Submission::code(code),
+    };
+    case.expect_stdout("self ok\nConnectionRefusedError\n");
+}
+
+#[test]
+fn host_processes_are_invisible() {
+    let code = "import os\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\nprint(pids, os.getpid(), os.getppid())";
+    prints(code, "[1, 2] 2 1\n");
+}
+
+#[test]
+fn host_files_outside_the_rootfs_are_not_there() {
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "secret").unwrap();
+    let paths = [
+        secret.path().display().to_string(),
+        "/etc/shadow".into(),
+        "/root".into(),
+        "/home".into(),
+        env!("CARGO_MANIFEST_DIR").into(),
+        "/var/run/docker.sock".into(),
+        "/sys/fs/cgroup".into(),
+    ];
+    let code = format!("import os\nfor p in {paths:?}:\n    print(p, os.path.exists(p))");
+    let expected: String = paths.iter().map(|p| format!("{p} False\n")).collect();
+    prints(&code, &expected);
+}
+
+#[test]
+fn the_root_filesystem_is_read_only() {
+    let code = "import errno\nfor p in ['/usr/lib/pwned', '/etc/pwned', '/pwned', '/etc/passwd', '/usr/bin/python3']:\n    try:\n        open(p, 'a')\n        print(p, 'WRITABLE')\n    except OSError as e:\n        print(p, errno.errorcode[e.errno])";
+    prints(
+        code,
+        "/usr/lib/pwned EROFS\n/etc/pwned EROFS\n/pwned EROFS\n/etc/passwd EROFS\n/usr/bin/python3 EROFS\n",
+    );
+}
+
+#[test]
+fn tmp_is_writable_but_not_executable() {
+    let code = "import os, subprocess\nopen('/tmp/x.sh', 'w').write('#!/bin/sh\\necho ran\\n')\nos.chmod('/tmp/x.sh', 0o755)\ntry:\n    os.execv('/tmp/x.sh', ['x'])\nexcept OSError as e:\n    print('exec', e.strerror)";
+    prints(code, "exec Permission denied\n");
+}
+
+#[test]
+fn no_capabilities_and_no_new_privileges() {
+    let code = "status = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\nfor k in ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs']:\n    print(k, status[k].strip())";
+    prints(
+        code,
+        "CapInh 0000000000000000\nCapPrm 0000000000000000\nCapEff 0000000000000000\nCapBnd 0000000000000000\nCapAmb 0000000000000000\nNoNewPrivs 1\n",
+    );
+}
+
+#[test]
+fn runs_as_the_unprivileged_sandbox_user() {
+    let code = "import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())\nimport pwd; print(pwd.getpwuid(os.getuid()).pw_name)";
+    prints(code, "65534 65534 65534 65534 []\nsandbox\n");
+}
+
+#[test]
+fn root_inside_is_not_root_outside() {
+    // setuid(0) needs CAP_SETUID, which is gone.
+    let code = "import os\ntry:\n    os.setuid(0)\n    print('root')\nexcept PermissionError:\n    print('refused')";
+    prints(code, "refused\n");
+}
+
+#[test]
+fn only_stdio_is_inherited() {
+    let code = "import os\nfds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\nprint(fds, os.readlink(f'/proc/self/fd/{fds[-1]}'))";
+    // fd 3 is the directory listdir itself has open.
+    prints(code, "[0, 1, 2, 3] /proc/2/fd\n");
+}
+
+#[test]
+fn proc_self_exe_is_not_writable() {
+    let code = "import errno\ntry:\n    open('/proc/self/exe', 'wb')\n    print('WRITABLE')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
+    for outcome in Case::code("strict", code).expect(Verdict::Ok) {
+        let out = String::from_utf8_lossy(&outcome.stdout.bytes)
+            .trim()
+            .to_owned();
+        assert!(
+            ["ETXTBSY", "EROFS", "EACCES"].contains(&out.as_str()),
+            "{}",
+            describe(&outcome)
+        );
+    }
+}
+
+#[test]
+fn hostname_and_environment_are_the_sandboxs_own() {
+    // SAFETY-free: only the parent's environment is set; the sandbox must not see it.
+    let code = "import os, socket\nprint(socket.gethostname())\nprint(sorted(k for k in os.environ if k != 'LC_CTYPE'))";
+    for outcome in Case::code("strict", code).expect(Verdict::Ok) {
+        let out = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
+        assert!(out.starts_with("pyward\n"), "{out}");
+        assert!(
+            !out.contains("CARGO") && !out.contains("RUST"),
+            "host environment leaked: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_setup_failure_is_a_sandbox_error_not_the_programs() {
+    let mut policy = SandboxPolicy::builtin("strict").unwrap();
+    policy.user.uid = 70000; // outside the mapped range: the switch of user fails
+    let case = Case {
+        policy,
+        submission: Submission::code("print('never')"),
+    };
+    for outcome in case.expect(Verdict::SandboxError) {
+        let message = outcome.message.clone().unwrap();
+        assert!(message.contains("switch to the sandbox user"), "{message}");
+        assert!(outcome.stdout.bytes.is_empty(), "{}", stderr(&outcome));
+    }
+}
+
+#[test]
+fn udp_sockets_cannot_reach_the_host_either() {
+    let host = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    s.sendto(b'x', ('127.0.0.1', {port}))\n    print('sent')\nexcept OSError as e:\n    print(e.errno)"
+    );
+    prints(&code, "101\n");
+    host.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 8];
+    assert!(
+        host.recv_from(&mut buf).is_err(),
+        "the host received a datagram"
+    );
+}
