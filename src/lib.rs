@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 mod arch;
+mod executor;
 mod policy;
 mod runtime;
 mod seccomp;
@@ -12,9 +13,11 @@ mod seccomp;
 pub mod sys;
 
 pub use arch::{Arch, UnknownArch};
+pub use executor::{ExecError, Executor};
 pub use policy::*;
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
+pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
 pub use runtime::{RunError, Runtime};
 pub use seccomp::{
     Allowlist, ArgCondition, ArgOp, ArgProblem, BUILTIN_ALLOWLISTS, SeccompError, SeccompProgram,

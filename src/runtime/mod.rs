@@ -1,10 +1,12 @@
 //! Runtimes: the `Runtime` trait, and the `Outcome` and `Verdict` every runtime
-//! produces. `native/` runs a submission in Linux namespaces set up by pyward
-//! itself.
+//! produces; `json` holds the stable JSON form of an `Outcome`. `native/` runs
+//! a submission in Linux namespaces set up by pyward itself.
 
+mod json;
 mod outcome;
 mod submission;
 
+pub use json::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
 pub use outcome::{Captured, Outcome, Usage, Verdict};
 pub use submission::{Entrypoint, InputFile, Submission};
 

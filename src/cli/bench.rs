@@ -1,0 +1,291 @@
+//! `pyward bench`: time `python3 -c pass` bare, through pyward (in-process
+//! and as a CLI process) and through bubblewrap, interleaved in one run so
+//! that every path sees the same machine, and print ratios to bare python3.
+
+use super::{exit, run::DEFAULT_POLICY};
+use pyward::{NativeConfig, NativeRuntime, Runtime as _, SandboxPolicy, Submission, Verdict};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The headline target: pyward native, in-process, median / bare python3 median.
+const TARGET_RATIO: f64 = 1.3;
+
+/// Flags of `pyward bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Timed runs per path.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    runs: u32,
+    /// Untimed runs per path before the timed ones.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    warmup: u32,
+}
+
+/// A benchmark that could not be set up, or a measured path that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The in-process path needs the policy and the runtime.
+    #[error("bench: cannot set up the in-process path: {0}")]
+    Setup(String),
+    /// A path's program did not run successfully.
+    #[error("bench: path {path:?} failed: {reason}")]
+    PathFailed {
+        /// The path's label.
+        path: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A process could not be started.
+    #[error("bench: path {path:?}: cannot start {program:?}: {source}")]
+    Spawn {
+        /// The path's label.
+        path: &'static str,
+        /// The program.
+        program: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// One way of running `pass`, timed per call.
+struct BenchPath {
+    label: &'static str,
+    run: Box<dyn FnMut() -> Result<(), BenchError>>,
+    samples: Vec<Duration>,
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
+    let mut paths = paths()?;
+    println!(
+        "pyward bench: `python3 -c pass`, {} timed runs per path after {} warmup, interleaved; {} CPUs, {}",
+        args.runs,
+        args.warmup,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        pyward::Arch::host().kernel_name()
+    );
+    for round in 0..args.warmup + args.runs {
+        for path in &mut paths {
+            let start = Instant::now();
+            (path.run)()?;
+            let elapsed = start.elapsed();
+            if round >= args.warmup {
+                path.samples.push(elapsed);
+            }
+        }
+    }
+    print_table(&mut paths);
+    Ok(exit::OK)
+}
+
+fn paths() -> Result<Vec<BenchPath>, BenchError> {
+    let mut paths = vec![
+        process_path(
+            "python3 -c pass (bare)",
+            PathBuf::from(PYTHON),
+            &["-c", "pass"],
+        ),
+        native_path()?,
+    ];
+    let exe =
+        std::env::current_exe().map_err(|e| BenchError::Setup(format!("current_exe: {e}")))?;
+    paths.push(process_path(
+        "pyward run -c pass (CLI)",
+        exe,
+        &["run", "-c", "pass"],
+    ));
+    match find_in_path("bwrap") {
+        Some(bwrap) => paths.push(process_path("bwrap (reference)", bwrap, BWRAP_ARGS)),
+        None => eprintln!(
+            "\n!!! WARNING: bwrap is not installed: the bubblewrap reference is MISSING from this run.\n\
+             !!! Install it (apt-get install bubblewrap) to compare against it.\n"
+        ),
+    }
+    Ok(paths)
+}
+
+const BWRAP_ARGS: &[&str] = &[
+    "--unshare-all",
+    "--die-with-parent",
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--symlink",
+    "usr/lib",
+    "/lib",
+    "--symlink",
+    "usr/lib64",
+    "/lib64",
+    "--symlink",
+    "usr/bin",
+    "/bin",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--tmpfs",
+    "/tmp",
+    PYTHON,
+    "-c",
+    "pass",
+];
+
+/// pyward's headline path: the library's native runtime, strict policy, in this process.
+fn native_path() -> Result<BenchPath, BenchError> {
+    const LABEL: &str = "pyward native, in-process";
+    let policy =
+        SandboxPolicy::load(DEFAULT_POLICY).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let runtime = NativeRuntime::new(NativeConfig::default())
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let submission = Submission::code("pass");
+    let run = move || -> Result<(), BenchError> {
+        let failed = |reason: String| BenchError::PathFailed {
+            path: LABEL,
+            reason,
+        };
+        let outcome = runtime
+            .run(&policy, &submission)
+            .map_err(|e| failed(e.to_string()))?;
+        if outcome.verdict != Verdict::Ok {
+            return Err(failed(super::run::summary(&outcome)));
+        }
+        Ok(())
+    };
+    Ok(BenchPath {
+        label: LABEL,
+        run: Box::new(run),
+        samples: Vec::new(),
+    })
+}
+
+/// A path that spawns `program args…` and waits for a successful exit.
+fn process_path(label: &'static str, program: PathBuf, args: &[&str]) -> BenchPath {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let run = move || -> Result<(), BenchError> {
+        let output = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| BenchError::Spawn {
+                path: label,
+                program: program.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reason = format!("{}: {}", output.status, stderr.trim());
+            return Err(BenchError::PathFailed {
+                path: label,
+                reason,
+            });
+        }
+        Ok(())
+    };
+    BenchPath {
+        label,
+        run: Box::new(run),
+        samples: Vec::new(),
+    }
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Median, p90 and min of a path's samples.
+struct Stats {
+    median: Duration,
+    p90: Duration,
+    min: Duration,
+}
+
+fn stats(samples: &mut [Duration]) -> Option<Stats> {
+    samples.sort_unstable();
+    let n = samples.len();
+    if n == 0 {
+        return None;
+    }
+    let median = if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2
+    };
+    let p90 = samples[(n * 9).div_ceil(10).max(1) - 1];
+    Some(Stats {
+        median,
+        p90,
+        min: samples[0],
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}ms", d.as_secs_f64() * 1e3)
+}
+
+fn print_table(paths: &mut [BenchPath]) {
+    let all: Vec<(&'static str, Stats)> = paths
+        .iter_mut()
+        .filter_map(|p| stats(&mut p.samples).map(|s| (p.label, s)))
+        .collect();
+    let Some(bare) = all.first().map(|(_, s)| s.median) else {
+        return;
+    };
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>9}",
+        "path", "median", "p90", "min", "vs bare"
+    );
+    for (label, s) in &all {
+        let ratio = s.median.as_secs_f64() / bare.as_secs_f64();
+        println!(
+            "{label:<28} {:>10} {:>10} {:>10} {:>8.2}x",
+            ms(s.median),
+            ms(s.p90),
+            ms(s.min),
+            ratio
+        );
+    }
+    if let Some((_, native)) = all
+        .iter()
+        .find(|(label, _)| label.starts_with("pyward native"))
+    {
+        let ratio = native.median.as_secs_f64() / bare.as_secs_f64();
+        let verdict = if ratio <= TARGET_RATIO {
+            "met"
+        } else {
+            "MISSED"
+        };
+        println!(
+            "headline: pyward native in-process median = {ratio:.2}x bare python3 (target <= {TARGET_RATIO}x: {verdict})"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_take_median_p90_and_min() {
+        let mut samples: Vec<Duration> = (1..=10).rev().map(Duration::from_millis).collect();
+        let s = stats(&mut samples).unwrap();
+        assert_eq!(s.median, Duration::from_micros(5500));
+        assert_eq!(s.p90, Duration::from_millis(9));
+        assert_eq!(s.min, Duration::from_millis(1));
+        assert!(stats(&mut []).is_none());
+    }
+}

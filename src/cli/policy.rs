@@ -1,0 +1,76 @@
+//! `pyward policy check FILE` and `pyward policy show NAME|FILE`: load a
+//! policy the way `run` does, compile its seccomp allowlist, and report.
+
+use super::{CliError, exit};
+use pyward::{Arch, SandboxPolicy};
+use std::path::Path;
+
+/// `pyward policy …`
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and its seccomp allowlist (exit 0 when valid, 2 otherwise).
+    Check {
+        /// The policy TOML file (a built-in name works too).
+        #[arg(value_name = "FILE")]
+        file: String,
+    },
+    /// Print a policy's resolved values as TOML, with its allowlist's size per architecture.
+    Show {
+        /// A built-in policy name or a policy TOML file.
+        #[arg(value_name = "NAME|FILE")]
+        policy: String,
+    },
+}
+
+/// Runs a `policy` subcommand; returns the exit code.
+pub fn run(cmd: &PolicyCommand) -> Result<u8, CliError> {
+    match cmd {
+        PolicyCommand::Check { file } => {
+            let policy = SandboxPolicy::load(file)?;
+            let host = Arch::host();
+            let count = allowed_count(&policy, file, host)?;
+            println!(
+                "ok: {} — {count} syscalls allowed on {}",
+                policy.name,
+                host.kernel_name()
+            );
+        }
+        PolicyCommand::Show {
+            policy: name_or_path,
+        } => {
+            let policy = SandboxPolicy::load(name_or_path)?;
+            print!("{}", policy.to_toml());
+            println!();
+            println!("# seccomp allowlist {:?}:", policy.seccomp.allowlist);
+            for arch in Arch::ALL {
+                let count = allowed_count(&policy, name_or_path, arch)?;
+                println!("#   {count} syscalls allowed on {}", arch.kernel_name());
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// How many syscalls the policy's allowlist lets through on `arch`, after compiling it.
+///
+/// A policy loaded from a file looks for its allowlist next to it first
+/// (`DIR/seccomp/NAME.toml`), then among the built-in ones.
+fn allowed_count(
+    policy: &SandboxPolicy,
+    name_or_path: &str,
+    arch: Arch,
+) -> Result<usize, CliError> {
+    let seccomp_error = |source| CliError::Seccomp {
+        policy: policy.name.clone(),
+        allowlist: policy.seccomp.allowlist.clone(),
+        source,
+    };
+    // The same rule as `SandboxPolicy::load`: a `/` or a `.toml` suffix means a file.
+    let is_file = name_or_path.contains('/') || name_or_path.ends_with(".toml");
+    let search_dir = is_file.then(|| Path::new(name_or_path).parent()).flatten();
+    let allowlist =
+        pyward::Allowlist::load(&policy.seccomp.allowlist, search_dir).map_err(seccomp_error)?;
+    let program =
+        pyward::compile_seccomp(&allowlist, policy.seccomp.denied, arch).map_err(seccomp_error)?;
+    Ok(program.allowed_count())
+}

@@ -1,0 +1,313 @@
+//! `pyward run`: turn flags into a `Submission`, run it through the
+//! `Executor` on the native runtime, and render the `Outcome` (pass-through
+//! output plus a summary line, or the JSON object of docs/API.md).
+
+use super::{CliError, verdict_exit_code};
+use pyward::{
+    ByteSize, Entrypoint, Executor, InputFile, LimitOverrides, NativeConfig, NativeRuntime,
+    Outcome, SandboxPolicy, Submission,
+};
+use std::collections::BTreeMap;
+use std::io::{self, Read as _, Write as _};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// The policy used when `--policy` is not given.
+pub const DEFAULT_POLICY: &str = "strict";
+
+/// Flags of `pyward run`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("program").required(true).args(["file", "code"])))]
+pub struct RunArgs {
+    /// The Python file to run; it is copied into the sandbox's work dir under its base name.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+
+    /// Run CODE with `python3 -c` instead of a file.
+    #[arg(short = 'c', long = "code", value_name = "CODE")]
+    code: Option<String>,
+
+    /// A built-in policy name (strict, standard, …) or a policy TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = DEFAULT_POLICY)]
+    policy: String,
+
+    /// Feed this file to the program's stdin (`-` for pyward's own stdin). Default: empty stdin.
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
+
+    /// Copy a file into the work dir: PATH under its base name, or SRC:DEST to a relative DEST.
+    #[arg(long = "file", value_name = "PATH|SRC:DEST")]
+    files: Vec<String>,
+
+    /// Print only the JSON outcome (docs/API.md) on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Wall-clock limit, e.g. 500ms, 2s, 1m (may only tighten the policy's).
+    #[arg(long, value_name = "D", value_parser = parse_duration_arg)]
+    wall_time: Option<Duration>,
+
+    /// CPU-time limit, e.g. 1s (may only tighten the policy's).
+    #[arg(long, value_name = "D", value_parser = parse_duration_arg)]
+    cpu_time: Option<Duration>,
+
+    /// Memory limit, e.g. 64MiB (may only tighten the policy's).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    memory: Option<ByteSize>,
+
+    /// Process and thread limit, at least 1 (may only tighten the policy's).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pids: Option<u32>,
+
+    /// Output cap per stream, e.g. 64KiB (may only tighten the policy's).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    output: Option<ByteSize>,
+
+    /// Set an environment variable the policy allows (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_arg)]
+    env: Vec<(String, String)>,
+
+    /// Arguments for the program (`sys.argv[1:]`), after `--`.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    pyward::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_size_arg(s: &str) -> Result<ByteSize, String> {
+    s.parse::<ByteSize>().map_err(|e| e.to_string())
+}
+
+fn parse_env_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
+}
+
+/// Runs `pyward run`; returns the exit code of the verdict.
+pub fn run(args: &RunArgs) -> Result<u8, CliError> {
+    let policy = SandboxPolicy::load(&args.policy)?;
+    let submission = submission(args)?;
+    // Refuse a bad request before touching the host.
+    Executor::resolve_policy(&policy, &submission)?;
+    let runtime = NativeRuntime::new(NativeConfig::default())?;
+    let outcome = Executor::new(Box::new(runtime)).run(&policy, &submission)?;
+    if args.json {
+        print_json(&outcome)
+    } else {
+        print_plain(&outcome)
+    }
+    .map_err(CliError::Output)?;
+    Ok(verdict_exit_code(outcome.verdict))
+}
+
+/// Builds the submission from the flags, reading every input file.
+fn submission(args: &RunArgs) -> Result<Submission, CliError> {
+    let mut submission = Submission::code(String::new());
+    submission.entrypoint = match (&args.file, &args.code) {
+        (Some(path), _) => {
+            let name = base_name("FILE", path)?;
+            submission.files.push(InputFile {
+                path: name.clone(),
+                contents: read("FILE", path)?,
+            });
+            Entrypoint::File(name)
+        }
+        (None, Some(code)) => Entrypoint::Code(code.clone()),
+        // clap's "program" group requires one of the two.
+        (None, None) => Entrypoint::Code(String::new()),
+    };
+    for spec in &args.files {
+        let file = input_file(spec)?;
+        if submission.files.iter().any(|f| f.path == file.path) {
+            return Err(CliError::DuplicateFile { dest: file.path });
+        }
+        submission.files.push(file);
+    }
+    submission.stdin = match &args.stdin {
+        None => Vec::new(),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut bytes = Vec::new();
+            io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|source| CliError::ReadInput {
+                    what: "--stdin",
+                    path: path.clone(),
+                    source,
+                })?;
+            bytes
+        }
+        Some(path) => read("--stdin", path)?,
+    };
+    submission.env = env(&args.env)?;
+    submission.args = args.args.clone();
+    submission.limits = LimitOverrides {
+        wall_time: args.wall_time,
+        cpu_time: args.cpu_time,
+        memory: args.memory,
+        pids: args.pids,
+        output: args.output,
+        ..LimitOverrides::default()
+    };
+    Ok(submission)
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|source| CliError::ReadInput {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn base_name(what: &'static str, path: &Path) -> Result<String, CliError> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| CliError::FileName {
+            what,
+            path: path.to_owned(),
+        })
+}
+
+/// `--file PATH` (copied under its base name) or `--file SRC:DEST`.
+fn input_file(spec: &str) -> Result<InputFile, CliError> {
+    let (src, dest) = match spec.split_once(':') {
+        Some((src, dest)) => (Path::new(src), dest.to_owned()),
+        None => (Path::new(spec), base_name("--file", Path::new(spec))?),
+    };
+    let plain = !dest.is_empty()
+        && Path::new(&dest)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        return Err(CliError::FileDest {
+            spec: spec.to_owned(),
+            dest,
+        });
+    }
+    Ok(InputFile {
+        path: dest,
+        contents: read("--file", src)?,
+    })
+}
+
+fn env(pairs: &[(String, String)]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut env = BTreeMap::new();
+    for (name, value) in pairs {
+        if env.insert(name.clone(), value.clone()).is_some() {
+            return Err(CliError::DuplicateEnv { name: name.clone() });
+        }
+    }
+    Ok(env)
+}
+
+fn print_json(outcome: &Outcome) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", outcome.to_json())?;
+    out.flush()
+}
+
+/// The program's bytes, unchanged, then one summary line on stderr.
+fn print_plain(outcome: &Outcome) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(&outcome.stdout.bytes)?;
+    out.flush()?;
+    let mut err = io::stderr().lock();
+    err.write_all(&outcome.stderr.bytes)?;
+    if outcome.stderr.bytes.last().is_some_and(|&b| b != b'\n') {
+        err.write_all(b"\n")?;
+    }
+    writeln!(err, "{}", summary(outcome))?;
+    err.flush()
+}
+
+/// `pyward: verdict=ok exit=0 wall=12ms cpu=9ms mem=8.1MiB`, plus the message if any.
+pub fn summary(outcome: &Outcome) -> String {
+    let mut line = format!("pyward: verdict={}", outcome.verdict);
+    if let Some(code) = outcome.exit_code {
+        line += &format!(" exit={code}");
+    }
+    if let Some(signal) = outcome.signal {
+        match pyward::signal_name(signal) {
+            Some(name) => line += &format!(" signal={name}"),
+            None => line += &format!(" signal={signal}"),
+        }
+    }
+    line += &format!(
+        " wall={}ms cpu={}ms mem={}",
+        outcome.usage.wall.as_millis(),
+        outcome.usage.cpu.as_millis(),
+        human_bytes(outcome.usage.peak_memory_bytes)
+    );
+    if outcome.stdout.truncated {
+        line += " stdout_truncated";
+    }
+    if outcome.stderr.truncated {
+        line += " stderr_truncated";
+    }
+    if let Some(message) = &outcome.message {
+        line += &format!(": {message}");
+    }
+    line
+}
+
+/// `8.1MiB`, `512B`, `1.0GiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1}{unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyward::{Captured, Usage, Verdict};
+
+    #[test]
+    fn summary_names_verdict_exit_usage_and_message() {
+        let outcome = Outcome {
+            verdict: Verdict::Timeout,
+            exit_code: None,
+            signal: Some(9),
+            stdout: Captured {
+                bytes: Vec::new(),
+                truncated: true,
+            },
+            stderr: Captured::default(),
+            usage: Usage {
+                wall: Duration::from_millis(2001),
+                cpu: Duration::from_millis(1999),
+                peak_memory_bytes: 8_500_000,
+            },
+            message: Some("wall-time limit of 2s reached".into()),
+        };
+        assert_eq!(
+            summary(&outcome),
+            "pyward: verdict=timeout signal=SIGKILL wall=2001ms cpu=1999ms mem=8.1MiB \
+             stdout_truncated: wall-time limit of 2s reached"
+        );
+    }
+
+    #[test]
+    fn file_destinations_must_stay_inside_the_work_dir() {
+        for bad in ["x:/etc/passwd", "x:../up", "x:", "x:a/../../b", "x:./a"] {
+            let err = input_file(bad).unwrap_err();
+            assert!(matches!(err, CliError::FileDest { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_pairs_need_a_name_and_an_equals_sign() {
+        assert_eq!(parse_env_arg("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env_arg("A").unwrap_err().contains("NAME=VALUE"));
+        assert!(parse_env_arg("=x").is_err());
+    }
+}

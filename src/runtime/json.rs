@@ -1,0 +1,303 @@
+//! The stable JSON form of an [`Outcome`]: the public contract of
+//! `pyward run --json` and the HTTP API (docs/API.md).
+//!
+//! Owns the wire struct and the two conversions. Nothing else in the crate
+//! spells a JSON field name of an outcome; change a name here and the
+//! contract breaks, so don't.
+
+use super::{Captured, Outcome, Usage, Verdict};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How a captured stream is written in its JSON string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamEncoding {
+    /// The bytes were valid UTF-8; the string is the text itself.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// The bytes were not valid UTF-8; the string is their standard base64 (with padding).
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+impl StreamEncoding {
+    /// The name used in JSON: `utf-8` or `base64`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamEncoding::Utf8 => "utf-8",
+            StreamEncoding::Base64 => "base64",
+        }
+    }
+}
+
+/// The `usage` object of [`OutcomeJson`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageJson {
+    /// Wall-clock time in whole milliseconds (rounded down).
+    pub wall_ms: u64,
+    /// CPU time (user plus system) in whole milliseconds (rounded down).
+    pub cpu_ms: u64,
+    /// Peak memory of the sandbox in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// The JSON form of an [`Outcome`], field for field as docs/API.md describes it.
+///
+/// Build one with `OutcomeJson::from(&outcome)`, read one back with
+/// `Outcome::try_from(wire)`. Unknown fields are ignored when reading, so that
+/// clients keep working when a field is added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeJson {
+    /// Why the run ended (`ok`, `runtime_error`, …).
+    pub verdict: Verdict,
+    /// The program's exit status, or `null` when it did not exit.
+    pub exit_code: Option<i32>,
+    /// The number of the signal that ended the program, or `null`.
+    pub signal: Option<i32>,
+    /// The signal's name (`SIGKILL`), or `null` when there was no signal or it has no name.
+    pub signal_name: Option<String>,
+    /// stdout, encoded as `stdout_encoding` says.
+    pub stdout: String,
+    /// `utf-8` or `base64`.
+    pub stdout_encoding: StreamEncoding,
+    /// True when the program wrote more to stdout than was kept.
+    pub stdout_truncated: bool,
+    /// stderr, encoded as `stderr_encoding` says.
+    pub stderr: String,
+    /// `utf-8` or `base64`.
+    pub stderr_encoding: StreamEncoding,
+    /// True when the program wrote more to stderr than was kept.
+    pub stderr_truncated: bool,
+    /// Resources used.
+    pub usage: UsageJson,
+    /// A sentence saying what happened (limits, sandbox errors), or `null`.
+    pub message: Option<String>,
+}
+
+/// A JSON outcome that cannot be turned back into an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum OutcomeJsonError {
+    /// The text is not a JSON outcome object.
+    #[error("not a JSON outcome: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A stream marked `base64` does not hold valid base64.
+    #[error("field {field:?} is marked base64 but does not decode: {source}")]
+    Base64 {
+        /// `stdout` or `stderr`.
+        field: &'static str,
+        /// What the decoder found.
+        source: base64::DecodeError,
+    },
+}
+
+/// Encodes bytes as text when they are UTF-8, as base64 otherwise: never lossy.
+fn encode_stream(bytes: &[u8]) -> (String, StreamEncoding) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_owned(), StreamEncoding::Utf8),
+        Err(_) => (BASE64.encode(bytes), StreamEncoding::Base64),
+    }
+}
+
+fn decode_stream(
+    field: &'static str,
+    text: String,
+    encoding: StreamEncoding,
+) -> Result<Vec<u8>, OutcomeJsonError> {
+    match encoding {
+        StreamEncoding::Utf8 => Ok(text.into_bytes()),
+        StreamEncoding::Base64 => BASE64
+            .decode(text.as_bytes())
+            .map_err(|source| OutcomeJsonError::Base64 { field, source }),
+    }
+}
+
+/// `SIGKILL` for 9, and so on; `None` for numbers the platform does not name.
+pub fn signal_name(signal: i32) -> Option<&'static str> {
+    nix::sys::signal::Signal::try_from(signal)
+        .ok()
+        .map(|s| s.as_str())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&Outcome> for OutcomeJson {
+    fn from(outcome: &Outcome) -> OutcomeJson {
+        let (stdout, stdout_encoding) = encode_stream(&outcome.stdout.bytes);
+        let (stderr, stderr_encoding) = encode_stream(&outcome.stderr.bytes);
+        OutcomeJson {
+            verdict: outcome.verdict,
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            signal_name: outcome.signal.and_then(signal_name).map(str::to_owned),
+            stdout,
+            stdout_encoding,
+            stdout_truncated: outcome.stdout.truncated,
+            stderr,
+            stderr_encoding,
+            stderr_truncated: outcome.stderr.truncated,
+            usage: UsageJson {
+                wall_ms: millis(outcome.usage.wall),
+                cpu_ms: millis(outcome.usage.cpu),
+                peak_memory_bytes: outcome.usage.peak_memory_bytes,
+            },
+            message: outcome.message.clone(),
+        }
+    }
+}
+
+impl TryFrom<OutcomeJson> for Outcome {
+    type Error = OutcomeJsonError;
+
+    /// The inverse of `OutcomeJson::from`, except that times come back in whole
+    /// milliseconds and `signal_name` is derived from `signal`, not read.
+    fn try_from(wire: OutcomeJson) -> Result<Outcome, OutcomeJsonError> {
+        Ok(Outcome {
+            verdict: wire.verdict,
+            exit_code: wire.exit_code,
+            signal: wire.signal,
+            stdout: Captured {
+                bytes: decode_stream("stdout", wire.stdout, wire.stdout_encoding)?,
+                truncated: wire.stdout_truncated,
+            },
+            stderr: Captured {
+                bytes: decode_stream("stderr", wire.stderr, wire.stderr_encoding)?,
+                truncated: wire.stderr_truncated,
+            },
+            usage: Usage {
+                wall: Duration::from_millis(wire.usage.wall_ms),
+                cpu: Duration::from_millis(wire.usage.cpu_ms),
+                peak_memory_bytes: wire.usage.peak_memory_bytes,
+            },
+            message: wire.message,
+        })
+    }
+}
+
+impl Outcome {
+    /// The JSON object of docs/API.md, on one line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&OutcomeJson::from(self))
+            .expect("OutcomeJson has only string keys and plain values")
+    }
+
+    /// Reads back what [`Outcome::to_json`] wrote (times in whole milliseconds).
+    pub fn from_json(text: &str) -> Result<Outcome, OutcomeJsonError> {
+        let wire: OutcomeJson = serde_json::from_str(text)?;
+        Outcome::try_from(wire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn outcome(stdout: &[u8], stderr: &[u8]) -> Outcome {
+        Outcome {
+            verdict: Verdict::Ok,
+            exit_code: Some(0),
+            signal: None,
+            stdout: Captured {
+                bytes: stdout.to_vec(),
+                truncated: false,
+            },
+            stderr: Captured {
+                bytes: stderr.to_vec(),
+                truncated: true,
+            },
+            usage: Usage {
+                wall: Duration::from_millis(12),
+                cpu: Duration::from_millis(9),
+                peak_memory_bytes: 8_500_000,
+            },
+            message: None,
+        }
+    }
+
+    #[test]
+    fn utf8_output_is_written_as_text_with_every_field() {
+        let json: Value =
+            serde_json::from_str(&outcome(b"hi\n", "é".as_bytes()).to_json()).unwrap();
+        assert_eq!(
+            json,
+            json!({
+                "verdict": "ok",
+                "exit_code": 0,
+                "signal": null,
+                "signal_name": null,
+                "stdout": "hi\n",
+                "stdout_encoding": "utf-8",
+                "stdout_truncated": false,
+                "stderr": "é",
+                "stderr_encoding": "utf-8",
+                "stderr_truncated": true,
+                "usage": {"wall_ms": 12, "cpu_ms": 9, "peak_memory_bytes": 8_500_000},
+                "message": null,
+            })
+        );
+    }
+
+    #[test]
+    fn non_utf8_output_is_base64_and_round_trips_exactly() {
+        let mut o = outcome(b"\xff\xfe\x00binary", b"ok");
+        o.verdict = Verdict::Signaled;
+        o.exit_code = None;
+        o.signal = Some(9);
+        o.message = Some("killed".into());
+        let text = o.to_json();
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["stdout_encoding"], "base64");
+        assert_eq!(json["stdout"], "//4AYmluYXJ5");
+        assert_eq!(json["stderr_encoding"], "utf-8");
+        assert_eq!(json["signal_name"], "SIGKILL");
+        assert_eq!(json["verdict"], "signaled");
+        assert_eq!(Outcome::from_json(&text).unwrap(), o);
+    }
+
+    #[test]
+    fn every_verdict_uses_its_documented_name() {
+        for v in [
+            Verdict::Ok,
+            Verdict::RuntimeError,
+            Verdict::Signaled,
+            Verdict::Timeout,
+            Verdict::CpuLimit,
+            Verdict::MemoryLimit,
+            Verdict::OutputLimit,
+            Verdict::PidsLimit,
+            Verdict::SecurityViolation,
+            Verdict::SandboxError,
+        ] {
+            let mut o = outcome(b"", b"");
+            o.verdict = v;
+            let json: Value = serde_json::from_str(&o.to_json()).unwrap();
+            assert_eq!(json["verdict"], v.as_str());
+            assert_eq!(Outcome::from_json(&o.to_json()).unwrap().verdict, v);
+        }
+    }
+
+    #[test]
+    fn bad_base64_is_an_error_naming_the_field() {
+        let mut json: Value = serde_json::from_str(&outcome(b"", b"").to_json()).unwrap();
+        json["stderr"] = "not base64!".into();
+        json["stderr_encoding"] = "base64".into();
+        let err = Outcome::from_json(&json.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stderr"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_when_reading() {
+        let mut json: Value = serde_json::from_str(&outcome(b"x", b"").to_json()).unwrap();
+        json["added_later"] = 1.into();
+        assert_eq!(
+            Outcome::from_json(&json.to_string()).unwrap(),
+            outcome(b"x", b"")
+        );
+    }
+}
