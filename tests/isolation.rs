@@ -161,7 +161,10 @@ fn a_setup_failure_is_a_sandbox_error_not_the_programs() {
     };
     for outcome in case.expect(Verdict::SandboxError) {
         let message = outcome.message.clone().unwrap();
-        assert!(message.starts_with("sandbox setup failed: could not "), "{message}");
+        assert!(
+            message.starts_with("sandbox setup failed: could not "),
+            "{message}"
+        );
         assert!(outcome.stdout.bytes.is_empty(), "{}", stderr(&outcome));
     }
 }
@@ -179,5 +182,15 @@ fn udp_sockets_cannot_reach_the_host_either() {
     assert!(
         host.recv_from(&mut buf).is_err(),
         "the host received a datagram"
+    );
+}
+
+#[test]
+fn the_stub_behind_pid_1_is_out_of_reach() {
+    // pid 1 is pyward's stub: the program may not read its fds, memory or environment.
+    let code = "import os\nfor p in ['/proc/1/fd', '/proc/1/environ', '/proc/1/mem']:\n    try:\n        os.listdir(p) if p.endswith('fd') else open(p, 'rb').read(1)\n        print(p, 'READABLE')\n    except PermissionError:\n        print(p, 'denied')";
+    prints(
+        code,
+        "/proc/1/fd denied\n/proc/1/environ denied\n/proc/1/mem denied\n",
     );
 }

@@ -1,6 +1,12 @@
 //! `pyward bench`: time `python3 -c pass` bare, through pyward (in-process
-//! and as a CLI process) and through bubblewrap, interleaved in one run so
-//! that every path sees the same machine, and print ratios to bare python3.
+//! and as a CLI process) and through bubblewrap in one run, and print ratios
+//! to bare python3.
+//!
+//! Paths run one block after another, not interleaved: a path that creates
+//! and drops a network namespace per call (bwrap, a fresh pyward process)
+//! leaves the kernel cleaning namespaces up in the background, which would
+//! otherwise be charged to whichever path runs next. A short pause between
+//! blocks lets that work drain.
 
 use super::{exit, run::DEFAULT_POLICY};
 use pyward::{NativeConfig, NativeRuntime, Runtime as _, SandboxPolicy, Submission, Verdict};
@@ -62,14 +68,15 @@ struct BenchPath {
 pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
     let mut paths = paths()?;
     println!(
-        "pyward bench: `python3 -c pass`, {} timed runs per path after {} warmup, interleaved; {} CPUs, {}",
+        "pyward bench: `python3 -c pass`, {} timed runs per path after {} warmup, one block per path; {} CPUs, {}",
         args.runs,
         args.warmup,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         pyward::Arch::host().kernel_name()
     );
-    for round in 0..args.warmup + args.runs {
-        for path in &mut paths {
+    for path in &mut paths {
+        std::thread::sleep(Duration::from_millis(500));
+        for round in 0..args.warmup + args.runs {
             let start = Instant::now();
             (path.run)()?;
             let elapsed = start.elapsed();

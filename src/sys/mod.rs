@@ -5,6 +5,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod clone;
+pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod syscall_probe;

@@ -74,12 +74,11 @@ pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
             exit(1);
         }
     };
-    // The payload owns stdio now; the stub keeps only the status pipe.
-    for fd in [fds.stdin, fds.stdout, fds.stderr] {
-        rawfd::close(fd);
-    }
+    // The payload owns stdio now. The stub keeps only the status pipe, and is
+    // not dumpable, so the program cannot reach pyward's fds through /proc/1.
+    let status = keep_only_status(fds.status);
     let message = reap_until_payload_ends(payload_pid);
-    report(fds.status, message);
+    report(status, message);
     // pid 1 exiting makes the kernel kill whatever the program left behind.
     exit(0)
 }
@@ -101,6 +100,22 @@ fn stub_setup(plan: &Plan, fds: ChildFds) -> StepResult {
     unshare(CloneFlags::CLONE_NEWCGROUP).at(Step::UnshareCgroup)?;
     // Take SIGCHLD and polite stops synchronously (the payload unblocks them).
     sys::process::block_signals(&WAITED).at(Step::BlockSignals)
+}
+
+/// Closes every fd but the status pipe (moved to fd 3) and makes the stub
+/// undumpable. Best effort: the stub reports the payload's status regardless.
+fn keep_only_status(status: RawFd) -> RawFd {
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let kept = if status == STATUS_FD || rawfd::dup_to(status, STATUS_FD, true).is_ok() {
+        STATUS_FD
+    } else {
+        return status;
+    };
+    for fd in 0..STATUS_FD {
+        rawfd::close(fd);
+    }
+    let _ = sys::process::close_fds_from(STATUS_FD + 1);
+    kept
 }
 
 fn become_namespace_root() -> nix::Result<()> {

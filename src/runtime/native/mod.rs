@@ -13,10 +13,12 @@ mod verdict;
 
 use super::{Outcome, RunError, Runtime, Submission};
 use crate::arch::Arch;
-use crate::policy::{DeniedAction, SandboxPolicy};
+use crate::policy::{DeniedAction, Network, SandboxPolicy};
 use crate::seccomp::{self, Allowlist, SeccompError, SeccompProgram};
+use crate::sys;
 use crate::sys::cgroup::{CgroupError, CgroupLimits, CgroupPool, Layout};
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use supervise::IdMap;
@@ -79,6 +81,12 @@ pub enum NativeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A reusable network namespace could not be made or entered.
+    #[error("failed to prepare a network namespace for the sandbox")]
+    Netns {
+        /// The cause.
+        source: std::io::Error,
+    },
     /// clone3 with new namespaces failed.
     #[error("failed to create the sandbox's namespaces (clone3); user namespaces must be enabled")]
     Clone {
@@ -114,6 +122,8 @@ pub struct NativeRuntime {
     config: NativeConfig,
     cgroups: CgroupPool,
     ids: IdMap,
+    /// Empty network namespaces, reused one run at a time (root only).
+    netns: Option<NetnsPool>,
     /// Compiled filters by (allowlist, denied action): compiling once per policy, not per run.
     filters: Mutex<HashMap<(String, DeniedAction), Arc<SeccompProgram>>>,
 }
@@ -146,6 +156,7 @@ impl NativeRuntime {
             config,
             cgroups,
             ids,
+            netns: matches!(ids, IdMap::Range { .. }).then(NetnsPool::default),
             filters: Mutex::default(),
         })
     }
@@ -180,7 +191,14 @@ impl Runtime for NativeRuntime {
     fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
         let seccomp = self.seccomp(policy)?;
         let privileged = matches!(self.ids, IdMap::Range { .. });
-        let plan = plan::Plan::new(&self.config, policy, submission, seccomp, privileged)?;
+        let mut plan = plan::Plan::new(&self.config, policy, submission, seccomp, privileged)?;
+        let loopback = policy.network == Network::Loopback;
+        let netns = match &self.netns {
+            Some(pool) => Some(pool.take(loopback)?),
+            None => None,
+        };
+        // A pooled loopback namespace already has lo up, and the sandbox could not change it.
+        plan.loopback &= netns.is_none();
         let cgroup = self.cgroups.acquire().map_err(NativeError::from)?;
         let limits = &policy.limits;
         cgroup
@@ -191,13 +209,47 @@ impl Runtime for NativeRuntime {
                 cpu_period_us: 100_000,
             })
             .map_err(NativeError::from)?;
-        Ok(supervise::run(
+        let outcome = supervise::run(
+            netns.as_ref(),
             &plan,
             limits,
             &cgroup,
             &submission.stdin,
             self.ids,
-        )?)
+        );
+        if let (Some(pool), Some(netns)) = (&self.netns, netns) {
+            pool.give_back(loopback, netns);
+        }
+        Ok(outcome?)
+    }
+}
+
+/// Empty network namespaces for sandboxes, one run at a time each: `lo` down
+/// for policies without network, `lo` up for `loopback` ones. A namespace is
+/// only handed out again once every process of its last run is gone, so
+/// nothing (not even an abstract unix socket) is shared between runs.
+#[derive(Default)]
+struct NetnsPool {
+    idle: Mutex<[Vec<OwnedFd>; 2]>,
+}
+
+impl NetnsPool {
+    fn take(&self, loopback: bool) -> Result<OwnedFd, NativeError> {
+        let reused = self.lock()[usize::from(loopback)].pop();
+        match reused {
+            Some(netns) => Ok(netns),
+            None => sys::netns::create(loopback).map_err(|source| NativeError::Netns { source }),
+        }
+    }
+
+    fn give_back(&self, loopback: bool, netns: OwnedFd) {
+        self.lock()[usize::from(loopback)].push(netns);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Vec<OwnedFd>; 2]> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -30,6 +30,7 @@ pub enum IdMap {
 
 /// Runs the plan to completion inside `cgroup`.
 pub fn run(
+    netns: Option<&OwnedFd>,
     plan: &Plan,
     limits: &Limits,
     cgroup: &Cgroup,
@@ -44,10 +45,12 @@ pub fn run(
     let mut flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
-        | libc::CLONE_NEWNET
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_PIDFD) as u64;
+    if netns.is_none() {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
     if clone_target.is_some() {
         flags |= CLONE_INTO_CGROUP;
     }
@@ -57,13 +60,13 @@ pub fn run(
         flags,
         cgroup: clone_target.as_ref().map(|fd| fd.as_raw_fd()),
     };
-    let (pid, pidfd) =
-        match sys::clone::clone(args).map_err(|source| NativeError::Clone { source })? {
-            sys::clone::Cloned::Child => child::stub(plan, fds),
-            sys::clone::Cloned::Parent { pid, pidfd } => {
-                (pid, pidfd.expect("CLONE_PIDFD was requested"))
-            }
-        };
+    // A pooled network namespace is entered by this thread for the clone only.
+    let spawned = match netns {
+        Some(netns) => sys::netns::within(netns, || spawn_stub(args, plan, fds))
+            .map_err(|source| NativeError::Netns { source })?,
+        None => spawn_stub(args, plan, fds),
+    };
+    let (pid, pidfd) = spawned.map_err(|source| NativeError::Clone { source })?;
     let (parent, go) = io.into_parent_side();
     if let Err(error) = release_child(pid, ids, plan, cgroup, go) {
         let _ = sys::process::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
@@ -102,6 +105,21 @@ pub fn run(
         },
         message,
     })
+}
+
+/// Clones the stub; in the child, runs it (it never returns here).
+fn spawn_stub(
+    args: sys::clone::CloneArgs,
+    plan: &Plan,
+    fds: ChildFds,
+) -> std::io::Result<(libc::pid_t, OwnedFd)> {
+    match sys::clone::clone(args)? {
+        sys::clone::Cloned::Child => child::stub(plan, fds),
+        sys::clone::Cloned::Parent { pid, pidfd } => {
+            let pidfd = pidfd.ok_or_else(|| std::io::Error::other("clone3 returned no pidfd"))?;
+            Ok((pid, pidfd))
+        }
+    }
 }
 
 /// Writes the id maps, joins the cgroup (v1) and lets the stub go on.
