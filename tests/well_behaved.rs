@@ -1,0 +1,118 @@
+//! Ordinary Python must get `ok`: a policy so strict that it breaks everyday
+//! programs is a bug too.
+
+mod common;
+
+use common::{Case, describe};
+use pyward::{Entrypoint, InputFile, Submission, Verdict};
+
+#[test]
+fn standard_library_imports_and_work() {
+    let code = r#"
+import json, re, hashlib, sqlite3, threading, collections, itertools, functools, datetime
+import decimal, fractions, math, random, statistics, struct, base64, zlib, gzip, bz2, lzma
+import csv, io, textwrap, string, heapq, bisect, array, copy, enum, dataclasses, typing
+import pathlib, tempfile, shutil, glob, time, uuid, secrets, hmac, unicodedata, locale
+import asyncio, concurrent.futures, queue, contextlib, logging, argparse, pickle, xml.etree.ElementTree
+db = sqlite3.connect(':memory:')
+db.execute('create table t (x)'); db.executemany('insert into t values (?)', [(i,) for i in range(100)])
+total = db.execute('select sum(x) from t').fetchone()[0]
+digest = hashlib.sha256(json.dumps({'total': total}).encode()).hexdigest()[:12]
+async def main():
+    return sum(await asyncio.gather(*(asyncio.sleep(0, result=i) for i in range(5))))
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    squares = sum(pool.map(lambda x: x * x, range(10)))
+print(total, digest, asyncio.run(main()), squares, re.sub(r'\d', '#', 'a1b2'), len(uuid.uuid4().hex))
+"#;
+    Case::code("strict", code).expect_stdout("4950 ddac82c17c6f 10 285 a#b# 32\n");
+}
+
+#[test]
+fn threads_run_and_join() {
+    let code = "import threading\nresults = []\nthreads = [threading.Thread(target=results.append, args=(i,)) for i in range(8)]\nfor t in threads: t.start()\nfor t in threads: t.join()\nprint(sorted(results))";
+    Case::code("strict", code).expect_stdout("[0, 1, 2, 3, 4, 5, 6, 7]\n");
+}
+
+#[test]
+fn reads_stdin_to_the_end() {
+    let code = "import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))";
+    Case::code("strict", code).stdin(b"1 2 3\n4 5\n").expect_stdout("15\n");
+}
+
+#[test]
+fn empty_stdin_is_end_of_file() {
+    Case::code("strict", "import sys\nprint(repr(sys.stdin.read()))").expect_stdout("''\n");
+}
+
+#[test]
+fn writes_and_reads_tmp_and_the_work_dir() {
+    let code = "import os, tempfile\nopen('/tmp/a.txt', 'w').write('tmp ')\nopen('out.txt', 'w').write('work')\nwith tempfile.NamedTemporaryFile() as f: f.write(b'x')\nprint(open('/tmp/a.txt').read() + open('out.txt').read(), os.getcwd())";
+    Case::code("strict", code).expect_stdout("tmp work /work\n");
+}
+
+#[test]
+fn runs_a_file_with_its_inputs_and_arguments() {
+    let main = "import sys, helper\nprint(helper.greet(sys.argv[1:]), open('data/in.txt').read().strip())";
+    let submission = Submission {
+        entrypoint: Entrypoint::File("main.py".into()),
+        files: vec![
+            InputFile { path: "main.py".into(), contents: main.into() },
+            InputFile { path: "helper.py".into(), contents: b"def greet(a): return 'hi ' + ','.join(a)".to_vec() },
+            InputFile { path: "data/in.txt".into(), contents: b"input file\n".to_vec() },
+        ],
+        args: vec!["x".into(), "y z".into()],
+        ..Submission::code("")
+    };
+    let case = Case { policy: pyward::SandboxPolicy::builtin("strict").unwrap(), submission };
+    case.expect_stdout("hi x,y z input file\n");
+}
+
+#[test]
+fn bytes_that_are_not_utf8_come_back_intact() {
+    let code = "import sys\nsys.stdout.buffer.write(bytes(range(256)))\nsys.stderr.buffer.write(b'\\xff\\xfe')";
+    for outcome in Case::code("strict", code).expect(Verdict::Ok) {
+        assert_eq!(outcome.stdout.bytes, (0..=255u8).collect::<Vec<_>>(), "{}", describe(&outcome));
+        assert_eq!(outcome.stderr.bytes, b"\xff\xfe");
+    }
+}
+
+#[test]
+fn a_failing_program_is_a_runtime_error_with_its_exit_code() {
+    for outcome in Case::code("strict", "import sys\nprint('partial')\nsys.exit(3)").expect(Verdict::RuntimeError) {
+        assert_eq!(outcome.exit_code, Some(3));
+        assert_eq!(outcome.stdout.bytes, b"partial\n");
+    }
+    for outcome in Case::code("strict", "raise ValueError('boom')").expect(Verdict::RuntimeError) {
+        assert!(String::from_utf8_lossy(&outcome.stderr.bytes).contains("ValueError: boom"));
+    }
+}
+
+#[test]
+fn a_signal_the_program_sends_itself_is_signaled() {
+    for outcome in Case::code("strict", "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)").expect(Verdict::Signaled) {
+        assert_eq!(outcome.signal, Some(libc::SIGTERM));
+    }
+}
+
+#[test]
+fn standard_allows_subprocess_and_multiprocessing() {
+    let code = r#"
+import subprocess, multiprocessing, sys
+out = subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True, check=True).stdout.strip()
+def square(x):
+    return x * x
+if __name__ == '__main__':
+    with multiprocessing.Pool(2) as pool:
+        print(out, sum(pool.map(square, range(10))))
+"#;
+    Case::code("standard", code).expect_stdout("42 285\n");
+}
+
+#[test]
+fn usage_is_reported() {
+    for outcome in Case::code("strict", "x = bytearray(32 << 20)\nx[::4096] = b'y' * len(x[::4096])\nsum(range(3_000_000))").expect(Verdict::Ok) {
+        let usage = outcome.usage;
+        assert!(usage.peak_memory_bytes >= 32 << 20, "{usage:?}");
+        assert!(usage.cpu > std::time::Duration::ZERO && usage.wall >= usage.cpu / 2, "{usage:?}");
+    }
+}
