@@ -61,7 +61,7 @@ impl<T> At for nix::Result<T> {
 /// The pid-1 stub: waits for the parent's go, forks the payload, reaps every
 /// process, forwards polite signals and reports how the payload ended.
 pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
-    if let Err((failed, errno)) = stub_setup(plan, fds) {
+    if let Err((failed, errno)) = stub_setup(fds) {
         report(fds.status, Message::setup_failed(failed, errno));
         exit(1);
     }
@@ -83,7 +83,7 @@ pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
     exit(0)
 }
 
-fn stub_setup(plan: &Plan, fds: ChildFds) -> StepResult {
+fn stub_setup(fds: ChildFds) -> StepResult {
     // Wait until the parent has written the id maps and placed us in the cgroup.
     let mut byte = [0u8; 1];
     match rawfd::read(fds.go, &mut byte) {
@@ -93,9 +93,7 @@ fn stub_setup(plan: &Plan, fds: ChildFds) -> StepResult {
     }
     rawfd::close(fds.go);
     // Run the rest of the setup as the namespace's root: an unprivileged host uid.
-    if plan.privileged_map {
-        become_namespace_root().at(Step::BecomeNamespaceRoot)?;
-    }
+    become_namespace_root().at(Step::BecomeNamespaceRoot)?;
     // A cgroup namespace rooted at the sandbox's own cgroup.
     unshare(CloneFlags::CLONE_NEWCGROUP).at(Step::UnshareCgroup)?;
     // Take SIGCHLD and polite stops synchronously (the payload unblocks them).
@@ -236,10 +234,6 @@ fn setup_payload(plan: &Plan, fds: ChildFds) -> StepResult {
     enter_new_root(plan).at(Step::PivotRoot)?;
     // Our own hostname in our own uts namespace.
     sethostname(HOSTNAME).at(Step::Hostname)?;
-    // `loopback` policies get a working lo; otherwise no interface is up.
-    if plan.loopback {
-        sys::process::loopback_up().at(Step::Loopback)?;
-    }
     // rlimits: no core dumps, open files, file size, CPU seconds (a backstop).
     for &(resource, soft, hard) in &plan.rlimits {
         setrlimit(resource, soft, hard).at(Step::Rlimits)?;
@@ -347,9 +341,7 @@ fn enter_new_root(plan: &Plan) -> nix::Result<()> {
 }
 
 fn switch_user(plan: &Plan) -> nix::Result<()> {
-    if plan.privileged_map {
-        setgroups(&[])?;
-    }
+    setgroups(&[])?;
     let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
     setresgid(gid, gid, gid)?;
     setresuid(uid, uid, uid)

@@ -47,6 +47,11 @@ impl Default for NativeConfig {
 /// A failure preparing or watching a native run on the host.
 #[derive(Debug, thiserror::Error)]
 pub enum NativeError {
+    /// pyward is not running as root.
+    #[error(
+        "the native runtime needs root: it maps 65536 sandbox ids onto unused host ids, writes cgroup limits and prepares network namespaces"
+    )]
+    NotRoot,
     /// The configured interpreter is not an executable file.
     #[error(
         "interpreter {path} is not an executable file (set NativeConfig::python to a real binary, e.g. /usr/bin/python3)"
@@ -122,8 +127,8 @@ pub struct NativeRuntime {
     config: NativeConfig,
     cgroups: CgroupPool,
     ids: IdMap,
-    /// Empty network namespaces, reused one run at a time (root only).
-    netns: Option<NetnsPool>,
+    /// Empty network namespaces, reused one run at a time.
+    netns: NetnsPool,
     /// Compiled filters by (allowlist, denied action): compiling once per policy, not per run.
     filters: Mutex<HashMap<(String, DeniedAction), Arc<SeccompProgram>>>,
 }
@@ -131,6 +136,9 @@ pub struct NativeRuntime {
 impl NativeRuntime {
     /// Checks the host (interpreter, cgroups) and prepares the state directory.
     pub fn new(config: NativeConfig) -> Result<NativeRuntime, NativeError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(NativeError::NotRoot);
+        }
         if !is_executable(&config.python) {
             return Err(NativeError::Interpreter {
                 path: config.python.clone(),
@@ -142,21 +150,14 @@ impl NativeRuntime {
             source,
         })?;
         let cgroups = CgroupPool::new(Layout::detect()?, &config.state_dir.join("cgroups"))?;
-        let ids = if nix::unistd::geteuid().is_root() {
-            IdMap::Range {
-                base: config.host_id_base,
-            }
-        } else {
-            IdMap::Single {
-                host_uid: nix::unistd::geteuid().as_raw(),
-                host_gid: nix::unistd::getegid().as_raw(),
-            }
+        let ids = IdMap {
+            base: config.host_id_base,
         };
         Ok(NativeRuntime {
             config,
             cgroups,
             ids,
-            netns: matches!(ids, IdMap::Range { .. }).then(NetnsPool::default),
+            netns: NetnsPool::default(),
             filters: Mutex::default(),
         })
     }
@@ -190,15 +191,9 @@ impl Runtime for NativeRuntime {
 
     fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
         let seccomp = self.seccomp(policy)?;
-        let privileged = matches!(self.ids, IdMap::Range { .. });
-        let mut plan = plan::Plan::new(&self.config, policy, submission, seccomp, privileged)?;
+        let plan = plan::Plan::new(&self.config, policy, submission, seccomp)?;
         let loopback = policy.network == Network::Loopback;
-        let netns = match &self.netns {
-            Some(pool) => Some(pool.take(loopback)?),
-            None => None,
-        };
-        // A pooled loopback namespace already has lo up, and the sandbox could not change it.
-        plan.loopback &= netns.is_none();
+        let netns = self.netns.take(loopback)?;
         let cgroup = self.cgroups.acquire().map_err(NativeError::from)?;
         let limits = &policy.limits;
         cgroup
@@ -209,17 +204,8 @@ impl Runtime for NativeRuntime {
                 cpu_period_us: 100_000,
             })
             .map_err(NativeError::from)?;
-        let outcome = supervise::run(
-            netns.as_ref(),
-            &plan,
-            limits,
-            &cgroup,
-            &submission.stdin,
-            self.ids,
-        );
-        if let (Some(pool), Some(netns)) = (&self.netns, netns) {
-            pool.give_back(loopback, netns);
-        }
+        let outcome = supervise::run(&netns, &plan, limits, &cgroup, &submission.stdin, self.ids);
+        self.netns.give_back(loopback, netns);
         Ok(outcome?)
     }
 }

@@ -2,7 +2,7 @@
 //! setup needs, prepared in the parent so that the child allocates nothing.
 
 use super::NativeConfig;
-use crate::policy::{Network, SandboxPolicy};
+use crate::policy::SandboxPolicy;
 use crate::runtime::{Entrypoint, RunError, Submission};
 use crate::seccomp::SeccompProgram;
 use nix::mount::MsFlags;
@@ -49,13 +49,9 @@ pub struct Plan {
     pub work_dirs: Vec<CString>,
     pub work_files: Vec<FileWrite>,
     pub cwd: CString,
-    pub loopback: bool,
     pub rlimits: Vec<(Resource, u64, u64)>,
     pub uid: u32,
     pub gid: u32,
-    /// True when uid 0 inside is mapped (pyward runs as root): the stub becomes
-    /// the namespace's root and the payload may call setgroups.
-    pub privileged_map: bool,
     pub seccomp: Arc<SeccompProgram>,
     pub exe: CString,
     /// Owners of the strings `argv_ptrs` and `envp_ptrs` point into.
@@ -78,7 +74,6 @@ impl Plan {
         policy: &SandboxPolicy,
         submission: &Submission,
         seccomp: Arc<SeccompProgram>,
-        privileged_map: bool,
     ) -> Result<Plan, RunError> {
         let root = config.state_dir.join("root");
         let at = |inside: &str| cstring(format!("{}{inside}", root.display()));
@@ -168,7 +163,6 @@ impl Plan {
             work_dirs,
             work_files,
             cwd: cstring(WORK_DIR),
-            loopback: policy.network == Network::Loopback,
             rlimits: vec![
                 (Resource::RLIMIT_CORE, 0, 0),
                 (
@@ -189,7 +183,6 @@ impl Plan {
             ],
             uid,
             gid,
-            privileged_map,
             seccomp,
             exe: cstring(config.python.display().to_string()),
             argv,

@@ -40,7 +40,6 @@ steps! {
     SealRoot => "remount the new root read-only",
     PivotRoot => "pivot_root into the new root",
     Hostname => "set the hostname",
-    Loopback => "bring up the loopback interface",
     Rlimits => "set rlimits",
     DropBoundingSet => "drop the capability bounding set",
     SwitchUser => "switch to the sandbox user",

@@ -19,18 +19,16 @@ use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// How pyward maps the sandbox's ids onto the host's.
+/// How pyward maps the sandbox's ids onto the host's: ids 0..65536 inside
+/// become `base..base+65536` outside, none of them a host user.
 #[derive(Debug, Clone, Copy)]
-pub enum IdMap {
-    /// pyward is root: ids 0..65536 inside map to `base..base+65536` outside.
-    Range { base: u32 },
-    /// pyward is not root: only the sandbox user maps, onto pyward's own ids.
-    Single { host_uid: u32, host_gid: u32 },
+pub struct IdMap {
+    pub base: u32,
 }
 
 /// Runs the plan to completion inside `cgroup`.
 pub fn run(
-    netns: Option<&OwnedFd>,
+    netns: &OwnedFd,
     plan: &Plan,
     limits: &Limits,
     cgroup: &Cgroup,
@@ -48,9 +46,6 @@ pub fn run(
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_PIDFD) as u64;
-    if netns.is_none() {
-        flags |= libc::CLONE_NEWNET as u64;
-    }
     if clone_target.is_some() {
         flags |= CLONE_INTO_CGROUP;
     }
@@ -60,15 +55,12 @@ pub fn run(
         flags,
         cgroup: clone_target.as_ref().map(|fd| fd.as_raw_fd()),
     };
-    // A pooled network namespace is entered by this thread for the clone only.
-    let spawned = match netns {
-        Some(netns) => sys::netns::within(netns, || spawn_stub(args, plan, fds))
-            .map_err(|source| NativeError::Netns { source })?,
-        None => spawn_stub(args, plan, fds),
-    };
+    // The pooled network namespace is entered by this thread for the clone only.
+    let spawned = sys::netns::within(netns, || spawn_stub(args, plan, fds))
+        .map_err(|source| NativeError::Netns { source })?;
     let (pid, pidfd) = spawned.map_err(|source| NativeError::Clone { source })?;
     let (parent, go) = io.into_parent_side();
-    if let Err(error) = release_child(pid, ids, plan, cgroup, go) {
+    if let Err(error) = release_child(pid, ids, cgroup, go) {
         let _ = sys::process::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         let _ = sys::process::wait4(pid);
         return Err(error);
@@ -126,23 +118,13 @@ fn spawn_stub(
 fn release_child(
     pid: libc::pid_t,
     ids: IdMap,
-    plan: &Plan,
     cgroup: &Cgroup,
     go: OwnedFd,
 ) -> Result<(), NativeError> {
     let proc = format!("/proc/{pid}");
-    let (uid_map, gid_map) = match ids {
-        IdMap::Range { base } => (format!("0 {base} 65536\n"), format!("0 {base} 65536\n")),
-        IdMap::Single { host_uid, host_gid } => {
-            write_proc(&format!("{proc}/setgroups"), "deny")?;
-            (
-                format!("{} {host_uid} 1\n", plan.uid),
-                format!("{} {host_gid} 1\n", plan.gid),
-            )
-        }
-    };
-    write_proc(&format!("{proc}/uid_map"), &uid_map)?;
-    write_proc(&format!("{proc}/gid_map"), &gid_map)?;
+    let map = format!("0 {} 65536\n", ids.base);
+    write_proc(&format!("{proc}/uid_map"), &map)?;
+    write_proc(&format!("{proc}/gid_map"), &map)?;
     if cgroup.clone_target()?.is_none() {
         cgroup.attach(pid)?;
     }
