@@ -201,7 +201,8 @@ fn sandboxes_running_side_by_side_cannot_talk() {
     // must not reach the first one's, while both run.
     let listener = "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0pyward-side-by-side')\ns.listen()\nprint('listening', flush=True)\ntime.sleep(3)";
     let connector = "import socket, time\ntime.sleep(1)\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('\\0pyward-side-by-side')\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__)";
-    let first = std::thread::spawn(move || Case::code("strict", listener).expect_stdout("listening\n"));
+    let first =
+        std::thread::spawn(move || Case::code("strict", listener).expect_stdout("listening\n"));
     Case::code("strict", connector).expect_stdout("ConnectionRefusedError\n");
     first.join().unwrap();
     // Once the first sandbox is gone, nothing of it is left in any namespace.

@@ -132,7 +132,7 @@ impl Plan {
             })
             .collect();
 
-        let (work_dirs, work_files) = work_files(submission, &root)?;
+        let (work_dirs, work_files) = work_files(submission, &root, limits.tmpfs.bytes())?;
         let argv = argv(config, submission)?;
         let envp: Vec<CString> = policy
             .environment(&submission.env)
@@ -284,8 +284,20 @@ fn argv(config: &NativeConfig, submission: &Submission) -> Result<Vec<CString>, 
 fn work_files(
     submission: &Submission,
     root: &Path,
+    capacity: u64,
 ) -> Result<(Vec<CString>, Vec<FileWrite>), RunError> {
+    let total: u64 = submission
+        .files
+        .iter()
+        .map(|f| f.contents.len() as u64)
+        .sum();
+    if total > capacity {
+        return Err(RunError::InvalidSubmission(format!(
+            "the input files hold {total} bytes, more than the work dir's {capacity} (the policy's limits.tmpfs)"
+        )));
+    }
     let mut dirs: Vec<String> = Vec::new();
+    let mut paths: Vec<&str> = Vec::new();
     let mut files = Vec::new();
     for file in &submission.files {
         let path = &file.path;
@@ -305,10 +317,19 @@ fn work_files(
         }
         for depth in 1..parts.len() {
             let dir = parts[..depth].join("/");
+            if paths.contains(&dir.as_str()) {
+                return Err(bad(&format!(
+                    "needs a directory {dir:?}, but that is a file"
+                )));
+            }
             if !dirs.contains(&dir) {
                 dirs.push(dir);
             }
         }
+        if paths.contains(&path.as_str()) || dirs.contains(path) {
+            return Err(bad("appears twice, or names a directory of another file"));
+        }
+        paths.push(path);
         files.push(FileWrite {
             path: cstring(format!("{}{WORK_DIR}/{path}", root.display())),
             contents: file.contents.clone(),
@@ -333,4 +354,74 @@ fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
 /// A CString from text pyward built itself (paths and option strings never hold NUL).
 fn cstring(s: impl Into<Vec<u8>>) -> CString {
     CString::new(s).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::InputFile;
+
+    fn with_files(paths: &[&str]) -> Submission {
+        let files = paths
+            .iter()
+            .map(|p| InputFile {
+                path: (*p).into(),
+                contents: b"x".to_vec(),
+            })
+            .collect();
+        Submission {
+            files,
+            ..Submission::code("pass")
+        }
+    }
+
+    fn problem(paths: &[&str]) -> String {
+        match work_files(&with_files(paths), Path::new("/r"), 1 << 20) {
+            Err(RunError::InvalidSubmission(why)) => why,
+            other => panic!(
+                "{paths:?} accepted: {:?}",
+                other.map(|(d, f)| (d.len(), f.len()))
+            ),
+        }
+    }
+
+    #[test]
+    fn input_paths_stay_inside_the_work_dir() {
+        for bad in ["/etc/passwd", "", "../x", "a/../../x", "a//b", "./a", "a/."] {
+            assert!(problem(&[bad]).contains(&format!("{bad:?}")), "{bad}");
+        }
+        assert!(problem(&["a\0b"]).contains("NUL"));
+    }
+
+    #[test]
+    fn duplicate_and_clashing_paths_are_refused() {
+        assert!(problem(&["a.py", "a.py"]).contains("twice"));
+        assert!(problem(&["lib", "lib/x.py"]).contains("that is a file"));
+        assert!(problem(&["lib/x.py", "lib"]).contains("names a directory"));
+    }
+
+    #[test]
+    fn nested_files_get_their_directories_once() {
+        let (dirs, files) = work_files(
+            &with_files(&["a/b/c.py", "a/d.py", "e.py"]),
+            Path::new("/r"),
+            1 << 20,
+        )
+        .unwrap();
+        let dirs: Vec<_> = dirs
+            .iter()
+            .map(|d| d.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(dirs, ["/r/work/a", "/r/work/a/b"]);
+        assert_eq!(files.len(), 3);
+    }
+
+    #[test]
+    fn inputs_larger_than_the_work_dir_are_refused() {
+        let why = match work_files(&with_files(&["a", "b"]), Path::new("/r"), 1) {
+            Err(RunError::InvalidSubmission(why)) => why,
+            _ => panic!("accepted"),
+        };
+        assert!(why.contains("limits.tmpfs"), "{why}");
+    }
 }
