@@ -424,3 +424,19 @@ fn forbidden_syscall_is_a_security_violation_and_exits_4() {
     assert_exit(&out, 4);
     assert_eq!(outcome.verdict, Verdict::SecurityViolation);
 }
+
+#[test]
+fn a_closed_stdout_ends_policy_show_quietly() {
+    use std::process::{Command, Stdio};
+    // A pipe whose read end is already closed: every write gets EPIPE.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let output = Command::new(env!("CARGO_BIN_EXE_pyward"))
+        .args(["policy", "show", "standard"])
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

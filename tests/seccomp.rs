@@ -93,3 +93,35 @@ fn x32_syscall_numbers_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_policy_file_uses_the_allowlist_next_to_it() {
+    // A site's own allowlist beside its policy: python-strict without getcwd.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("seccomp")).unwrap();
+    let strict = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/seccomp/python-strict.toml"
+    ))
+    .unwrap();
+    let without_getcwd: String = strict
+        .lines()
+        .filter(|l| !l.starts_with("getcwd"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(
+        strict.len(),
+        without_getcwd.len(),
+        "python-strict.toml lists getcwd"
+    );
+    std::fs::write(dir.path().join("seccomp/no-getcwd.toml"), without_getcwd).unwrap();
+    let policy_path = dir.path().join("site.toml");
+    std::fs::write(&policy_path, "[seccomp]\nallowlist = \"no-getcwd\"\n").unwrap();
+    let policy = SandboxPolicy::load(policy_path.to_str().unwrap()).unwrap();
+    let code = "import os\ntry:\n    os.getcwd()\n    print('allowed')\nexcept PermissionError:\n    print('refused')";
+    Case {
+        policy,
+        submission: Submission::code(code),
+    }
+    .expect_stdout("refused\n");
+}

@@ -67,7 +67,7 @@ struct BenchPath {
 /// Runs the benchmark and prints the table.
 pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
     let mut paths = paths()?;
-    println!(
+    outln!(
         "pyward bench: `python3 -c pass`, {} timed runs per path after {} warmup, one block per path; {} CPUs, {}",
         args.runs,
         args.warmup,
@@ -252,13 +252,17 @@ fn print_table(paths: &mut [BenchPath]) {
     let Some(bare) = all.first().map(|(_, s)| s.median) else {
         return;
     };
-    println!(
+    outln!(
         "{:<28} {:>10} {:>10} {:>10} {:>9}",
-        "path", "median", "p90", "min", "vs bare"
+        "path",
+        "median",
+        "p90",
+        "min",
+        "vs bare"
     );
     for (label, s) in &all {
         let ratio = s.median.as_secs_f64() / bare.as_secs_f64();
-        println!(
+        outln!(
             "{label:<28} {:>10} {:>10} {:>10} {:>8.2}x",
             ms(s.median),
             ms(s.p90),
@@ -276,7 +280,7 @@ fn print_table(paths: &mut [BenchPath]) {
         } else {
             "MISSED"
         };
-        println!(
+        outln!(
             "headline: pyward native in-process median = {ratio:.2}x bare python3 (target <= {TARGET_RATIO}x: {verdict})"
         );
     }

@@ -5,6 +5,15 @@
 //! like every other front end; only `bench` drives a runtime directly, to
 //! time it.
 
+/// Like `println!`, but a closed stdout (`pyward policy show strict | head`)
+/// ends the output quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod policy;
 mod run;

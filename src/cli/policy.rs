@@ -3,7 +3,6 @@
 
 use super::{CliError, exit};
 use pyward::{Arch, SandboxPolicy};
-use std::path::Path;
 
 /// `pyward policy …`
 #[derive(Debug, clap::Subcommand)]
@@ -28,8 +27,8 @@ pub fn run(cmd: &PolicyCommand) -> Result<u8, CliError> {
         PolicyCommand::Check { file } => {
             let policy = SandboxPolicy::load(file)?;
             let host = Arch::host();
-            let count = allowed_count(&policy, file, host)?;
-            println!(
+            let count = allowed_count(&policy, host)?;
+            outln!(
                 "ok: {} — {count} syscalls allowed on {}",
                 policy.name,
                 host.kernel_name()
@@ -39,12 +38,11 @@ pub fn run(cmd: &PolicyCommand) -> Result<u8, CliError> {
             policy: name_or_path,
         } => {
             let policy = SandboxPolicy::load(name_or_path)?;
-            print!("{}", policy.to_toml());
-            println!();
-            println!("# seccomp allowlist {:?}:", policy.seccomp.allowlist);
+            outln!("{}", policy.to_toml());
+            outln!("# seccomp allowlist {:?}:", policy.seccomp.allowlist);
             for arch in Arch::ALL {
-                let count = allowed_count(&policy, name_or_path, arch)?;
-                println!("#   {count} syscalls allowed on {}", arch.kernel_name());
+                let count = allowed_count(&policy, arch)?;
+                outln!("#   {count} syscalls allowed on {}", arch.kernel_name());
             }
         }
     }
@@ -55,19 +53,13 @@ pub fn run(cmd: &PolicyCommand) -> Result<u8, CliError> {
 ///
 /// A policy loaded from a file looks for its allowlist next to it first
 /// (`DIR/seccomp/NAME.toml`), then among the built-in ones.
-fn allowed_count(
-    policy: &SandboxPolicy,
-    name_or_path: &str,
-    arch: Arch,
-) -> Result<usize, CliError> {
+fn allowed_count(policy: &SandboxPolicy, arch: Arch) -> Result<usize, CliError> {
     let seccomp_error = |source| CliError::Seccomp {
         policy: policy.name.clone(),
         allowlist: policy.seccomp.allowlist.clone(),
         source,
     };
-    // The same rule as `SandboxPolicy::load`: a `/` or a `.toml` suffix means a file.
-    let is_file = name_or_path.contains('/') || name_or_path.ends_with(".toml");
-    let search_dir = is_file.then(|| Path::new(name_or_path).parent()).flatten();
+    let search_dir = policy.seccomp.search_dir.as_deref();
     let allowlist =
         pyward::Allowlist::load(&policy.seccomp.allowlist, search_dir).map_err(seccomp_error)?;
     let program =

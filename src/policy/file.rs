@@ -163,6 +163,7 @@ fn to_policy(name: String, raw: RawPolicy) -> Result<SandboxPolicy, FieldError> 
             None => strict_seccomp.denied,
             Some(word) => parse_denied(&word)?,
         },
+        search_dir: None,
     };
     seccomp.check()?;
     let strict_user = SandboxUser::strict();

@@ -67,7 +67,9 @@ impl SandboxPolicy {
         let name = path
             .file_stem()
             .map_or_else(|| name_or_path.into(), |stem| stem.to_string_lossy());
-        SandboxPolicy::from_toml(&name, &text, &path.display().to_string())
+        let mut policy = SandboxPolicy::from_toml(&name, &text, &path.display().to_string())?;
+        policy.seccomp.search_dir = path.parent().map(Path::to_path_buf);
+        Ok(policy)
     }
 
     /// The policy in the file format with every field resolved (defaults

@@ -202,6 +202,9 @@ pub struct SeccompSettings {
     pub allowlist: String,
     /// What happens to a syscall that is neither allowed nor in the dangerous set.
     pub denied: DeniedAction,
+    /// Where to look for `seccomp/NAME.toml` before the built-in allowlists:
+    /// the directory of the policy file, for a policy loaded from a file.
+    pub search_dir: Option<std::path::PathBuf>,
 }
 
 impl SeccompSettings {
@@ -210,6 +213,7 @@ impl SeccompSettings {
         SeccompSettings {
             allowlist: "python-strict".to_owned(),
             denied: DeniedAction::strict(),
+            search_dir: None,
         }
     }
 }

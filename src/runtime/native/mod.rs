@@ -130,7 +130,7 @@ pub struct NativeRuntime {
     /// Empty network namespaces, reused one run at a time.
     netns: NetnsPool,
     /// Compiled filters by (allowlist, denied action): compiling once per policy, not per run.
-    filters: Mutex<HashMap<(String, DeniedAction), Arc<SeccompProgram>>>,
+    filters: Mutex<HashMap<FilterKey, Arc<SeccompProgram>>>,
 }
 
 impl NativeRuntime {
@@ -164,7 +164,12 @@ impl NativeRuntime {
 
     /// The seccomp filters for `policy` on this host's architecture, compiled once.
     fn seccomp(&self, policy: &SandboxPolicy) -> Result<Arc<SeccompProgram>, NativeError> {
-        let key = (policy.seccomp.allowlist.clone(), policy.seccomp.denied);
+        let settings = &policy.seccomp;
+        let key = (
+            settings.allowlist.clone(),
+            settings.search_dir.clone(),
+            settings.denied,
+        );
         let mut filters = self
             .filters
             .lock()
@@ -172,8 +177,8 @@ impl NativeRuntime {
         if let Some(program) = filters.get(&key) {
             return Ok(program.clone());
         }
-        let allowlist = Allowlist::load(&key.0, None)?;
-        let program = Arc::new(seccomp::compile(&allowlist, key.1, Arch::host())?);
+        let allowlist = Allowlist::load(&key.0, key.1.as_deref())?;
+        let program = Arc::new(seccomp::compile(&allowlist, key.2, Arch::host())?);
         filters.insert(key, program.clone());
         Ok(program)
     }
@@ -243,3 +248,6 @@ fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+/// What a compiled filter depends on: the allowlist's name, where it is looked up, the denied action.
+type FilterKey = (String, Option<PathBuf>, DeniedAction);
