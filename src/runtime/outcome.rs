@@ -70,7 +70,7 @@ pub struct Usage {
     pub wall: Duration,
     /// User plus system CPU time of every process in the sandbox.
     pub cpu: Duration,
-    /// Peak memory of the sandbox, in bytes.
+    /// The largest resident set any one process of the sandbox reached, in bytes.
     pub peak_memory_bytes: u64,
 }
 
