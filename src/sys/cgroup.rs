@@ -144,6 +144,39 @@ impl Layout {
         })
     }
 
+    /// The same layout one level down, in the child cgroup `name`.
+    fn join(&self, name: &str) -> Layout {
+        match self {
+            Layout::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => Layout::V1 {
+                memory: memory.join(name),
+                pids: pids.join(name),
+                cpu: cpu.join(name),
+                cpuacct: cpuacct.join(name),
+            },
+            Layout::V2 { base } => Layout::V2 {
+                base: base.join(name),
+            },
+        }
+    }
+
+    /// Every directory of the layout (one per controller on v1).
+    fn dirs(&self) -> Vec<&PathBuf> {
+        match self {
+            Layout::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => vec![memory, pids, cpu, cpuacct],
+            Layout::V2 { base } => vec![base],
+        }
+    }
+
     /// "v1" or "v2".
     pub fn version(&self) -> &'static str {
         match self {
@@ -204,23 +237,15 @@ impl CgroupPool {
             path: lock_dir.into(),
             source,
         })?;
-        match &layout {
-            Layout::V1 {
-                memory,
-                pids,
-                cpu,
-                cpuacct,
-            } => {
-                for dir in [memory, pids, cpu, cpuacct] {
-                    create_dir(dir)?;
-                }
-            }
-            Layout::V2 { base } => {
-                let root = base.parent().unwrap_or(Path::new("/"));
-                enable_controllers(root)?;
-                create_dir(base)?;
-                enable_controllers(base)?;
-            }
+        if let Layout::V2 { base } = &layout {
+            enable_controllers(base.parent().unwrap_or(Path::new("/")))?;
+        }
+        layout
+            .dirs()
+            .into_iter()
+            .try_for_each(|dir| create_dir(dir))?;
+        if let Layout::V2 { base } = &layout {
+            enable_controllers(base)?;
         }
         Ok(CgroupPool {
             layout,
@@ -255,58 +280,18 @@ impl CgroupPool {
     }
 
     fn slot(&self, index: usize, lock: Flock<File>) -> Result<Cgroup, CgroupError> {
-        let name = format!("slot-{index}");
-        let dirs = match &self.layout {
-            Layout::V1 {
-                memory,
-                pids,
-                cpu,
-                cpuacct,
-            } => {
-                let dirs = Dirs::V1 {
-                    memory: memory.join(&name),
-                    pids: pids.join(&name),
-                    cpu: cpu.join(&name),
-                    cpuacct: cpuacct.join(&name),
-                };
-                if let Dirs::V1 {
-                    memory,
-                    pids,
-                    cpu,
-                    cpuacct,
-                } = &dirs
-                {
-                    for dir in [memory, pids, cpu, cpuacct] {
-                        create_dir(dir)?;
-                    }
-                }
-                dirs
-            }
-            Layout::V2 { base } => {
-                let dir = base.join(&name);
-                create_dir(&dir)?;
-                Dirs::V2(dir)
-            }
-        };
+        let dirs = self.layout.join(&format!("slot-{index}"));
+        dirs.dirs()
+            .into_iter()
+            .try_for_each(|dir| create_dir(dir))?;
         Ok(Cgroup { dirs, _lock: lock })
     }
-}
-
-#[derive(Debug)]
-enum Dirs {
-    V1 {
-        memory: PathBuf,
-        pids: PathBuf,
-        cpu: PathBuf,
-        cpuacct: PathBuf,
-    },
-    V2(PathBuf),
 }
 
 /// One claimed slot of the pool; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Cgroup {
-    dirs: Dirs,
+    dirs: Layout,
     _lock: Flock<File>,
 }
 
@@ -314,7 +299,7 @@ impl Cgroup {
     /// Writes the run's limits.
     pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         match &self.dirs {
-            Dirs::V1 {
+            Layout::V1 {
                 memory, pids, cpu, ..
             } => {
                 set_v1_memory(memory, limits.memory_bytes)?;
@@ -328,7 +313,7 @@ impl Cgroup {
                     &limits.cpu_quota_us.to_string(),
                 )?;
             }
-            Dirs::V2(dir) => {
+            Layout::V2 { base: dir } => {
                 write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
                 write_if_present(&dir.join("memory.swap.max"), "0")?;
                 write(&dir.join("pids.max"), &limits.pids.to_string())?;
@@ -345,7 +330,7 @@ impl Cgroup {
     pub fn attach(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
         let pid = pid.to_string();
         match &self.dirs {
-            Dirs::V1 {
+            Layout::V1 {
                 memory,
                 pids,
                 cpu,
@@ -359,15 +344,15 @@ impl Cgroup {
                 }
                 Ok(())
             }
-            Dirs::V2(dir) => write(&dir.join("cgroup.procs"), &pid),
+            Layout::V2 { base: dir } => write(&dir.join("cgroup.procs"), &pid),
         }
     }
 
     /// On v2, an fd of the cgroup directory for `CLONE_INTO_CGROUP`.
     pub fn clone_target(&self) -> Result<Option<OwnedFd>, CgroupError> {
         match &self.dirs {
-            Dirs::V1 { .. } => Ok(None),
-            Dirs::V2(dir) => {
+            Layout::V1 { .. } => Ok(None),
+            Layout::V2 { base: dir } => {
                 let file = File::open(dir).map_err(|source| CgroupError::Read {
                     path: dir.clone(),
                     source,
@@ -380,10 +365,10 @@ impl Cgroup {
     /// The event counters now.
     pub fn counters(&self) -> Result<Counters, CgroupError> {
         let (oom_file, pids_file) = match &self.dirs {
-            Dirs::V1 { memory, pids, .. } => {
+            Layout::V1 { memory, pids, .. } => {
                 (memory.join("memory.oom_control"), pids.join("pids.events"))
             }
-            Dirs::V2(dir) => (dir.join("memory.events"), dir.join("pids.events")),
+            Layout::V2 { base: dir } => (dir.join("memory.events"), dir.join("pids.events")),
         };
         Ok(Counters {
             oom_kills: keyed_value(&read(&oom_file)?, "oom_kill").unwrap_or(0),
@@ -394,12 +379,12 @@ impl Cgroup {
     /// CPU time used so far by every task in the cgroup.
     pub fn cpu_usage(&self) -> Result<Duration, CgroupError> {
         match &self.dirs {
-            Dirs::V1 { cpuacct, .. } => {
+            Layout::V1 { cpuacct, .. } => {
                 let path = cpuacct.join("cpuacct.usage");
                 let nanos = read(&path)?.trim().parse().unwrap_or(0);
                 Ok(Duration::from_nanos(nanos))
             }
-            Dirs::V2(dir) => {
+            Layout::V2 { base: dir } => {
                 let micros = keyed_value(&read(dir.join("cpu.stat"))?, "usage_usec").unwrap_or(0);
                 Ok(Duration::from_micros(micros))
             }
@@ -409,8 +394,8 @@ impl Cgroup {
     /// True when no task is left in the cgroup.
     pub fn is_empty(&self) -> Result<bool, CgroupError> {
         let procs = match &self.dirs {
-            Dirs::V1 { pids, .. } => pids.join("cgroup.procs"),
-            Dirs::V2(dir) => dir.join("cgroup.procs"),
+            Layout::V1 { pids, .. } => pids.join("cgroup.procs"),
+            Layout::V2 { base: dir } => dir.join("cgroup.procs"),
         };
         Ok(read(&procs)?.trim().is_empty())
     }
@@ -561,7 +546,7 @@ mod tests {
         )
         .unwrap();
         let cgroup = Cgroup {
-            dirs: Dirs::V2(slot.clone()),
+            dirs: Layout::V2 { base: slot.clone() },
             _lock: lock,
         };
         let limits = CgroupLimits {
