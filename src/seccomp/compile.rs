@@ -21,12 +21,15 @@
 
 use super::allowlist::{Allowlist, ArgCondition, ArgOp, SyscallRule, dangerous_syscalls};
 use super::error::SeccompError;
+use super::layout;
 use super::table;
 use crate::arch::Arch;
 use crate::policy::DeniedAction;
+#[cfg(test)]
+use seccompiler::SeccompFilter;
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
+    TargetArch,
 };
 use std::collections::BTreeMap;
 
@@ -59,7 +62,36 @@ pub fn compile(
     denied: DeniedAction,
     arch: Arch,
 ) -> Result<SeccompProgram, SeccompError> {
-    let target = target_arch(arch);
+    let (filters, allowed_count) = filters(allowlist, denied, arch)?;
+    let mut programs = Vec::with_capacity(filters.len());
+    for (name, rules, mismatch, matched) in filters {
+        let program = layout::balanced(rules, mismatch, matched, target_arch(arch));
+        programs.push(program.map_err(|source| SeccompError::Compile {
+            arch,
+            filter: name,
+            source,
+        })?);
+    }
+    Ok(SeccompProgram {
+        programs,
+        allowed_count,
+    })
+}
+
+/// One filter: its name, its rules by syscall number, the mismatch and match actions.
+type Filter = (
+    &'static str,
+    BTreeMap<i64, Vec<SeccompRule>>,
+    SeccompAction,
+    SeccompAction,
+);
+
+/// The three filters (see the module's comment), and how many syscalls the allowlist allows.
+fn filters(
+    allowlist: &Allowlist,
+    denied: DeniedAction,
+    arch: Arch,
+) -> Result<([Filter; 3], usize), SeccompError> {
     let compile_err = |filter| {
         move |source| SeccompError::Compile {
             arch,
@@ -104,16 +136,28 @@ pub fn compile(
         ),
         ("allowlist", allowed, denied, SeccompAction::Allow),
     ];
-    let mut programs = Vec::with_capacity(filters.len());
-    for (name, rules, mismatch, matched) in filters {
-        let filter =
-            SeccompFilter::new(rules, mismatch, matched, target).map_err(compile_err(name))?;
-        programs.push(BpfProgram::try_from(filter).map_err(compile_err(name))?);
-    }
-    Ok(SeccompProgram {
-        programs,
-        allowed_count,
-    })
+    Ok((filters, allowed_count))
+}
+
+/// The same filters laid out by [`layout::balanced`] and by seccompiler's
+/// linear chain, for the equivalence test.
+#[cfg(test)]
+pub(super) fn both_layouts(
+    allowlist: &Allowlist,
+    denied: DeniedAction,
+    arch: Arch,
+) -> (Vec<BpfProgram>, Vec<BpfProgram>) {
+    let (filters, _) = filters(allowlist, denied, arch).unwrap();
+    filters
+        .into_iter()
+        .map(|(_, rules, mismatch, matched)| {
+            let target = target_arch(arch);
+            let balanced =
+                layout::balanced(rules.clone(), mismatch.clone(), matched.clone(), target);
+            let linear = SeccompFilter::new(rules, mismatch, matched, target).unwrap();
+            (balanced.unwrap(), BpfProgram::try_from(linear).unwrap())
+        })
+        .unzip()
 }
 
 fn target_arch(arch: Arch) -> TargetArch {

@@ -20,6 +20,7 @@ mod allowlist;
 mod compile;
 mod docker;
 mod error;
+mod layout;
 mod table;
 #[cfg(test)]
 mod tests;
