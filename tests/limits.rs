@@ -247,14 +247,7 @@ fn a_timeout_leaves_no_process_behind() {
     Case::code("standard", &code)
         .limits(wall(1))
         .expect(Verdict::Timeout);
-    let leftovers: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| {
-            let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(&marker).then_some(cmdline)
-        })
-        .collect();
+    let leftovers = processes_with(&marker);
     assert!(
         leftovers.is_empty(),
         "processes outlived the sandbox: {leftovers:?}"
@@ -273,4 +266,50 @@ fn a_requested_limit_may_not_loosen_the_policy() {
         err.contains("limits.memory") || err.contains("memory"),
         "{err}"
     );
+}
+
+#[test]
+fn a_killed_pyward_takes_its_sandbox_with_it() {
+    if common::native().is_none() {
+        return;
+    }
+    let marker = format!("pyward-orphan-{}", std::process::id());
+    let mut pyward = std::process::Command::new(env!("CARGO_BIN_EXE_pyward"))
+        .args(["run", "--policy", "standard"])
+        .args(["-c", "import time; time.sleep(600)", "--", &marker])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sandboxed = || processes_with(&marker);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sandboxed().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pyward.kill().unwrap();
+    pyward.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !sandboxed().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outlived pyward: {:?}",
+            sandboxed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Command lines of host processes whose arguments contain `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains(marker) && !cmdline.contains("pyward run")).then_some(cmdline)
+        })
+        .collect()
 }

@@ -104,6 +104,18 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> nix::Res
     }
 }
 
+/// A pidfd for the calling process (close-on-exec).
+pub fn pidfd_self() -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0u32) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// How a waited-for process ended, with its resource usage (its own plus that of
 /// every descendant it reaped).
 #[derive(Debug, Clone, Copy)]
@@ -213,6 +225,18 @@ pub mod rawfd {
                 return Err(err);
             }
         }
+    }
+
+    /// True when `fd` is readable right now (for a pidfd: the process has exited).
+    pub fn readable_now(fd: RawFd) -> bool {
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, a zero timeout.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready > 0 && poll.revents & libc::POLLIN != 0
     }
 
     /// Writes all of `buf`, retrying on EINTR and short writes.

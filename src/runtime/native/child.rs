@@ -30,6 +30,8 @@ pub struct ChildFds {
     pub stderr: RawFd,
     pub status: RawFd,
     pub go: RawFd,
+    /// A pidfd of pyward's own process, to notice that it died.
+    pub parent: RawFd,
 }
 
 /// Where the status pipe sits in the payload once stdio is in place.
@@ -94,6 +96,14 @@ fn stub_setup(fds: ChildFds) -> StepResult {
     rawfd::close(fds.go);
     // Run the rest of the setup as the namespace's root: an unprivileged host uid.
     become_namespace_root().at(Step::BecomeNamespaceRoot)?;
+    // If pyward dies, the sandbox dies with it (the pid namespace goes with its
+    // pid 1). Set after the change of uid above, which clears it; pyward may
+    // have died before, so look once.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).at(Step::ParentDeathSignal)?;
+    if rawfd::readable_now(fds.parent) {
+        return Err((Step::ParentDeathSignal, Errno::ESRCH));
+    }
+    rawfd::close(fds.parent);
     // A cgroup namespace rooted at the sandbox's own cgroup.
     unshare(CloneFlags::CLONE_NEWCGROUP).at(Step::UnshareCgroup)?;
     // Take SIGCHLD and polite stops synchronously (the payload unblocks them).

@@ -80,6 +80,12 @@ pub enum NativeError {
         /// The cause.
         source: nix::Error,
     },
+    /// A pidfd of pyward's own process could not be opened (Linux 5.3+).
+    #[error("failed to open a pidfd for pyward itself (pidfd_open needs Linux 5.3 or later)")]
+    SelfPidfd {
+        /// The cause.
+        source: nix::Error,
+    },
     /// stdin could not be staged.
     #[error("failed to stage stdin for the sandbox")]
     Stdin {

@@ -24,6 +24,7 @@ macro_rules! steps {
 steps! {
     WaitForParent => "wait for the parent to write the id maps",
     BecomeNamespaceRoot => "become root of the user namespace",
+    ParentDeathSignal => "tie the sandbox's life to pyward's",
     UnshareCgroup => "enter a new cgroup namespace",
     BlockSignals => "block the stub's signals",
     ForkPayload => "fork the payload",

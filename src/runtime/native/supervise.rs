@@ -142,6 +142,7 @@ fn write_proc(path: &str, value: &str) -> Result<(), NativeError> {
 
 /// The pipes and memfd a run needs; the child's ends are plain numbers to it.
 struct StdioPipes {
+    parent: OwnedFd,
     stdin: OwnedFd,
     stdout: (OwnedFd, OwnedFd),
     stderr: (OwnedFd, OwnedFd),
@@ -165,6 +166,8 @@ impl StdioPipes {
             .and_then(|()| file.rewind())
             .map_err(|source| NativeError::Stdin { source })?;
         let io = StdioPipes {
+            parent: sys::process::pidfd_self()
+                .map_err(|source| NativeError::SelfPidfd { source })?,
             stdin: file.into(),
             stdout: pipe()?,
             stderr: pipe()?,
@@ -185,6 +188,7 @@ impl StdioPipes {
             stderr: self.stderr.1.as_raw_fd(),
             status: self.status.1.as_raw_fd(),
             go: self.go.0.as_raw_fd(),
+            parent: self.parent.as_raw_fd(),
         }
     }
 
