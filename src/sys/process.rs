@@ -104,6 +104,34 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> nix::Res
     }
 }
 
+/// Sets real, effective and saved uid and gid, and drops every supplementary
+/// group, with raw syscalls.
+///
+/// glibc's wrappers would broadcast the change to every thread glibc knows
+/// of (POSIX setxid semantics), taking a lock and signalling threads; in a
+/// child cloned from a multi-threaded process those threads are the
+/// parent's, and the lock may be held forever. The raw calls change only
+/// the calling thread, which is all a single-threaded child has.
+pub fn set_ids(uid: libc::uid_t, gid: libc::gid_t, clear_groups: bool) -> nix::Result<()> {
+    let check = |ret: libc::c_long| {
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(nix::Error::last())
+        }
+    };
+    if clear_groups {
+        // SAFETY: a zero-length group list with a null pointer is valid.
+        check(unsafe {
+            libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+        })?;
+    }
+    // SAFETY: setresgid/setresuid take plain ids and touch no memory.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })
+}
+
 /// A pidfd for the calling process (close-on-exec).
 pub fn pidfd_self() -> nix::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;

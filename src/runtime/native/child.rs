@@ -14,10 +14,7 @@ use nix::sys::resource::setrlimit;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{
-    Gid, Pid, Uid, chdir, mkdir, pivot_root, setgroups, sethostname, setresgid, setresuid,
-    symlinkat,
-};
+use nix::unistd::{Pid, chdir, mkdir, pivot_root, sethostname, symlinkat};
 use std::ffi::CStr;
 use std::os::fd::RawFd;
 use sys::process::rawfd;
@@ -127,9 +124,7 @@ fn keep_only_status(status: RawFd) -> RawFd {
 }
 
 fn become_namespace_root() -> nix::Result<()> {
-    let (root_gid, root_uid) = (Gid::from_raw(0), Uid::from_raw(0));
-    setresgid(root_gid, root_gid, root_gid)?;
-    setresuid(root_uid, root_uid, root_uid)
+    sys::process::set_ids(0, 0, false)
 }
 
 /// Reaps children until the payload is among them, forwarding polite signals.
@@ -351,10 +346,7 @@ fn enter_new_root(plan: &Plan) -> nix::Result<()> {
 }
 
 fn switch_user(plan: &Plan) -> nix::Result<()> {
-    setgroups(&[])?;
-    let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
-    setresgid(gid, gid, gid)?;
-    setresuid(uid, uid, uid)
+    sys::process::set_ids(plan.uid, plan.gid, true)
 }
 
 fn report(fd: RawFd, message: Message) {
