@@ -106,7 +106,7 @@ pub fn run(args: &ImageArgs) -> Result<u8, CliError> {
                 println!(
                     "{:<28} {:<6} {:<12} {:>9} {:>9}  {docker}",
                     b.recipe,
-                    b.arch,
+                    b.arch.as_str(),
                     &b.key[..12],
                     mib(b.rootfs_bytes),
                     mib(b.layer_size)
