@@ -22,10 +22,30 @@ fn raw_syscall(name: &str) -> String {
 
 #[test]
 fn dangerous_syscalls_kill_the_program() {
-    for name in ["mount", "ptrace", "unshare", "keyctl", "bpf", "io_uring_setup", "setns", "pivot_root", "init_module", "reboot"] {
+    for name in [
+        "mount",
+        "ptrace",
+        "unshare",
+        "keyctl",
+        "bpf",
+        "io_uring_setup",
+        "setns",
+        "pivot_root",
+        "init_module",
+        "reboot",
+    ] {
         for outcome in Case::code("strict", &raw_syscall(name)).expect(Verdict::SecurityViolation) {
-            assert_eq!(outcome.signal, Some(libc::SIGSYS), "{name}: {}", describe(&outcome));
-            assert!(outcome.stdout.bytes.is_empty(), "{name} returned: {}", describe(&outcome));
+            assert_eq!(
+                outcome.signal,
+                Some(libc::SIGSYS),
+                "{name}: {}",
+                describe(&outcome)
+            );
+            assert!(
+                outcome.stdout.bytes.is_empty(),
+                "{name} returned: {}",
+                describe(&outcome)
+            );
         }
     }
 }
@@ -40,7 +60,8 @@ fn the_standard_policy_kills_them_too() {
 #[test]
 fn other_unlisted_syscalls_fail_with_eperm() {
     for name in ["mknodat", "sethostname"] {
-        Case::code("strict", &raw_syscall(name)).expect_stdout("returned -1 Operation not permitted\n");
+        Case::code("strict", &raw_syscall(name))
+            .expect_stdout("returned -1 Operation not permitted\n");
     }
 }
 
@@ -48,7 +69,10 @@ fn other_unlisted_syscalls_fail_with_eperm() {
 fn with_denied_kill_any_unlisted_syscall_is_a_violation() {
     let text = "[seccomp]\nallowlist = \"python-strict\"\ndenied = \"kill\"\n";
     let policy = SandboxPolicy::from_toml("kill", text, "test").unwrap();
-    let case = Case { policy, submission: Submission::code(raw_syscall("mknodat")) };
+    let case = Case {
+        policy,
+        submission: Submission::code(raw_syscall("mknodat")),
+    };
     case.expect(Verdict::SecurityViolation);
 }
 
@@ -63,6 +87,9 @@ fn x32_syscall_numbers_are_refused() {
     let code = "import ctypes, os, platform\nif platform.machine() != 'x86_64':\n    print('not x86_64')\nelse:\n    libc = ctypes.CDLL(None, use_errno=True)\n    ret = libc.syscall(0x40000000 | 39)\n    print('returned', ret)";
     for outcome in Case::code("strict", code).expect(Verdict::Ok) {
         let out = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
-        assert!(out == "returned -1\n" || out == "not x86_64\n", "x32 getpid ran: {out}");
+        assert!(
+            out == "returned -1\n" || out == "not x86_64\n",
+            "x32 getpid ran: {out}"
+        );
     }
 }
