@@ -253,7 +253,7 @@ pub fn list(cache: &Cache, docker: bool) -> Result<Vec<ImageEntry>, ImageError> 
 }
 
 /// Removes the cached builds of `name` (one arch or all), their Docker tags
-/// (when `docker`), and rewrites or removes the default OCI layout.
+/// (when `docker`), and the default OCI layout (the next build writes it anew).
 pub fn remove(
     cache: &Cache,
     name: &str,
@@ -295,7 +295,7 @@ pub fn remove(
         remove_if_exists(&cache.rootfs_dir(name, *a))?;
         remove_if_exists(&cache.blob_dir(name, *a))?;
     }
-    // The default layout lists what is left; with nothing left it goes.
+    // The layout's index would name a removed arch; it goes with it.
     remove_if_exists(&cache.oci_dir(name))?;
     Ok(present.into_iter().map(|(a, _)| a).collect())
 }
