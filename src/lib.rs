@@ -6,6 +6,7 @@
 
 mod arch;
 mod executor;
+mod image;
 mod policy;
 mod runtime;
 mod seccomp;
@@ -14,6 +15,12 @@ pub mod sys;
 
 pub use arch::{Arch, UnknownArch};
 pub use executor::{ExecError, Executor};
+pub use image::{
+    ArchReport, BuildOptions, BuildReport, BuiltArch, Cache as ImageCache, DEFAULT_CACHE_DIR,
+    Hardening, ImageEntry, ImageError, RECIPE_HASH_LABEL, Recipe, SANDBOX_ID, Variant,
+    build as build_image, content_key, docker_repository, docker_tags, list as list_images,
+    remove as remove_image,
+};
 pub use policy::*;
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};

@@ -1,4 +1,4 @@
-//! The command line: clap definitions of `run`, `policy` and `bench`, and the
+//! The command line: clap definitions of `run`, `policy`, `bench` and `image`, and the
 //! mapping from results to exit codes.
 //!
 //! Uses only the library's public API. `run` goes through the `Executor`
@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod image;
 mod policy;
 mod run;
 
@@ -68,6 +69,8 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// Time a trivial program through pyward and reference sandboxes, side by side.
     Bench(bench::BenchArgs),
+    /// Build, list and remove the multi-arch Python images code runs in.
+    Image(image::ImageArgs),
 }
 
 /// Runs the parsed command; `Ok` carries the exit code.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Run(args) => run::run(&args),
         Command::Policy(cmd) => policy::run(&cmd),
         Command::Bench(args) => bench::run(&args),
+        Command::Image(args) => image::run(&args),
     }
 }
 
@@ -167,6 +171,9 @@ pub enum CliError {
     /// The benchmark could not run or a measured path failed.
     #[error(transparent)]
     Bench(#[from] bench::BenchError),
+    /// An image could not be built, listed or removed.
+    #[error(transparent)]
+    Image(#[from] pyward::ImageError),
 }
 
 impl CliError {
@@ -186,6 +193,7 @@ impl CliError {
             | CliError::Runtime(_)
             | CliError::Output(_)
             | CliError::Bench(_) => exit::SANDBOX_ERROR,
+            CliError::Image(err) => image::exit_code(err),
         }
     }
 }
