@@ -139,9 +139,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, ImageE
         let client = DockerClient::connect(&built)?;
         for a in &mut archs {
             let tags = tags(&a.built);
-            // The content-hash tag exists only if this exact build was loaded.
-            if client.architecture(&tags[1])?.is_none() || client.architecture(&tags[0])?.is_none()
-            {
+            // The content-hash tag exists only if this exact build was loaded;
+            // the arch tag must still point at it (something else may have retagged it).
+            let loaded = client.id(&tags[1])?;
+            if loaded.is_none() || client.id(&tags[0])? != loaded {
                 let step = progress.start(format!("{}/{}", recipe.name, a.built.arch));
                 step.set("loading into Docker");
                 client.load(&cache.blob_dir(&recipe.name, a.built.arch), &a.built)?;

@@ -71,8 +71,19 @@ impl DockerClient {
 
     /// The architecture Docker records for `tag`, or `None` if there is no such image.
     pub fn architecture(&self, tag: &str) -> Result<Option<String>, ImageError> {
+        Ok(self
+            .inspect(tag)?
+            .map(|img| img.architecture.unwrap_or_default()))
+    }
+
+    /// The image id behind `tag`, or `None` if there is no such image.
+    pub fn id(&self, tag: &str) -> Result<Option<String>, ImageError> {
+        Ok(self.inspect(tag)?.map(|img| img.id.unwrap_or_default()))
+    }
+
+    fn inspect(&self, tag: &str) -> Result<Option<bollard::models::ImageInspect>, ImageError> {
         match self.rt.block_on(self.docker.inspect_image(tag)) {
-            Ok(img) => Ok(Some(img.architecture.unwrap_or_default())),
+            Ok(img) => Ok(Some(img)),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
