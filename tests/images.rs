@@ -380,3 +380,30 @@ fn unreachable_docker_is_named_and_the_build_is_kept() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_native_runtime_runs_an_images_interpreter() {
+    use pyward::{NativeConfig, NativeRuntime, Runtime, SandboxPolicy, Submission, Verdict};
+    if !ready() {
+        return;
+    }
+    let report = build(SCI, &[Arch::Amd64]);
+    let rootfs = report.archs[0].rootfs.clone();
+    let runtime = NativeRuntime::new(NativeConfig {
+        rootfs: Some(rootfs),
+        ..NativeConfig::default()
+    })
+    .unwrap();
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    // numpy is in the image, not on the host; its BLAS is found through the image's /etc.
+    let code = "import numpy, os, pwd\nprint(int(numpy.arange(5).sum()), pwd.getpwuid(os.getuid()).pw_name, os.path.exists('/usr/bin/gcc'))";
+    let outcome = runtime.run(&policy, &Submission::code(code)).unwrap();
+    let stdout = String::from_utf8_lossy(&outcome.stdout.bytes);
+    assert_eq!(
+        outcome.verdict,
+        Verdict::Ok,
+        "{}",
+        String::from_utf8_lossy(&outcome.stderr.bytes)
+    );
+    assert_eq!(stdout, "10 sandbox False\n");
+}

@@ -101,6 +101,16 @@ pub fn verdict_exit_code(verdict: Verdict) -> u8 {
 /// Why a command failed before or instead of producing a verdict.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// `--image NAME` names an image with no finished build for this architecture.
+    #[error(
+        "image {name:?} is not built for {arch}: run `pyward image build {name} --arch {arch}` (`pyward image ls` lists the built ones)"
+    )]
+    ImageNotBuilt {
+        /// The image name as given.
+        name: String,
+        /// This machine's architecture.
+        arch: pyward::Arch,
+    },
     /// An input file (program, `--file`, `--stdin`) could not be read.
     #[error("cannot read {what} {path:?}: {source}")]
     ReadInput {
@@ -181,6 +191,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::ReadInput { .. }
+            | CliError::ImageNotBuilt { .. }
             | CliError::FileName { .. }
             | CliError::FileDest { .. }
             | CliError::DuplicateFile { .. }

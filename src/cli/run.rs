@@ -27,6 +27,11 @@ pub struct RunArgs {
     #[arg(short = 'c', long = "code", value_name = "CODE")]
     code: Option<String>,
 
+    /// Run the interpreter of an image built by `pyward image build` (its rootfs
+    /// for this machine's architecture) instead of the host's.
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
+
     /// A built-in policy name (strict, standard, …) or a policy TOML file.
     #[arg(long, value_name = "NAME|FILE", default_value = DEFAULT_POLICY)]
     policy: String,
@@ -72,6 +77,21 @@ pub struct RunArgs {
     args: Vec<String>,
 }
 
+/// The rootfs of image `name` for this machine's architecture, from the image cache.
+fn image_rootfs(name: &str) -> Result<PathBuf, CliError> {
+    let cache_dir = std::env::var_os("PYWARD_IMAGE_CACHE")
+        .map_or(PathBuf::from(pyward::DEFAULT_CACHE_DIR), PathBuf::from);
+    let cache = pyward::ImageCache::new(cache_dir);
+    let arch = pyward::Arch::host();
+    match cache.load_meta(name, arch)? {
+        Some(_) => Ok(cache.rootfs_dir(name, arch)),
+        None => Err(CliError::ImageNotBuilt {
+            name: name.to_owned(),
+            arch,
+        }),
+    }
+}
+
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     pyward::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -93,7 +113,11 @@ pub fn run(args: &RunArgs) -> Result<u8, CliError> {
     let submission = submission(args)?;
     // Refuse a bad request before touching the host.
     Executor::resolve_policy(&policy, &submission)?;
-    let runtime = NativeRuntime::new(NativeConfig::default())?;
+    let rootfs = args.image.as_deref().map(image_rootfs).transpose()?;
+    let runtime = NativeRuntime::new(NativeConfig {
+        rootfs,
+        ..NativeConfig::default()
+    })?;
     let outcome = Executor::new(Box::new(runtime)).run(&policy, &submission)?;
     if args.json {
         print_json(&outcome)

@@ -28,6 +28,10 @@ use supervise::IdMap;
 pub struct NativeConfig {
     /// The interpreter to run: a real binary, /usr/bin/python3 by default.
     pub python: PathBuf,
+    /// The root filesystem whose /usr the sandbox gets: None for the host's,
+    /// or a rootfs built by `pyward image build` (the same bytes the Docker
+    /// runtime runs). `python` is a path inside it.
+    pub rootfs: Option<PathBuf>,
     /// Where pyward keeps its mount point and cgroup slot locks.
     pub state_dir: PathBuf,
     /// First host uid/gid of the 65536 the sandbox's ids map onto (when pyward runs as root).
@@ -38,6 +42,7 @@ impl Default for NativeConfig {
     fn default() -> Self {
         NativeConfig {
             python: "/usr/bin/python3".into(),
+            rootfs: None,
             state_dir: "/run/pyward".into(),
             host_id_base: 100_000,
         }
@@ -145,10 +150,10 @@ impl NativeRuntime {
         if !nix::unistd::geteuid().is_root() {
             return Err(NativeError::NotRoot);
         }
-        if !is_executable(&config.python) {
-            return Err(NativeError::Interpreter {
-                path: config.python.clone(),
-            });
+        let source = config.rootfs.as_deref().unwrap_or(Path::new("/"));
+        let python = source.join(config.python.strip_prefix("/").unwrap_or(&config.python));
+        if !is_executable(&python) {
+            return Err(NativeError::Interpreter { path: python });
         }
         let root = config.state_dir.join("root");
         std::fs::create_dir_all(&root).map_err(|source| NativeError::StateDir {

@@ -88,9 +88,14 @@ impl Plan {
             at(WORK_DIR),
         ];
         let mut symlinks = Vec::new();
-        let mut binds = vec![ro_bind("/usr", at("/usr"))];
+        // The host's /usr, or an image's: everything the interpreter needs.
+        let source = config.rootfs.as_deref().unwrap_or(Path::new("/"));
+        let mut binds = vec![ro_bind(
+            &source.join("usr").display().to_string(),
+            at("/usr"),
+        )];
         for name in USR_LINKS {
-            let host = Path::new("/").join(name);
+            let host = source.join(name);
             match std::fs::read_link(&host) {
                 Ok(target) => symlinks.push((
                     cstring(target.display().to_string()),
@@ -115,7 +120,17 @@ impl Plan {
         ] {
             symlinks.push((cstring(target), at(link)));
         }
-        let mut root_files = etc_files(policy, &at);
+        // The host's /etc stays out: pyward writes a minimal one. An image's
+        // /etc is part of the image (hardened at build time, and holding the
+        // alternatives symlinks its libraries are found through).
+        let mut root_files = Vec::new();
+        match &config.rootfs {
+            None => root_files.extend(etc_files(policy, &at)),
+            Some(rootfs) => binds.push(ro_bind(
+                &rootfs.join("etc").display().to_string(),
+                at("/etc"),
+            )),
+        }
         let devices = DEVICES
             .iter()
             .map(|dev| {
