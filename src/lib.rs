@@ -15,6 +15,7 @@ pub mod sys;
 pub use arch::{Arch, UnknownArch};
 pub use executor::{ExecError, Executor};
 pub use policy::*;
+pub use runtime::docker::{DockerConfig, DockerError, DockerRuntime};
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
 pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
