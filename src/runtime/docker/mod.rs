@@ -384,6 +384,9 @@ impl DockerRuntime {
                 break;
             }
         }
+        // Close the attach connection first: a daemon blocked writing output
+        // we no longer read holds the container, and kill and inspect would wait on it.
+        drop(io.output);
         if killed.is_some() {
             self.kill(id).await;
         }
