@@ -1,11 +1,11 @@
 //! `pyward run`: turn flags into a `Submission`, run it through the
-//! `Executor` on the native runtime, and render the `Outcome` (pass-through
+//! `Executor` on the chosen runtime (native by default, or docker), and render the `Outcome` (pass-through
 //! output plus a summary line, or the JSON object of docs/API.md).
 
 use super::{CliError, verdict_exit_code};
 use pyward::{
-    ByteSize, Entrypoint, Executor, InputFile, LimitOverrides, NativeConfig, NativeRuntime,
-    Outcome, SandboxPolicy, Submission,
+    ByteSize, DockerConfig, DockerRuntime, Entrypoint, Executor, InputFile, LimitOverrides,
+    NativeConfig, NativeRuntime, Outcome, Runtime, SandboxPolicy, Submission,
 };
 use std::collections::BTreeMap;
 use std::io::{self, Read as _, Write as _};
@@ -38,6 +38,18 @@ pub struct RunArgs {
     /// Copy a file into the work dir: PATH under its base name, or SRC:DEST to a relative DEST.
     #[arg(long = "file", value_name = "PATH|SRC:DEST")]
     files: Vec<String>,
+
+    /// The runtime: native (Linux namespaces set up by pyward) or docker (a fresh container).
+    #[arg(long, value_enum, default_value_t = RuntimeChoice::Native)]
+    runtime: RuntimeChoice,
+
+    /// The Docker image for `--runtime docker` (never pulled).
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        default_value = "pyward/python3.11-bookworm:amd64"
+    )]
+    image: String,
 
     /// Print only the JSON outcome (docs/API.md) on stdout.
     #[arg(long)]
@@ -72,6 +84,15 @@ pub struct RunArgs {
     args: Vec<String>,
 }
 
+/// The values of `--runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeChoice {
+    /// Linux namespaces, cgroups and seccomp set up by pyward itself.
+    Native,
+    /// A fresh hardened container per run, through the Docker daemon.
+    Docker,
+}
+
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     pyward::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -93,8 +114,18 @@ pub fn run(args: &RunArgs) -> Result<u8, CliError> {
     let submission = submission(args)?;
     // Refuse a bad request before touching the host.
     Executor::resolve_policy(&policy, &submission)?;
-    let runtime = NativeRuntime::new(NativeConfig::default())?;
-    let outcome = Executor::new(Box::new(runtime)).run(&policy, &submission)?;
+    let runtime: Box<dyn Runtime> = match args.runtime {
+        RuntimeChoice::Native => Box::new(NativeRuntime::new(NativeConfig::default())?),
+        RuntimeChoice::Docker => {
+            let docker = DockerRuntime::new(DockerConfig {
+                image: args.image.clone(),
+                ..DockerConfig::default()
+            })?;
+            docker.check_image()?;
+            Box::new(docker)
+        }
+    };
+    let outcome = Executor::new(runtime).run(&policy, &submission)?;
     if args.json {
         print_json(&outcome)
     } else {

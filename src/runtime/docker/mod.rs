@@ -160,6 +160,19 @@ impl DockerRuntime {
         Ok(runtime)
     }
 
+    /// The seccomp profile a container runs under: the allowlist's Docker
+    /// profile plus the few syscalls Docker's own plumbing makes under it (see
+    /// `add_container_plumbing`). `pyward policy export --format docker` prints it.
+    pub fn seccomp_profile(
+        allowlist: &Allowlist,
+        denied: DeniedAction,
+        arches: &[Arch],
+    ) -> serde_json::Value {
+        let mut profile = seccomp::docker_profile(allowlist, denied, arches);
+        add_container_plumbing(&mut profile);
+        profile
+    }
+
     /// The configured image.
     pub fn image(&self) -> &str {
         &self.config.image
@@ -226,8 +239,7 @@ impl DockerRuntime {
             return Ok(json.clone());
         }
         let allowlist = Allowlist::load(&key.0, None)?;
-        let mut profile = seccomp::docker_profile(&allowlist, key.1, &[Arch::host()]);
-        add_container_plumbing(&mut profile);
+        let profile = DockerRuntime::seccomp_profile(&allowlist, key.1, &[Arch::host()]);
         let json: Arc<str> = profile.to_string().into();
         profiles.insert(key, json.clone());
         Ok(json)
@@ -296,7 +308,7 @@ impl DockerRuntime {
             env: Some(env),
             user: Some(host_config::user(policy)),
             working_dir: Some(WORK_DIR.to_owned()),
-            hostname: Some("sandbox".to_owned()),
+            hostname: Some("pyward".to_owned()),
             labels: Some(labels),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
