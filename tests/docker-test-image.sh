@@ -20,10 +20,12 @@ fi
 
 workdir="$(mktemp -d)"
 trap 'rm -rf "$workdir"' EXIT
-# /work is where the runtime uploads the submission's files (as a tmpfs
-# mount point); mmdebstrap's customize hook creates it in the rootfs.
+# The customize hooks: /work, the mount point of the work-dir tmpfs; and
+# uid/gid 65534 named `sandbox`, as in the images `pyward image build` makes.
 mmdebstrap --quiet --variant=apt --include=python3 \
     --customize-hook='mkdir -p "$1/work" && chmod 0755 "$1/work"' \
+    --customize-hook='sed -i "s/^nobody:x:65534:65534:nobody:/sandbox:x:65534:65534:sandbox:/" "$1/etc/passwd"' \
+    --customize-hook='sed -i "s/^nogroup:x:65534:/sandbox:x:65534:/" "$1/etc/group"' \
     bookworm "$workdir/rootfs.tar"
 docker import "$workdir/rootfs.tar" "$image"
 echo "docker-test-image: imported $image"
