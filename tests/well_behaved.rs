@@ -36,7 +36,9 @@ fn threads_run_and_join() {
 #[test]
 fn reads_stdin_to_the_end() {
     let code = "import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))";
-    Case::code("strict", code).stdin(b"1 2 3\n4 5\n").expect_stdout("15\n");
+    Case::code("strict", code)
+        .stdin(b"1 2 3\n4 5\n")
+        .expect_stdout("15\n");
 }
 
 #[test]
@@ -52,18 +54,31 @@ fn writes_and_reads_tmp_and_the_work_dir() {
 
 #[test]
 fn runs_a_file_with_its_inputs_and_arguments() {
-    let main = "import sys, helper\nprint(helper.greet(sys.argv[1:]), open('data/in.txt').read().strip())";
+    let main =
+        "import sys, helper\nprint(helper.greet(sys.argv[1:]), open('data/in.txt').read().strip())";
     let submission = Submission {
         entrypoint: Entrypoint::File("main.py".into()),
         files: vec![
-            InputFile { path: "main.py".into(), contents: main.into() },
-            InputFile { path: "helper.py".into(), contents: b"def greet(a): return 'hi ' + ','.join(a)".to_vec() },
-            InputFile { path: "data/in.txt".into(), contents: b"input file\n".to_vec() },
+            InputFile {
+                path: "main.py".into(),
+                contents: main.into(),
+            },
+            InputFile {
+                path: "helper.py".into(),
+                contents: b"def greet(a): return 'hi ' + ','.join(a)".to_vec(),
+            },
+            InputFile {
+                path: "data/in.txt".into(),
+                contents: b"input file\n".to_vec(),
+            },
         ],
         args: vec!["x".into(), "y z".into()],
         ..Submission::code("")
     };
-    let case = Case { policy: pyward::SandboxPolicy::builtin("strict").unwrap(), submission };
+    let case = Case {
+        policy: pyward::SandboxPolicy::builtin("strict").unwrap(),
+        submission,
+    };
     case.expect_stdout("hi x,y z input file\n");
 }
 
@@ -71,14 +86,21 @@ fn runs_a_file_with_its_inputs_and_arguments() {
 fn bytes_that_are_not_utf8_come_back_intact() {
     let code = "import sys\nsys.stdout.buffer.write(bytes(range(256)))\nsys.stderr.buffer.write(b'\\xff\\xfe')";
     for outcome in Case::code("strict", code).expect(Verdict::Ok) {
-        assert_eq!(outcome.stdout.bytes, (0..=255u8).collect::<Vec<_>>(), "{}", describe(&outcome));
+        assert_eq!(
+            outcome.stdout.bytes,
+            (0..=255u8).collect::<Vec<_>>(),
+            "{}",
+            describe(&outcome)
+        );
         assert_eq!(outcome.stderr.bytes, b"\xff\xfe");
     }
 }
 
 #[test]
 fn a_failing_program_is_a_runtime_error_with_its_exit_code() {
-    for outcome in Case::code("strict", "import sys\nprint('partial')\nsys.exit(3)").expect(Verdict::RuntimeError) {
+    for outcome in Case::code("strict", "import sys\nprint('partial')\nsys.exit(3)")
+        .expect(Verdict::RuntimeError)
+    {
         assert_eq!(outcome.exit_code, Some(3));
         assert_eq!(outcome.stdout.bytes, b"partial\n");
     }
@@ -89,7 +111,12 @@ fn a_failing_program_is_a_runtime_error_with_its_exit_code() {
 
 #[test]
 fn a_signal_the_program_sends_itself_is_signaled() {
-    for outcome in Case::code("strict", "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)").expect(Verdict::Signaled) {
+    for outcome in Case::code(
+        "strict",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)",
+    )
+    .expect(Verdict::Signaled)
+    {
         assert_eq!(outcome.signal, Some(libc::SIGTERM));
     }
 }
@@ -110,9 +137,17 @@ if __name__ == '__main__':
 
 #[test]
 fn usage_is_reported() {
-    for outcome in Case::code("strict", "x = bytearray(32 << 20)\nx[::4096] = b'y' * len(x[::4096])\nsum(range(3_000_000))").expect(Verdict::Ok) {
+    for outcome in Case::code(
+        "strict",
+        "x = bytearray(32 << 20)\nx[::4096] = b'y' * len(x[::4096])\nsum(range(3_000_000))",
+    )
+    .expect(Verdict::Ok)
+    {
         let usage = outcome.usage;
         assert!(usage.peak_memory_bytes >= 32 << 20, "{usage:?}");
-        assert!(usage.cpu > std::time::Duration::ZERO && usage.wall >= usage.cpu / 2, "{usage:?}");
+        assert!(
+            usage.cpu > std::time::Duration::ZERO && usage.wall >= usage.cpu / 2,
+            "{usage:?}"
+        );
     }
 }
