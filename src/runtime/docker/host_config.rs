@@ -76,6 +76,68 @@ pub fn user(policy: &SandboxPolicy) -> String {
     format!("{}:{}", policy.user.uid, policy.user.gid)
 }
 
+/// The `docker run` flags that give a container the same settings as
+/// `config` and `user`, with the seccomp profile read from `profile_path`
+/// (the CLI takes a file). Used to compare against `docker run` in `pyward bench`.
+pub fn docker_run_flags(config: &HostConfig, user: &str, profile_path: &str) -> Vec<String> {
+    let mut flags: Vec<String> = Vec::new();
+    let mut flag = |name: &str, value: String| {
+        flags.push(format!("--{name}"));
+        flags.push(value);
+    };
+    if let Some(network) = &config.network_mode {
+        flag("network", network.clone());
+    }
+    let mut tmpfs: Vec<_> = config.tmpfs.iter().flatten().collect();
+    tmpfs.sort();
+    for (path, options) in tmpfs {
+        flag("tmpfs", format!("{path}:{options}"));
+    }
+    if let Some(memory) = config.memory {
+        flag("memory", format!("{memory}b"));
+    }
+    if let Some(swap) = config.memory_swap {
+        flag("memory-swap", format!("{swap}b"));
+    }
+    if let Some(pids) = config.pids_limit {
+        flag("pids-limit", pids.to_string());
+    }
+    if let Some(nano) = config.nano_cpus {
+        flag("cpus", format!("{}", nano as f64 / 1e9));
+    }
+    for cap in config.cap_drop.iter().flatten() {
+        flag("cap-drop", cap.clone());
+    }
+    for opt in config.security_opt.iter().flatten() {
+        let opt = if opt.starts_with("seccomp=") {
+            format!("seccomp={profile_path}")
+        } else {
+            opt.clone()
+        };
+        flag("security-opt", opt);
+    }
+    for u in config.ulimits.iter().flatten() {
+        let (name, soft, hard) = (
+            u.name.clone().unwrap_or_default(),
+            u.soft.unwrap_or(0),
+            u.hard.unwrap_or(0),
+        );
+        flag("ulimit", format!("{name}={soft}:{hard}"));
+    }
+    if let Some(ipc) = &config.ipc_mode {
+        flag("ipc", ipc.clone());
+    }
+    flag("user", user.to_owned());
+    flag("workdir", WORK_DIR.to_owned());
+    if config.readonly_rootfs == Some(true) {
+        flags.push("--read-only".to_owned());
+    }
+    if config.init == Some(true) {
+        flags.push("--init".to_owned());
+    }
+    flags
+}
+
 fn ulimit(name: &str, soft: i64, hard: i64) -> ResourcesUlimits {
     ResourcesUlimits {
         name: Some(name.to_owned()),
@@ -199,6 +261,32 @@ mod tests {
         );
         assert_eq!(config.ulimits.as_ref().unwrap().len(), 4);
         assert_eq!(config.init, Some(true));
+    }
+
+    #[test]
+    fn docker_run_flags_carry_every_setting() {
+        let policy = strict();
+        let flags = docker_run_flags(&host_config(&policy, "{}"), &user(&policy), "/p.json");
+        let text = flags.join(" ");
+        for needle in [
+            "--network none",
+            "--read-only",
+            "--init",
+            "--memory 268435456b",
+            "--memory-swap 268435456b",
+            "--pids-limit 32",
+            "--cpus 1",
+            "--cap-drop ALL",
+            "--security-opt no-new-privileges",
+            "--security-opt seccomp=/p.json",
+            "--ulimit core=0:0",
+            "--ulimit cpu=5:6",
+            "--user 65534:65534",
+            "--ipc private",
+            "--tmpfs /tmp:size=16777216,noexec,nosuid,nodev,mode=1777",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from {text}");
+        }
     }
 
     #[test]

@@ -173,6 +173,35 @@ impl DockerRuntime {
         profile
     }
 
+    /// `docker run` arguments (up to and including the image) for a container
+    /// hardened exactly as this runtime would for `policy`, the seccomp profile
+    /// read from `profile_path`; and the profile to write there.
+    pub fn docker_run_equivalent(
+        &self,
+        policy: &SandboxPolicy,
+        profile_path: &str,
+    ) -> Result<(Vec<String>, String), DockerError> {
+        let profile = self.profile(policy)?;
+        let config = host_config(policy, &profile);
+        let mut args = vec![
+            "run".to_owned(),
+            "--rm".to_owned(),
+            "--pull".to_owned(),
+            "never".to_owned(),
+        ];
+        args.extend(host_config::docker_run_flags(
+            &config,
+            &host_config::user(policy),
+            profile_path,
+        ));
+        args.extend(["--hostname".to_owned(), "pyward".to_owned()]);
+        for (name, value) in policy.environment(&Default::default()) {
+            args.extend(["--env".to_owned(), format!("{name}={value}")]);
+        }
+        args.push(self.config.image.clone());
+        Ok((args, profile.to_string()))
+    }
+
     /// The configured image.
     pub fn image(&self) -> &str {
         &self.config.image
