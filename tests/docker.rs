@@ -67,13 +67,14 @@ fn orphans_of_dead_pyward_processes_are_removed_and_live_ones_kept() {
         image,
         "true",
     ]);
-    let removed = runtime.remove_orphans().unwrap();
+    // Another test process's DockerRuntime::new() may remove the orphan first:
+    // what counts is that it is gone, not who removed it.
+    runtime.remove_orphans().unwrap();
     let orphan_gone = !exists(&orphan);
     let live_kept = exists(&live);
     docker(&["rm", "-f", &live]);
     assert!(orphan_gone, "the orphan is still there");
     assert!(live_kept, "a live pyward's container was removed");
-    assert!(removed >= 1);
 }
 
 #[test]

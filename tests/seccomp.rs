@@ -79,14 +79,7 @@ fn with_denied_kill_any_unlisted_syscall_is_a_violation() {
 #[test]
 fn strict_refuses_new_processes_but_allows_threads() {
     let code = "import os, threading\nt = threading.Thread(target=print, args=('thread ok',)); t.start(); t.join()\ntry:\n    os.fork()\n    print('forked')\nexcept PermissionError:\n    print('fork refused')";
-    // KNOWN DOCKER GAP: the container's one filter also covers docker-init,
-    // which must fork the program, so strict's "no new processes" cannot hold
-    // under Docker (the pids limit still bounds them). This pins the gap: when
-    // the Docker runtime closes it, this branch fails and must go.
-    Case::code("strict", code).expect_stdout_each(|runtime| match runtime {
-        "docker" => "thread ok\nforked\nforked\n".into(),
-        _ => "thread ok\nfork refused\n".into(),
-    });
+    Case::code("strict", code).expect_stdout("thread ok\nfork refused\n");
 }
 
 #[test]

@@ -110,14 +110,24 @@ fn api(step: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError
     move |source| DockerError::Api { step, source }
 }
 
+/// The two layers of syscall filtering of a run.
+#[derive(Debug)]
+struct Filters {
+    /// The container's profile (the allowlist plus Docker's plumbing), as JSON.
+    profile: String,
+    /// The native runtime's BPF programs for the allowlist, as raw
+    /// `struct sock_filter` arrays, which the program's process installs on top.
+    native: Vec<Vec<u8>>,
+}
+
 /// Runs each submission in a fresh container (see the module docs).
 pub struct DockerRuntime {
     config: DockerConfig,
     docker: Docker,
     rt: tokio::runtime::Runtime,
     owner: String,
-    /// Seccomp profiles as JSON, per (allowlist, denied action).
-    profiles: Mutex<HashMap<(String, DeniedAction), Arc<str>>>,
+    /// Seccomp profiles as JSON and the native filters as raw BPF, per (allowlist, denied action).
+    profiles: Mutex<HashMap<(String, DeniedAction), Arc<Filters>>>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -181,7 +191,7 @@ impl DockerRuntime {
         policy: &SandboxPolicy,
         profile_path: &str,
     ) -> Result<(Vec<String>, String), DockerError> {
-        let profile = self.profile(policy)?;
+        let profile = self.filters(policy)?.profile.clone();
         let config = host_config(policy, &profile);
         let mut args = vec![
             "run".to_owned(),
@@ -199,7 +209,7 @@ impl DockerRuntime {
             args.extend(["--env".to_owned(), format!("{name}={value}")]);
         }
         args.push(self.config.image.clone());
-        Ok((args, profile.to_string()))
+        Ok((args, profile))
     }
 
     /// The configured image.
@@ -261,17 +271,21 @@ impl DockerRuntime {
         }
     }
 
-    fn profile(&self, policy: &SandboxPolicy) -> Result<Arc<str>, DockerError> {
+    fn filters(&self, policy: &SandboxPolicy) -> Result<Arc<Filters>, DockerError> {
         let key = (policy.seccomp.allowlist.clone(), policy.seccomp.denied);
-        let mut profiles = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(json) = profiles.get(&key) {
-            return Ok(json.clone());
+        let mut cache = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(filters) = cache.get(&key) {
+            return Ok(filters.clone());
         }
         let allowlist = Allowlist::load(&key.0, None)?;
         let profile = DockerRuntime::seccomp_profile(&allowlist, key.1, &[Arch::host()]);
-        let json: Arc<str> = profile.to_string().into();
-        profiles.insert(key, json.clone());
-        Ok(json)
+        let native = seccomp::compile(&allowlist, key.1, Arch::host())?;
+        let filters = Arc::new(Filters {
+            profile: profile.to_string(),
+            native: native.programs().iter().map(|p| bpf_bytes(p)).collect(),
+        });
+        cache.insert(key, filters.clone());
+        Ok(filters)
     }
 
     async fn remove(&self, id: &str) -> Result<(), DockerError> {
@@ -299,11 +313,11 @@ impl DockerRuntime {
         policy
             .check_env(&submission.env)
             .map_err(|e| RunError::InvalidSubmission(e.to_string()))?;
-        let launch = workdir::launch(submission)?;
-        let profile = self.profile(policy)?;
+        let filters = self.filters(policy)?;
+        let launch = workdir::launch(submission, &filters.native)?;
         self.inspect_image().await?;
         let id = self
-            .create(policy, &launch.cmd, &profile, submission)
+            .create(policy, &launch.cmd, &filters.profile, submission)
             .await?;
         // Whatever happens from here on, the container goes.
         let result = self.watch(&id, policy, launch).await;
@@ -444,7 +458,7 @@ impl DockerRuntime {
             pids_max_hits: sample.pids_max_hits,
             cpu_used: sample.cpu,
             cpu_limit: limits.cpu_time,
-            unpack_failed: verdict::unpack_failed(launch.unpacks, state.exit_code, &stderr.bytes),
+            unpack_failed: verdict::unpack_failed(state.exit_code, &stderr.bytes),
         };
         let (verdict, exit_code, signal, message) = verdict::decide(&observed);
         Ok(Outcome {
@@ -511,14 +525,29 @@ impl Runtime for DockerRuntime {
     }
 }
 
+/// A BPF program as the kernel's `struct sock_filter` array (8 bytes each, native endian).
+fn bpf_bytes(program: &[seccompiler::sock_filter]) -> Vec<u8> {
+    program
+        .iter()
+        .flat_map(|insn| {
+            let mut bytes = [0u8; 8];
+            bytes[..2].copy_from_slice(&insn.code.to_ne_bytes());
+            bytes[2] = insn.jt;
+            bytes[3] = insn.jf;
+            bytes[4..].copy_from_slice(&insn.k.to_ne_bytes());
+            bytes
+        })
+        .collect()
+}
+
 /// Syscalls the container's own plumbing makes under the filter, which the
 /// program's allowlist may not list: Docker installs the profile in `runc
 /// init` before its last steps (it checks /proc/self/fd with `fstatfs`), and
 /// the filter covers docker-init (pid 1), which forks the program and reaps
 /// with `rt_sigtimedwait` and `wait4`, after putting the program in its own process group (`setpgid`). The fork is a plain `clone` with no
 /// namespace flag; one filter for the whole container cannot tell docker-init's
-/// fork from the program's, so on this runtime an allowlist that forbids new
-/// processes cannot be kept (the pids limit still bounds them).
+/// fork from the program's: the program's process installs the native filters
+/// on top (see `workdir`), and may call `prctl(PR_SET_SECCOMP)` to do so.
 fn add_container_plumbing(profile: &mut serde_json::Value) {
     let Some(syscalls) = profile["syscalls"].as_array_mut() else {
         return;
@@ -534,6 +563,12 @@ fn add_container_plumbing(profile: &mut serde_json::Value) {
             "action": "SCMP_ACT_ALLOW",
             "args": [{ "index": 1, "value": 0x5410, "valueTwo": 0, "op": "SCMP_CMP_EQ" }],
             "comment": "container plumbing: docker-init's tcsetpgrp (TIOCSPGRP) on stdin, ENOTTY on a pipe",
+        }),
+        serde_json::json!({
+            "names": ["prctl"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{ "index": 0, "value": 22, "valueTwo": 0, "op": "SCMP_CMP_EQ" }],
+            "comment": "container plumbing: the program's process installs the native filters on top (PR_SET_SECCOMP only tightens)",
         }),
         serde_json::json!({
             "names": ["clone"],

@@ -32,9 +32,9 @@ pub struct Observed {
     pub unpack_failed: bool,
 }
 
-/// True when `stderr` shows the unpack script failed (with its exit status).
-pub fn unpack_failed(unpacks: bool, exit_code: Option<i64>, stderr: &[u8]) -> bool {
-    unpacks && exit_code == Some(UNPACK_FAILED) && stderr.starts_with(UNPACK_MESSAGE.as_bytes())
+/// True when `stderr` shows the bootstrap failed (with its exit status).
+pub fn unpack_failed(exit_code: Option<i64>, stderr: &[u8]) -> bool {
+    exit_code == Some(UNPACK_FAILED) && stderr.starts_with(UNPACK_MESSAGE.as_bytes())
 }
 
 /// The verdict, the exit code, the signal and (for non-ok verdicts) a sentence.
@@ -56,7 +56,10 @@ pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String
             Verdict::SandboxError,
             None,
             None,
-            Some("sandbox setup failed: could not unpack the files into /work".into()),
+            Some(
+                "sandbox setup failed: could not unpack the files or install the seccomp filters"
+                    .into(),
+            ),
         );
     }
     let status = i32::try_from(status).unwrap_or(i32::MAX);
@@ -179,17 +182,10 @@ mod tests {
 
     #[test]
     fn a_failed_unpack_is_pywards_fault() {
-        assert!(unpack_failed(
-            true,
-            Some(125),
-            b"pyward: could not unpack the work dir\n"
-        ));
-        assert!(!unpack_failed(
-            false,
-            Some(125),
-            b"pyward: could not unpack the work dir\n"
-        ));
-        assert!(!unpack_failed(true, Some(125), b"user text"));
+        let line = b"pyward: sandbox setup failed in the container: EOFError('short input')\n";
+        assert!(unpack_failed(Some(125), line));
+        assert!(!unpack_failed(Some(1), line));
+        assert!(!unpack_failed(Some(125), b"user text"));
         let mut o = exited(125);
         o.unpack_failed = true;
         assert_eq!(verdict(o), Verdict::SandboxError);

@@ -1,79 +1,99 @@
-//! How the submission's files reach the container without a host path.
+//! How the program starts in the container: its files, and the policy's own
+//! seccomp filters on top of the container's.
 //!
-//! Docker refuses `PUT /containers/{id}/archive` on a read-only rootfs ("container
-//! rootfs is marked read-only"), and an archive uploaded into a container never
-//! lands in its tmpfs mounts (the daemon writes to the layer underneath). So the
-//! files travel the way stdin does: the container's command is a short Python
-//! script that reads exactly `N` bytes of a tar (built here with the `tar`
-//! crate) from fd 0, unpacks it into the `/work` tmpfs as the sandbox user, and
-//! `execv`s python3 with the real command line; the submission's own stdin
-//! follows the tar on the same stream. No process is forked (an allowlist may
-//! forbid it) and only the interpreter the program runs is needed. A
-//! submission with no files skips the script.
+//! Files: Docker refuses `PUT /containers/{id}/archive` on a read-only rootfs
+//! ("container rootfs is marked read-only"), and an archive uploaded into a
+//! container never lands in its tmpfs mounts (the daemon writes to the layer
+//! underneath). So the files travel the way stdin does: a tar built here with
+//! the `tar` crate, ahead of the submission's stdin on the same stream.
+//!
+//! Filters: the container's seccomp profile also covers docker-init, which must
+//! fork the program, so it cannot refuse new processes. The program's process
+//! therefore installs the native runtime's BPF filters (the same compiled
+//! programs, for the policy's allowlist) before it execs the interpreter:
+//! stacked filters only tighten, and the program gets exactly the native
+//! runtime's syscall policy.
+//!
+//! The container's command is a short Python bootstrap: read exactly the tar
+//! and the filters from fd 0 (unbuffered, so not one byte of the program's
+//! stdin), unpack the tar into the `/work` tmpfs as the sandbox user, install
+//! the filters with `prctl(PR_SET_SECCOMP)`, and `execv` python3 with the real
+//! command line. No process is forked.
 
 use super::host_config::WORK_DIR;
 use crate::runtime::{Entrypoint, InputFile, RunError, Submission};
 
-/// Exit status of the unpack script when the tar could not be unpacked.
+/// Exit status of the bootstrap when it could not unpack the files or install the filters.
 pub const UNPACK_FAILED: i64 = 125;
-/// The line the unpack script prints on stderr when it fails.
-pub const UNPACK_MESSAGE: &str = "pyward: could not unpack the work dir";
+/// The line the bootstrap prints on stderr when it fails.
+pub const UNPACK_MESSAGE: &str = "pyward: sandbox setup failed in the container";
 
 /// The container's command, and the bytes to send on its stdin.
 #[derive(Debug)]
 pub struct Launch {
     /// argv of the container's main process (docker-init runs it as its child).
     pub cmd: Vec<String>,
-    /// The tar of the work dir (if any) followed by the submission's stdin.
+    /// The tar of the work dir (may be empty), the filters, then the submission's stdin.
     pub stdin: Vec<u8>,
-    /// True when `cmd` starts with the unpack script.
-    pub unpacks: bool,
 }
 
-/// The command and stdin for `submission`.
-pub fn launch(submission: &Submission) -> Result<Launch, RunError> {
+/// The command and stdin for `submission`, the program's process to install
+/// `filters` (raw `struct sock_filter` arrays, in order) before it execs.
+pub fn launch(submission: &Submission, filters: &[Vec<u8>]) -> Result<Launch, RunError> {
     let python = python_argv(submission)?;
-    if submission.files.is_empty() {
-        return Ok(Launch {
-            cmd: python,
-            stdin: submission.stdin.clone(),
-            unpacks: false,
-        });
-    }
-    let mut stdin = work_tar(&submission.files)?;
+    let mut stdin = if submission.files.is_empty() {
+        Vec::new()
+    } else {
+        work_tar(&submission.files)?
+    };
     let tar_len = stdin.len();
+    let filter_lens: Vec<String> = filters.iter().map(|f| f.len().to_string()).collect();
+    for filter in filters {
+        stdin.extend_from_slice(filter);
+    }
     stdin.extend_from_slice(&submission.stdin);
     let mut cmd = vec![
         "python3".to_owned(),
         "-s".to_owned(),
         "-c".to_owned(),
-        unpack_script(),
+        bootstrap(),
     ];
     cmd.push(tar_len.to_string());
+    cmd.push(filter_lens.join(","));
     cmd.extend(python);
-    Ok(Launch {
-        cmd,
-        stdin,
-        unpacks: true,
-    })
+    Ok(Launch { cmd, stdin })
 }
 
-/// Reads argv[1] bytes of tar from fd 0 (unbuffered, so not one byte more),
-/// unpacks them into the work dir, and execs argv[2:].
-fn unpack_script() -> String {
+/// argv[1]: the tar's length; argv[2]: the filters' lengths; argv[3:]: the
+/// program's command line. Reads them from fd 0, unpacks, installs, execs.
+fn bootstrap() -> String {
     format!(
-        r#"import io, os, sys, tarfile
-try:
-    n = int(sys.argv[1]); buf = bytearray()
+        r#"import os, sys
+def take(n):
+    buf = bytearray()
     while len(buf) < n:
         chunk = os.read(0, n - len(buf))
-        if not chunk: raise EOFError("short tar")
+        if not chunk: raise EOFError("short input")
         buf += chunk
-    with tarfile.open(fileobj=io.BytesIO(bytes(buf))) as t:
-        t.extractall("{WORK_DIR}")
+    return bytes(buf)
+try:
+    tar = take(int(sys.argv[1]))
+    filters = [take(int(n)) for n in sys.argv[2].split(",") if n]
+    if tar:
+        import io, tarfile
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            t.extractall("{WORK_DIR}")
+    if filters:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        class Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+        for f in filters:
+            if libc.prctl(22, 2, ctypes.byref(Prog(len(f) // 8, f)), 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
 except BaseException as e:
     os.write(2, b"{UNPACK_MESSAGE}: " + repr(e).encode() + b"\n"); os._exit({UNPACK_FAILED})
-os.execv("/usr/bin/python3", sys.argv[2:])"#
+os.execv("/usr/bin/python3", sys.argv[3:])"#
     )
 }
 
@@ -225,14 +245,16 @@ mod tests {
     }
 
     #[test]
-    fn code_without_files_runs_python_directly_with_the_stdin_as_is() {
+    fn code_without_files_sends_only_the_filters_then_stdin() {
         let mut submission = Submission::code("print(1)");
         submission.args = vec!["a".into()];
         submission.stdin = b"in".to_vec();
-        let launch = launch(&submission).unwrap();
-        assert_eq!(launch.cmd, ["python3", "-s", "-c", "print(1)", "a"]);
-        assert_eq!(launch.stdin, b"in");
-        assert!(!launch.unpacks);
+        let filters = [vec![1u8; 16], vec![2u8; 8]];
+        let launch = launch(&submission, &filters).unwrap();
+        assert_eq!(&launch.cmd[..3], ["python3", "-s", "-c"]);
+        assert_eq!(&launch.cmd[4..6], ["0", "16,8"]);
+        assert_eq!(&launch.cmd[6..], ["python3", "-s", "-c", "print(1)", "a"]);
+        assert_eq!(launch.stdin, [&[1u8; 16][..], &[2u8; 8], b"in"].concat());
     }
 
     #[test]
@@ -241,13 +263,16 @@ mod tests {
         submission.entrypoint = Entrypoint::File("main.py".into());
         submission.files = vec![file("main.py", b"print(input())\n")];
         submission.stdin = b"hello\n".to_vec();
-        let launch = launch(&submission).unwrap();
+        let launch = launch(&submission, &[vec![7u8; 8]]).unwrap();
         let tar = work_tar(&submission.files).unwrap();
-        assert!(launch.unpacks);
         assert_eq!(&launch.cmd[..3], ["python3", "-s", "-c"]);
         assert_eq!(launch.cmd[4], tar.len().to_string());
-        assert_eq!(&launch.cmd[5..], ["python3", "-s", "main.py"]);
-        assert_eq!(launch.stdin, [tar.as_slice(), b"hello\n"].concat());
+        assert_eq!(launch.cmd[5], "8");
+        assert_eq!(&launch.cmd[6..], ["python3", "-s", "main.py"]);
+        assert_eq!(
+            launch.stdin,
+            [tar.as_slice(), &[7u8; 8], b"hello\n"].concat()
+        );
     }
 
     #[test]
@@ -255,7 +280,7 @@ mod tests {
         let mut submission = Submission::code("");
         submission.entrypoint = Entrypoint::File("main.py".into());
         assert!(matches!(
-            launch(&submission),
+            launch(&submission, &[]),
             Err(RunError::InvalidSubmission(_))
         ));
     }
