@@ -40,11 +40,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     warmup: u32,
     /// The Docker image of the Docker paths (never pulled; skipped when missing).
-    #[arg(
-        long,
-        value_name = "IMAGE",
-        default_value = "pyward/python3.11-bookworm:amd64"
-    )]
+    #[arg(long, value_name = "IMAGE", default_value_t = DockerConfig::default().image)]
     image: String,
 }
 

@@ -44,11 +44,7 @@ pub struct RunArgs {
     runtime: RuntimeChoice,
 
     /// The Docker image for `--runtime docker` (never pulled).
-    #[arg(
-        long,
-        value_name = "IMAGE",
-        default_value = "pyward/python3.11-bookworm:amd64"
-    )]
+    #[arg(long, value_name = "IMAGE", default_value_t = DockerConfig::default().image)]
     image: String,
 
     /// Print only the JSON outcome (docs/API.md) on stdout.

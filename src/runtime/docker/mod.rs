@@ -50,7 +50,8 @@ const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
 /// Host-side settings of the Docker runtime.
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
-    /// The image to run, which must already be in the daemon (never pulled).
+    /// The image to run, which must already be in the daemon (never pulled);
+    /// by default `pyward/python3.11-bookworm:ARCH` for the host's architecture.
     pub image: String,
     /// The daemon's socket.
     pub socket: String,
@@ -61,7 +62,7 @@ pub struct DockerConfig {
 impl Default for DockerConfig {
     fn default() -> Self {
         DockerConfig {
-            image: "pyward/python3.11-bookworm:amd64".into(),
+            image: format!("pyward/python3.11-bookworm:{}", Arch::host().as_str()),
             socket: "/var/run/docker.sock".into(),
             api_timeout_secs: 30,
         }
