@@ -22,6 +22,7 @@ pub use image::{
     remove as remove_image,
 };
 pub use policy::*;
+pub use runtime::docker::{DockerConfig, DockerError, DockerRuntime};
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
 pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};

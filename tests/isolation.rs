@@ -18,8 +18,13 @@ fn a_listener_in_the_hosts_network_namespace_is_unreachable() {
     let code = format!(
         "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)"
     );
-    // lo is down in a fresh network namespace: no route at all.
-    prints(&code, "OSError 101\n");
+    // native: lo is down in a fresh network namespace, so there is no route at
+    // all. docker: its `none` network has the container's own lo up, where
+    // nothing listens. Either way the host's listener (checked below) is unreachable.
+    Case::code("strict", &code).expect_stdout_each(|runtime| match runtime {
+        "docker" => "ConnectionRefusedError 111\n".into(),
+        _ => "OSError 101\n".into(),
+    });
     listener.set_nonblocking(true).unwrap();
     assert!(
         listener.accept().is_err(),
@@ -55,8 +60,10 @@ fn loopback_policy_talks_to_itself_but_not_to_the_host() {
 
 #[test]
 fn host_processes_are_invisible() {
-    let code = "import os\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\nprint(pids, os.getpid(), os.getppid())";
-    prints(code, "[1, 2] 2 1\n");
+    // Exactly two processes: pid 1 (pyward's stub natively, docker-init under
+    // Docker, whose pids are not consecutive) and the program, its child.
+    let code = "import os\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\nprint(len(pids), pids[0], os.getpid() in pids, os.getppid())";
+    prints(code, "2 1 True 1\n");
 }
 
 #[test]
@@ -74,7 +81,21 @@ fn host_files_outside_the_rootfs_are_not_there() {
     ];
     let code = format!("import os\nfor p in {paths:?}:\n    print(p, os.path.exists(p))");
     let expected: String = paths.iter().map(|p| format!("{p} False\n")).collect();
-    prints(&code, &expected);
+    // Under Docker the root is the image's: /root and /home are its own (checked
+    // below: empty or unreadable), and /sys/fs/cgroup is Docker's read-only view
+    // of the container's own cgroup. The host's paths are not there.
+    let docker_expected = expected
+        .replace("/root False", "/root True")
+        .replace("/home False", "/home True")
+        .replace("/sys/fs/cgroup False", "/sys/fs/cgroup True");
+    Case::code("strict", &code).expect_stdout_each(|runtime| match runtime {
+        "docker" => docker_expected.clone(),
+        _ => expected.clone(),
+    });
+    prints(
+        "import os\nprint(not os.path.exists('/etc/shadow') or not os.access('/etc/shadow', os.R_OK))\nprint(not os.path.exists('/home') or os.listdir('/home') == [])\nprint(not os.access('/root', os.R_OK))\nprint(not os.access('/sys/fs/cgroup', os.W_OK))",
+        "True\nTrue\nTrue\nTrue\n",
+    );
 }
 
 #[test]
@@ -82,10 +103,13 @@ fn the_root_filesystem_is_read_only() {
     // Creating a file checks the mount first: EROFS. (Opening an existing
     // root-owned file under /usr fails on permissions before the mount check.)
     let code = "import errno\nfor p in ['/usr/lib/pwned', '/usr/bin/pwned', '/etc/pwned', '/pwned', '/etc/passwd']:\n    try:\n        open(p, 'a')\n        print(p, 'WRITABLE')\n    except OSError as e:\n        print(p, errno.errorcode[e.errno])";
-    prints(
-        code,
-        "/usr/lib/pwned EROFS\n/usr/bin/pwned EROFS\n/etc/pwned EROFS\n/pwned EROFS\n/etc/passwd EROFS\n",
-    );
+    // An existing file: natively the root-owned /etc/passwd belongs to the
+    // namespace's root, and the mount check answers (EROFS); under Docker it is
+    // owned by the real root and the permission check answers first (EACCES).
+    Case::code("strict", code).expect_stdout_each(|runtime| {
+        let passwd = if runtime == "docker" { "EACCES" } else { "EROFS" };
+        format!("/usr/lib/pwned EROFS\n/usr/bin/pwned EROFS\n/etc/pwned EROFS\n/pwned EROFS\n/etc/passwd {passwd}\n")
+    });
 }
 
 #[test]
@@ -106,7 +130,12 @@ fn no_capabilities_and_no_new_privileges() {
 #[test]
 fn runs_as_the_unprivileged_sandbox_user() {
     let code = "import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())\nimport pwd; print(pwd.getpwuid(os.getuid()).pw_name)";
-    prints(code, "65534 65534 65534 65534 []\nsandbox\n");
+    // Docker always lists the primary gid among the supplementary groups: no
+    // group beyond the sandbox's own either way.
+    Case::code("strict", code).expect_stdout_each(|runtime| match runtime {
+        "docker" => "65534 65534 65534 65534 [65534]\nsandbox\n".into(),
+        _ => "65534 65534 65534 65534 []\nsandbox\n".into(),
+    });
 }
 
 #[test]
@@ -159,7 +188,17 @@ fn a_setup_failure_is_a_sandbox_error_not_the_programs() {
         policy,
         submission: Submission::code("print('never')"),
     };
-    for outcome in case.expect(Verdict::SandboxError) {
+    // A uid outside the id map is a native-only way to make setup fail (Docker
+    // maps no ids and runs uid 70000 fine); the Docker runtime's setup failure
+    // (the work dir not unpacking) is covered by its verdict unit tests.
+    for runtime in common::runtimes().iter().filter(|r| r.name() == "native") {
+        let outcome = runtime.run(&case.policy, &case.submission).unwrap();
+        assert_eq!(
+            outcome.verdict,
+            Verdict::SandboxError,
+            "{}",
+            describe(&outcome)
+        );
         let message = outcome.message.clone().unwrap();
         assert!(
             message.starts_with("sandbox setup failed: could not "),
@@ -176,7 +215,12 @@ fn udp_sockets_cannot_reach_the_host_either() {
     let code = format!(
         "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    s.sendto(b'x', ('127.0.0.1', {port}))\n    print('sent')\nexcept OSError as e:\n    print(e.errno)"
     );
-    prints(&code, "101\n");
+    // native: no route (lo is down). docker: the datagram goes to the
+    // container's own lo, where nothing listens; the host receives nothing (below).
+    Case::code("strict", &code).expect_stdout_each(|runtime| match runtime {
+        "docker" => "sent\n".into(),
+        _ => "101\n".into(),
+    });
     host.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 8];
     assert!(
@@ -188,11 +232,30 @@ fn udp_sockets_cannot_reach_the_host_either() {
 #[test]
 fn the_stub_behind_pid_1_is_out_of_reach() {
     // pid 1 is pyward's stub: the program may not read its fds, memory or environment.
-    let code = "import os\nfor p in ['/proc/1/fd', '/proc/1/environ', '/proc/1/mem']:\n    try:\n        os.listdir(p) if p.endswith('fd') else open(p, 'rb').read(1)\n        print(p, 'READABLE')\n    except PermissionError:\n        print(p, 'denied')";
-    prints(
-        code,
-        "/proc/1/fd denied\n/proc/1/environ denied\n/proc/1/mem denied\n",
-    );
+    let code = "import os\nfor p in ['/proc/1/fd', '/proc/1/environ', '/proc/1/mem']:\n    try:\n        os.listdir(p) if p.endswith('fd') else open(p, 'rb').read(1)\n        print(p, 'READABLE')\n    except PermissionError:\n        print(p, 'denied')\n    except OSError as e:\n        print(p, 'opened', e.strerror)";
+    // Under Docker pid 1 is docker-init, which runs as the sandbox user like the
+    // program (Docker has one user per container), so its fds, environment and
+    // memory are open to the program: Docker cannot meet this property. pid 1
+    // there holds only the container's stdio and the policy's environment, and
+    // must be as unprivileged as the program, which is checked instead.
+    Case::code("strict", code).expect_stdout_each(|runtime| match runtime {
+        "docker" => {
+            "/proc/1/fd READABLE\n/proc/1/environ READABLE\n/proc/1/mem opened Input/output error\n"
+                .into()
+        }
+        _ => "/proc/1/fd denied\n/proc/1/environ denied\n/proc/1/mem denied\n".into(),
+    });
+    let pid1 = "s = dict(l.split(':\\t') for l in open('/proc/1/status').read().splitlines() if ':\\t' in l)\nprint(s['Uid'].split()[0], s['CapEff'].strip(), s['CapBnd'].strip(), s['NoNewPrivs'].strip())";
+    for (runtime, outcome) in Case::code("strict", pid1).expect_each(Verdict::Ok) {
+        if runtime == "docker" {
+            assert_eq!(
+                String::from_utf8_lossy(&outcome.stdout.bytes),
+                "65534 0000000000000000 0000000000000000 1\n",
+                "{}",
+                describe(&outcome)
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `pyward bench`: time `python3 -c pass` bare, through pyward (in-process
 //! and as a CLI process) and through bubblewrap in one run, and print ratios
-//! to bare python3.
+//! to bare python3. Where Docker and the image are there, also the Docker
+//! runtime (a fresh container per call) against `docker run --rm --pull never`
+//! with the same hardening, and their ratio.
 //!
 //! Paths run one block after another, not interleaved: a path that creates
 //! and drops a network namespace per call (bwrap, a fresh pyward process)
@@ -9,7 +11,10 @@
 //! blocks lets that work drain.
 
 use super::{exit, run::DEFAULT_POLICY};
-use pyward::{NativeConfig, NativeRuntime, Runtime as _, SandboxPolicy, Submission, Verdict};
+use pyward::{
+    DockerConfig, DockerRuntime, NativeConfig, NativeRuntime, Runtime, SandboxPolicy, Submission,
+    Verdict,
+};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +25,11 @@ const PYTHON: &str = "/usr/bin/python3";
 /// The headline target: pyward native, in-process, median / bare python3 median.
 const TARGET_RATIO: f64 = 1.3;
 
+/// The Docker path's target: pyward docker median / `docker run --rm` median.
+const DOCKER_TARGET_RATIO: f64 = 0.8;
+const DOCKER_LABEL: &str = "pyward docker, in-process";
+const DOCKER_RUN_LABEL: &str = "docker run --rm (reference)";
+
 /// Flags of `pyward bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -29,6 +39,9 @@ pub struct BenchArgs {
     /// Untimed runs per path before the timed ones.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     warmup: u32,
+    /// The Docker image of the Docker paths (never pulled; skipped when missing).
+    #[arg(long, value_name = "IMAGE", default_value_t = DockerConfig::default().image)]
+    image: String,
 }
 
 /// A benchmark that could not be set up, or a measured path that failed.
@@ -67,6 +80,7 @@ struct BenchPath {
 /// Runs the benchmark and prints the table.
 pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
     let mut paths = paths()?;
+    paths.extend(docker_paths(&args.image)?);
     outln!(
         "pyward bench: `python3 -c pass`, {} timed runs per path after {} warmup, one block per path; {} CPUs, {}",
         args.runs,
@@ -85,6 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
             }
         }
     }
+    let _ = std::fs::remove_file(bench_profile_path());
     print_table(&mut paths);
     Ok(exit::OK)
 }
@@ -140,6 +155,74 @@ const BWRAP_ARGS: &[&str] = &[
     "-c",
     "pass",
 ];
+
+/// The Docker runtime in this process, and `docker run` with the same flags;
+/// none (with a loud warning) where Docker or the image is missing.
+fn docker_paths(image: &str) -> Result<Vec<BenchPath>, BenchError> {
+    let setup = |e: pyward::DockerError| BenchError::Setup(e.to_string());
+    let runtime = DockerRuntime::new(DockerConfig {
+        image: image.to_owned(),
+        ..DockerConfig::default()
+    })
+    .and_then(|r| r.check_image().map(|()| r));
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("\n!!! WARNING: the Docker paths are MISSING from this run: {e}\n");
+            return Ok(Vec::new());
+        }
+    };
+    let policy =
+        SandboxPolicy::load(DEFAULT_POLICY).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let profile_path =
+        std::env::temp_dir().join(format!("pyward-bench-seccomp-{}.json", std::process::id()));
+    let profile_str = profile_path.display().to_string();
+    let (mut args, profile) = runtime
+        .docker_run_equivalent(&policy, &profile_str)
+        .map_err(setup)?;
+    std::fs::write(&profile_path, profile)
+        .map_err(|e| BenchError::Setup(format!("write {profile_str}: {e}")))?;
+    args.extend(["python3", "-s", "-c", "pass"].map(str::to_owned));
+    let docker = find_in_path("docker").unwrap_or_else(|| PathBuf::from("docker"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let reference = process_path(DOCKER_RUN_LABEL, docker, &args);
+    Ok(vec![
+        runtime_path(DOCKER_LABEL, Box::new(runtime), policy),
+        reference,
+    ])
+}
+
+/// Where the `docker run` reference reads its seccomp profile (removed after the run).
+fn bench_profile_path() -> PathBuf {
+    std::env::temp_dir().join(format!("pyward-bench-seccomp-{}.json", std::process::id()))
+}
+
+/// A path that runs `pass` through `runtime` in this process.
+fn runtime_path(
+    label: &'static str,
+    runtime: Box<dyn Runtime>,
+    policy: SandboxPolicy,
+) -> BenchPath {
+    let submission = Submission::code("pass");
+    let run = move || -> Result<(), BenchError> {
+        let failed = |reason: String| BenchError::PathFailed {
+            path: label,
+            reason,
+        };
+        let outcome = runtime
+            .run(&policy, &submission)
+            .map_err(|e| failed(e.to_string()))?;
+        if outcome.verdict != Verdict::Ok {
+            return Err(failed(super::run::summary(&outcome)));
+        }
+        Ok(())
+    };
+    BenchPath {
+        label,
+        run: Box::new(run),
+        samples: Vec::new(),
+    }
+}
 
 /// pyward's headline path: the library's native runtime, strict policy, in this process.
 fn native_path() -> Result<BenchPath, BenchError> {
@@ -282,6 +365,22 @@ fn print_table(paths: &mut [BenchPath]) {
         };
         outln!(
             "headline: pyward native in-process median = {ratio:.2}x bare python3 (target <= {TARGET_RATIO}x: {verdict})"
+        );
+    }
+    let median = |wanted: &str| {
+        all.iter()
+            .find(|(label, _)| *label == wanted)
+            .map(|(_, s)| s.median)
+    };
+    if let (Some(ours), Some(reference)) = (median(DOCKER_LABEL), median(DOCKER_RUN_LABEL)) {
+        let ratio = ours.as_secs_f64() / reference.as_secs_f64();
+        let verdict = if ratio <= DOCKER_TARGET_RATIO {
+            "met"
+        } else {
+            "MISSED"
+        };
+        outln!(
+            "docker: pyward docker in-process median = {ratio:.2}x `docker run --rm` with the same hardening (target <= {DOCKER_TARGET_RATIO}x: {verdict})"
         );
     }
 }

@@ -20,7 +20,7 @@ mod policy;
 mod run;
 
 use clap::{Parser, Subcommand};
-use pyward::{ExecError, NativeError, PolicyError, RunError, Verdict};
+use pyward::{DockerError, ExecError, NativeError, PolicyError, RunError, Verdict};
 use std::io;
 use std::path::PathBuf;
 
@@ -175,6 +175,9 @@ pub enum CliError {
     /// The native runtime is not usable on this host.
     #[error("cannot start the native runtime: {0}")]
     Runtime(#[from] NativeError),
+    /// The Docker runtime is not usable (no daemon, or the image is missing).
+    #[error("cannot start the Docker runtime: {0}")]
+    Docker(#[from] DockerError),
     /// pyward's own stdout or stderr could not be written.
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
@@ -202,6 +205,7 @@ impl CliError {
             | CliError::Exec(ExecError::Run(RunError::InvalidSubmission(_))) => exit::USAGE,
             CliError::Exec(ExecError::Run(_))
             | CliError::Runtime(_)
+            | CliError::Docker(_)
             | CliError::Output(_)
             | CliError::Bench(_) => exit::SANDBOX_ERROR,
             CliError::Image(err) => image::exit_code(err),

@@ -1,11 +1,11 @@
 //! `pyward run`: turn flags into a `Submission`, run it through the
-//! `Executor` on the native runtime, and render the `Outcome` (pass-through
+//! `Executor` on the chosen runtime (native by default, or docker), and render the `Outcome` (pass-through
 //! output plus a summary line, or the JSON object of docs/API.md).
 
 use super::{CliError, verdict_exit_code};
 use pyward::{
-    ByteSize, Entrypoint, Executor, InputFile, LimitOverrides, NativeConfig, NativeRuntime,
-    Outcome, SandboxPolicy, Submission,
+    ByteSize, DockerConfig, DockerRuntime, Entrypoint, Executor, InputFile, LimitOverrides,
+    NativeConfig, NativeRuntime, Outcome, Runtime, SandboxPolicy, Submission,
 };
 use std::collections::BTreeMap;
 use std::io::{self, Read as _, Write as _};
@@ -27,8 +27,10 @@ pub struct RunArgs {
     #[arg(short = 'c', long = "code", value_name = "CODE")]
     code: Option<String>,
 
-    /// Run the interpreter of an image built by `pyward image build` (its rootfs
-    /// for this machine's architecture) instead of the host's.
+    /// Run an image built by `pyward image build NAME` instead of the host's
+    /// interpreter: its rootfs (native) or its Docker tag `pyward/NAME:ARCH`
+    /// (docker), for this machine's architecture. Docker's default is
+    /// python3.11-bookworm.
     #[arg(long, value_name = "NAME")]
     image: Option<String>,
 
@@ -43,6 +45,10 @@ pub struct RunArgs {
     /// Copy a file into the work dir: PATH under its base name, or SRC:DEST to a relative DEST.
     #[arg(long = "file", value_name = "PATH|SRC:DEST")]
     files: Vec<String>,
+
+    /// The runtime: native (Linux namespaces set up by pyward) or docker (a fresh container).
+    #[arg(long, value_enum, default_value_t = RuntimeChoice::Native)]
+    runtime: RuntimeChoice,
 
     /// Print only the JSON outcome (docs/API.md) on stdout.
     #[arg(long)]
@@ -92,6 +98,15 @@ fn image_rootfs(name: &str) -> Result<PathBuf, CliError> {
     }
 }
 
+/// The values of `--runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeChoice {
+    /// Linux namespaces, cgroups and seccomp set up by pyward itself.
+    Native,
+    /// A fresh hardened container per run, through the Docker daemon.
+    Docker,
+}
+
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     pyward::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -113,12 +128,32 @@ pub fn run(args: &RunArgs) -> Result<u8, CliError> {
     let submission = submission(args)?;
     // Refuse a bad request before touching the host.
     Executor::resolve_policy(&policy, &submission)?;
-    let rootfs = args.image.as_deref().map(image_rootfs).transpose()?;
-    let runtime = NativeRuntime::new(NativeConfig {
-        rootfs,
-        ..NativeConfig::default()
-    })?;
-    let outcome = Executor::new(Box::new(runtime)).run(&policy, &submission)?;
+    let runtime: Box<dyn Runtime> = match args.runtime {
+        RuntimeChoice::Native => {
+            let rootfs = args.image.as_deref().map(image_rootfs).transpose()?;
+            Box::new(NativeRuntime::new(NativeConfig {
+                rootfs,
+                ..NativeConfig::default()
+            })?)
+        }
+        RuntimeChoice::Docker => {
+            let image = match &args.image {
+                Some(name) => format!(
+                    "{}:{}",
+                    pyward::docker_repository(name),
+                    pyward::Arch::host()
+                ),
+                None => DockerConfig::default().image,
+            };
+            let docker = DockerRuntime::new(DockerConfig {
+                image,
+                ..DockerConfig::default()
+            })?;
+            docker.check_image()?;
+            Box::new(docker)
+        }
+    };
+    let outcome = Executor::new(runtime).run(&policy, &submission)?;
     if args.json {
         print_json(&outcome)
     } else {

@@ -1,6 +1,7 @@
 //! Runtimes: the `Runtime` trait, and the `Outcome` and `Verdict` every runtime
 //! produces; `json` holds the stable JSON form of an `Outcome`. `native/` runs
-//! a submission in Linux namespaces set up by pyward itself.
+//! a submission in Linux namespaces set up by pyward itself; `docker/` runs it
+//! in a fresh hardened container through the Docker daemon.
 
 mod json;
 mod outcome;
@@ -10,6 +11,7 @@ pub use json::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_
 pub use outcome::{Captured, Outcome, Usage, Verdict};
 pub use submission::{Entrypoint, InputFile, Submission};
 
+pub mod docker;
 pub mod native;
 
 use crate::policy::SandboxPolicy;
@@ -35,4 +37,7 @@ pub enum RunError {
     /// The runtime could not prepare the run on the host.
     #[error(transparent)]
     Native(#[from] native::NativeError),
+    /// The Docker runtime could not prepare the run.
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
 }

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use pyward::{
-    LimitOverrides, NativeConfig, NativeRuntime, Outcome, Runtime, SandboxPolicy, Submission,
-    Verdict,
+    DockerConfig, DockerRuntime, LimitOverrides, NativeConfig, NativeRuntime, Outcome, Runtime,
+    SandboxPolicy, Submission, Verdict,
 };
 
 /// Every runtime this machine can test. A runtime that cannot run here fails
@@ -14,7 +14,29 @@ pub fn runtimes() -> Vec<Box<dyn Runtime>> {
     if let Some(native) = native() {
         runtimes.push(Box::new(native));
     }
+    if let Some(docker) = docker() {
+        runtimes.push(Box::new(docker));
+    }
     runtimes
+}
+
+/// The Docker runtime, or None (with a loud message) where Docker or the
+/// test image is missing.
+pub fn docker() -> Option<DockerRuntime> {
+    // The default image, pyward/python3.11-bookworm:ARCH, which
+    // images/build-for-tests.sh builds.
+    let runtime = match DockerRuntime::new(DockerConfig::default()) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            missing(&format!("the Docker runtime cannot start here: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = runtime.check_image() {
+        missing(&format!("{e} (run images/build-for-tests.sh)"));
+        return None;
+    }
+    Some(runtime)
 }
 
 /// The native runtime, or None (with a loud message) where it cannot run.
@@ -66,6 +88,15 @@ impl Case {
 
     /// Runs on every runtime and checks the verdict; returns each outcome.
     pub fn expect(&self, verdict: Verdict) -> Vec<Outcome> {
+        self.expect_each(verdict)
+            .into_iter()
+            .map(|(_, outcome)| outcome)
+            .collect()
+    }
+
+    /// Like `expect`, with the name of the runtime each outcome came from,
+    /// for the few properties that each runtime shows in its own way.
+    pub fn expect_each(&self, verdict: Verdict) -> Vec<(&'static str, Outcome)> {
         runtimes()
             .iter()
             .map(|runtime| {
@@ -80,9 +111,21 @@ impl Case {
                     outcome.verdict,
                     describe(&outcome)
                 );
-                outcome
+                (runtime.name(), outcome)
             })
             .collect()
+    }
+
+    /// Runs and expects `ok` with the stdout `expected(runtime name)`.
+    pub fn expect_stdout_each(&self, expected: impl Fn(&str) -> String) {
+        for (runtime, outcome) in self.expect_each(Verdict::Ok) {
+            assert_eq!(
+                String::from_utf8_lossy(&outcome.stdout.bytes),
+                expected(runtime),
+                "runtime {runtime}: {}",
+                describe(&outcome)
+            );
+        }
     }
 
     /// Runs and expects `ok` with exactly `stdout`.

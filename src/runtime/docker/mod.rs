@@ -1,0 +1,710 @@
+//! The Docker runtime: one fresh, hardened container per run, driven through
+//! bollard over the daemon's unix socket. Never pulls an image.
+//!
+//! `host_config` is the only place a policy becomes Docker settings,
+//! `workdir` gets the files in (on stdin, since the rootfs is read-only),
+//! `usage` samples the container's cgroup, `verdict` decides. This module owns
+//! the container's life: create, attach, start, watch, and always remove.
+
+mod host_config;
+mod usage;
+mod verdict;
+mod workdir;
+
+pub use host_config::{WORK_DIR, host_config};
+
+use super::{Captured, Outcome, RunError, Runtime, Submission, Usage};
+use crate::arch::Arch;
+use crate::policy::{DeniedAction, SandboxPolicy};
+use crate::seccomp::{self, Allowlist, SeccompError};
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use usage::{CgroupFiles, Sample};
+use verdict::{KillReason, Observed};
+
+/// Label on every container pyward creates: the job's id.
+pub const LABEL_JOB: &str = "dev.pyward.job";
+/// Label on every container pyward creates: `docker`.
+pub const LABEL_RUNTIME: &str = "dev.pyward.runtime";
+/// Label naming the pyward process that owns the container (`PID-STARTTIME`).
+pub const LABEL_OWNER: &str = "dev.pyward.owner";
+
+/// The Docker API version pyward speaks (Docker Engine 20.10).
+const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
+/// Host-side settings of the Docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// The image to run, which must already be in the daemon (never pulled);
+    /// by default `pyward/python3.11-bookworm:ARCH` for the host's architecture.
+    pub image: String,
+    /// The daemon's socket.
+    pub socket: String,
+    /// How long one API call may take, in seconds.
+    pub api_timeout_secs: u64,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            image: format!("pyward/python3.11-bookworm:{}", Arch::host().as_str()),
+            socket: "/var/run/docker.sock".into(),
+            api_timeout_secs: 30,
+        }
+    }
+}
+
+/// A failure talking to Docker or preparing a Docker run.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The async runtime the client runs on could not be built.
+    #[error("failed to start the async runtime for the Docker client")]
+    AsyncRuntime {
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The daemon's socket is missing or does not answer.
+    #[error("cannot reach the Docker daemon at unix://{socket} (is dockerd running?)")]
+    Unreachable {
+        /// The socket path.
+        socket: String,
+        /// The cause.
+        source: bollard::errors::Error,
+    },
+    /// The image is not in the daemon; pyward never pulls.
+    #[error("image {image} is not in the Docker daemon and pyward never pulls: {hint}")]
+    ImageMissing {
+        /// The image reference.
+        image: String,
+        /// What to run to get it.
+        hint: String,
+    },
+    /// A Docker API call failed.
+    #[error("docker: failed to {step}")]
+    Api {
+        /// What pyward was doing.
+        step: &'static str,
+        /// The cause.
+        source: bollard::errors::Error,
+    },
+    /// The policy's seccomp allowlist could not be loaded.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+}
+
+fn api(step: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    move |source| DockerError::Api { step, source }
+}
+
+/// The two layers of syscall filtering of a run.
+#[derive(Debug)]
+struct Filters {
+    /// The container's profile (the allowlist plus Docker's plumbing), as JSON.
+    profile: String,
+    /// The native runtime's BPF programs for the allowlist, as raw
+    /// `struct sock_filter` arrays, which the program's process installs on top.
+    native: Vec<Vec<u8>>,
+}
+
+/// Runs each submission in a fresh container (see the module docs).
+pub struct DockerRuntime {
+    config: DockerConfig,
+    docker: Docker,
+    rt: tokio::runtime::Runtime,
+    owner: String,
+    /// Seccomp profiles as JSON and the native filters as raw BPF, per (allowlist, denied action).
+    profiles: Mutex<HashMap<FilterKey, Arc<Filters>>>,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the daemon, checks that it answers, and removes the
+    /// containers that a pyward process which no longer runs left behind.
+    pub fn new(config: DockerConfig) -> Result<DockerRuntime, DockerError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| DockerError::AsyncRuntime { source })?;
+        let unreachable = |source| DockerError::Unreachable {
+            socket: config.socket.clone(),
+            source,
+        };
+        let docker = {
+            let _guard = rt.enter();
+            Docker::connect_with_unix(&config.socket, config.api_timeout_secs, &API_VERSION)
+                .map_err(unreachable)?
+        };
+        rt.block_on(docker.ping()).map_err(unreachable)?;
+        let runtime = DockerRuntime {
+            owner: owner_of(std::process::id()).unwrap_or_default(),
+            config,
+            docker,
+            rt,
+            profiles: Mutex::new(HashMap::new()),
+        };
+        let removed = runtime.remove_orphans()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed containers left by a pyward that is gone");
+        }
+        Ok(runtime)
+    }
+
+    /// The seccomp profile a container runs under: the allowlist's Docker
+    /// profile plus the few syscalls Docker's own plumbing makes under it (see
+    /// `add_container_plumbing`). `pyward policy export --format docker` prints it.
+    pub fn seccomp_profile(
+        allowlist: &Allowlist,
+        denied: DeniedAction,
+        arches: &[Arch],
+    ) -> serde_json::Value {
+        let mut profile = seccomp::docker_profile(allowlist, denied, arches);
+        add_container_plumbing(&mut profile);
+        profile
+    }
+
+    /// `docker run` arguments (up to and including the image) for a container
+    /// hardened exactly as this runtime would for `policy`, the seccomp profile
+    /// read from `profile_path`; and the profile to write there.
+    pub fn docker_run_equivalent(
+        &self,
+        policy: &SandboxPolicy,
+        profile_path: &str,
+    ) -> Result<(Vec<String>, String), DockerError> {
+        let profile = self.filters(policy)?.profile.clone();
+        let config = host_config(policy, &profile);
+        let mut args = vec![
+            "run".to_owned(),
+            "--rm".to_owned(),
+            "--pull".to_owned(),
+            "never".to_owned(),
+        ];
+        args.extend(host_config::docker_run_flags(
+            &config,
+            &host_config::user(policy),
+            profile_path,
+        ));
+        args.extend(["--hostname".to_owned(), "pyward".to_owned()]);
+        for (name, value) in policy.environment(&Default::default()) {
+            args.extend(["--env".to_owned(), format!("{name}={value}")]);
+        }
+        args.push(self.config.image.clone());
+        Ok((args, profile))
+    }
+
+    /// The configured image.
+    pub fn image(&self) -> &str {
+        &self.config.image
+    }
+
+    /// Force-removes every pyward container whose owning process is gone;
+    /// returns how many. Containers of live pyward processes are left alone.
+    pub fn remove_orphans(&self) -> Result<usize, DockerError> {
+        self.rt.block_on(async {
+            let filters =
+                HashMap::from([("label".to_owned(), vec![format!("{LABEL_RUNTIME}=docker")])]);
+            let options = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let containers = self
+                .docker
+                .list_containers(Some(options))
+                .await
+                .map_err(api("list pyward's containers"))?;
+            let mut removed = 0;
+            for container in containers {
+                let owner = container
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_OWNER))
+                    .map(String::as_str);
+                if owner.is_some_and(owner_alive) {
+                    continue;
+                }
+                if let Some(id) = container.id {
+                    self.remove(&id).await?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Fails with `ImageMissing` unless the image is in the daemon.
+    pub fn check_image(&self) -> Result<(), DockerError> {
+        self.rt.block_on(self.inspect_image())
+    }
+
+    async fn inspect_image(&self) -> Result<(), DockerError> {
+        match self.docker.inspect_image(&self.config.image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(image_missing(&self.config.image)),
+            Err(source) => Err(DockerError::Api {
+                step: "inspect the image",
+                source,
+            }),
+        }
+    }
+
+    fn filters(&self, policy: &SandboxPolicy) -> Result<Arc<Filters>, DockerError> {
+        let settings = &policy.seccomp;
+        let key = (
+            settings.allowlist.clone(),
+            settings.search_dir.clone(),
+            settings.denied,
+        );
+        let mut cache = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(filters) = cache.get(&key) {
+            return Ok(filters.clone());
+        }
+        let allowlist = Allowlist::load(&key.0, key.1.as_deref())?;
+        let profile = DockerRuntime::seccomp_profile(&allowlist, key.2, &[Arch::host()]);
+        let native = seccomp::compile(&allowlist, key.2, Arch::host())?;
+        let filters = Arc::new(Filters {
+            profile: profile.to_string(),
+            native: native.programs().iter().map(|p| bpf_bytes(p)).collect(),
+        });
+        cache.insert(key, filters.clone());
+        Ok(filters)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(source) => Err(DockerError::Api {
+                step: "remove the container",
+                source,
+            }),
+        }
+    }
+
+    async fn run_async(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+    ) -> Result<Outcome, RunError> {
+        policy
+            .check_env(&submission.env)
+            .map_err(|e| RunError::InvalidSubmission(e.to_string()))?;
+        let filters = self.filters(policy)?;
+        let launch = workdir::launch(submission, &filters.native)?;
+        self.inspect_image().await?;
+        let id = self
+            .create(policy, &launch.cmd, &filters.profile, submission)
+            .await?;
+        // Whatever happens from here on, the container goes.
+        let result = self.watch(&id, policy, launch).await;
+        let removed = self.remove(&id).await;
+        let outcome = result?;
+        removed?;
+        Ok(outcome)
+    }
+
+    async fn create(
+        &self,
+        policy: &SandboxPolicy,
+        cmd: &[String],
+        profile: &str,
+        submission: &Submission,
+    ) -> Result<String, DockerError> {
+        let env = policy
+            .environment(&submission.env)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let labels = HashMap::from([
+            (LABEL_JOB.to_owned(), job_id()),
+            (LABEL_RUNTIME.to_owned(), "docker".to_owned()),
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(self.config.image.clone()),
+            cmd: Some(cmd.to_vec()),
+            entrypoint: Some(Vec::new()),
+            env: Some(env),
+            user: Some(host_config::user(policy)),
+            working_dir: Some(WORK_DIR.to_owned()),
+            hostname: Some("pyward".to_owned()),
+            labels: Some(labels),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            tty: Some(false),
+            network_disabled: Some(true),
+            host_config: Some(host_config(policy, profile)),
+            ..ContainerCreateBody::default()
+        };
+        let created = self.docker.create_container(None, body).await;
+        match created {
+            Ok(response) => Ok(response.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(image_missing(&self.config.image)),
+            Err(source) => Err(DockerError::Api {
+                step: "create the container",
+                source,
+            }),
+        }
+    }
+
+    /// Attaches, starts, feeds stdin, captures output under the caps and the
+    /// wall clock, then reads the exit state. The caller removes the container.
+    async fn watch(
+        &self,
+        id: &str,
+        policy: &SandboxPolicy,
+        launch: workdir::Launch,
+    ) -> Result<Outcome, RunError> {
+        let limits = &policy.limits;
+        let attach = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .build();
+        let mut io = self
+            .docker
+            .attach_container(id, Some(attach))
+            .await
+            .map_err(api("attach to the container"))?;
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(api("start the container"))?;
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + limits.wall_time;
+
+        let mut input = io.input;
+        let stdin = launch.stdin;
+        let feed = tokio::spawn(async move {
+            // A program that exits without reading its stdin breaks the pipe: not an error.
+            let _ = input.write_all(&stdin).await;
+            let _ = input.shutdown().await;
+        });
+        let (sampler, samples) = spawn_sampler(id);
+
+        let cap = usize::try_from(limits.output.bytes()).unwrap_or(usize::MAX);
+        let mut stdout = Captured::default();
+        let mut stderr = Captured::default();
+        let mut killed = None;
+        loop {
+            let chunk = tokio::select! {
+                chunk = io.output.next() => chunk,
+                () = tokio::time::sleep_until(deadline) => {
+                    killed = Some(KillReason::WallTime);
+                    break;
+                }
+            };
+            let (stream, bytes) = match chunk {
+                None => break,
+                // The attach stream breaking mid-run ends the capture; the state below still tells.
+                Some(Err(_)) => break,
+                Some(Ok(LogOutput::StdOut { message })) => (&mut stdout, message),
+                Some(Ok(LogOutput::StdErr { message })) => (&mut stderr, message),
+                Some(Ok(_)) => continue,
+            };
+            if !keep(stream, &bytes, cap) {
+                killed = Some(KillReason::Output);
+                break;
+            }
+        }
+        // Close the attach connection first: a daemon blocked writing output
+        // we no longer read holds the container, and kill and inspect would wait on it.
+        drop(io.output);
+        if killed.is_some() {
+            self.kill(id).await;
+        }
+        feed.abort();
+        let state = self.finished_state(id).await?;
+        let wall = started.elapsed();
+        sampler.abort();
+        let sample = sample_after(id, *samples.borrow());
+
+        let observed = Observed {
+            killed,
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            pids_max_hits: sample.pids_max_hits,
+            cpu_used: sample.cpu,
+            cpu_limit: limits.cpu_time,
+            unpack_failed: verdict::unpack_failed(state.exit_code, &stderr.bytes),
+        };
+        let (verdict, exit_code, signal, message) = verdict::decide(&observed);
+        Ok(Outcome {
+            verdict,
+            exit_code,
+            signal,
+            stdout,
+            stderr,
+            usage: Usage {
+                wall,
+                cpu: sample.cpu,
+                peak_memory_bytes: sample.peak_memory,
+            },
+            message,
+        })
+    }
+
+    async fn kill(&self, id: &str) {
+        let options = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        // A container that already exited cannot be killed: that is fine.
+        let _ = self.docker.kill_container(id, Some(options)).await;
+    }
+
+    /// Waits for the container to stop (killing it after a grace period) and inspects it.
+    async fn finished_state(
+        &self,
+        id: &str,
+    ) -> Result<bollard::models::ContainerState, DockerError> {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let wait = async {
+            // A non-zero exit comes back as an error from bollard; the inspect below reads it.
+            let _ = self.docker.wait_container(id, Some(options)).next().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(2), wait)
+            .await
+            .is_err()
+        {
+            self.kill(id).await;
+            let options = WaitContainerOptionsBuilder::default()
+                .condition("not-running")
+                .build();
+            let _ = self.docker.wait_container(id, Some(options)).next().await;
+        }
+        let inspected = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(api("inspect the finished container"))?;
+        Ok(inspected.state.unwrap_or_default())
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
+        self.rt.block_on(self.run_async(policy, submission))
+    }
+}
+
+/// A BPF program as the kernel's `struct sock_filter` array (8 bytes each, native endian).
+fn bpf_bytes(program: &[seccompiler::sock_filter]) -> Vec<u8> {
+    program
+        .iter()
+        .flat_map(|insn| {
+            let mut bytes = [0u8; 8];
+            bytes[..2].copy_from_slice(&insn.code.to_ne_bytes());
+            bytes[2] = insn.jt;
+            bytes[3] = insn.jf;
+            bytes[4..].copy_from_slice(&insn.k.to_ne_bytes());
+            bytes
+        })
+        .collect()
+}
+
+/// Syscalls the container's own plumbing makes under the filter, which the
+/// program's allowlist may not list: Docker installs the profile in `runc
+/// init` before its last steps (it checks /proc/self/fd with `fstatfs`), and
+/// the filter covers docker-init (pid 1), which forks the program and reaps
+/// with `rt_sigtimedwait` and `wait4`, after putting the program in its own process group (`setpgid`). The fork is a plain `clone` with no
+/// namespace flag; one filter for the whole container cannot tell docker-init's
+/// fork from the program's: the program's process installs the native filters
+/// on top (see `workdir`), and may call `prctl(PR_SET_SECCOMP)` to do so.
+fn add_container_plumbing(profile: &mut serde_json::Value) {
+    let Some(syscalls) = profile["syscalls"].as_array_mut() else {
+        return;
+    };
+    let entries = [
+        serde_json::json!({
+            "names": ["fstatfs", "rt_sigtimedwait", "wait4", "setpgid"],
+            "action": "SCMP_ACT_ALLOW",
+            "comment": "container plumbing: runc's last check of /proc/self/fd, docker-init's own process group and reaping",
+        }),
+        serde_json::json!({
+            "names": ["getcwd"],
+            "action": "SCMP_ACT_ALLOW",
+            "comment": "container plumbing: the bootstrap's tarfile resolves paths before the native filters (which decide for the program) are in place",
+        }),
+        serde_json::json!({
+            "names": ["ioctl"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{ "index": 1, "value": 0x5410, "valueTwo": 0, "op": "SCMP_CMP_EQ" }],
+            "comment": "container plumbing: docker-init's tcsetpgrp (TIOCSPGRP) on stdin, ENOTTY on a pipe",
+        }),
+        serde_json::json!({
+            "names": ["prctl"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{ "index": 0, "value": 22, "valueTwo": 0, "op": "SCMP_CMP_EQ" }],
+            "comment": "container plumbing: the program's process installs the native filters on top (PR_SET_SECCOMP only tightens)",
+        }),
+        serde_json::json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{ "index": 0, "value": 0x7e02_0000_u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }],
+            "comment": "container plumbing: docker-init forks the program (no CLONE_NEW* flag)",
+        }),
+    ];
+    // Before the dangerous set's kill rule, which stays last.
+    let at = syscalls.len().saturating_sub(1);
+    for (i, entry) in entries.into_iter().enumerate() {
+        syscalls.insert(at + i, entry);
+    }
+}
+
+/// Appends `bytes` to `stream` up to `cap`; false once the stream passed its cap.
+fn keep(stream: &mut Captured, bytes: &[u8], cap: usize) -> bool {
+    let room = cap.saturating_sub(stream.bytes.len());
+    if bytes.len() > room {
+        stream.bytes.extend_from_slice(&bytes[..room]);
+        stream.truncated = true;
+        return false;
+    }
+    stream.bytes.extend_from_slice(bytes);
+    true
+}
+
+/// Samples the container's cgroup every few milliseconds until aborted; the
+/// receiver holds the figures so far.
+fn spawn_sampler(
+    id: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<Sample>,
+) {
+    let files = CgroupFiles::new(Path::new("/sys/fs/cgroup"), id);
+    let (tx, rx) = tokio::sync::watch::channel(Sample::default());
+    let task = tokio::spawn(async move {
+        let mut last = Sample::default();
+        loop {
+            if let Some(sample) = files.sample() {
+                usage::merge(&mut last, sample);
+                let _ = tx.send(last);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    (task, rx)
+}
+
+/// One last sample (the cgroup may still be there), merged into `sample`.
+fn sample_after(id: &str, mut sample: Sample) -> Sample {
+    if let Some(last) = CgroupFiles::new(Path::new("/sys/fs/cgroup"), id).sample() {
+        usage::merge(&mut sample, last);
+    }
+    sample
+}
+
+/// A job id unique on this host: pid, a counter and the time.
+fn job_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `PID-STARTTIME` of a process, from /proc (start time guards against pid reuse).
+fn owner_of(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime) counts from after the `(comm)` field, which may hold spaces.
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let starttime = after_comm.split(' ').nth(19)?;
+    Some(format!("{pid}-{starttime}"))
+}
+
+/// True when the process named by an owner label still runs.
+fn owner_alive(owner: &str) -> bool {
+    let Some(pid) = owner.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    owner_of(pid).as_deref() == Some(owner)
+}
+
+/// What compiled filters depend on: the allowlist's name, where it is looked up, the denied action.
+type FilterKey = (String, Option<std::path::PathBuf>, DeniedAction);
+
+/// `ImageMissing` for `image`, saying how to build it when it is one of pyward's.
+fn image_missing(image: &str) -> DockerError {
+    let hint = match image
+        .strip_prefix("pyward/")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        Some((recipe, arch)) => format!("run `pyward image build {recipe} --arch {arch}`"),
+        None => "build it or `docker load` it first".to_owned(),
+    };
+    DockerError::ImageMissing {
+        image: image.to_owned(),
+        hint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_kept_up_to_the_cap() {
+        let mut stream = Captured::default();
+        assert!(keep(&mut stream, b"abc", 5));
+        assert!(keep(&mut stream, b"de", 5));
+        assert!(!stream.truncated);
+        assert!(!keep(&mut stream, b"f", 5));
+        assert_eq!(stream.bytes, b"abcde");
+        assert!(stream.truncated);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_stale_owner_is_not() {
+        let me = owner_of(std::process::id()).unwrap();
+        assert!(owner_alive(&me));
+        let pid = std::process::id();
+        assert!(!owner_alive(&format!("{pid}-0")));
+        assert!(!owner_alive("4194305-1"));
+        assert!(!owner_alive("garbage"));
+    }
+}

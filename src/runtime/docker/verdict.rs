@@ -1,0 +1,193 @@
+//! From what the Docker runtime observed to a verdict. Pure, unit-tested.
+
+use super::workdir::{UNPACK_FAILED, UNPACK_MESSAGE};
+use crate::runtime::Verdict;
+use crate::runtime::signal_name;
+use std::time::Duration;
+
+/// Why pyward killed the container, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// The wall-clock limit passed.
+    WallTime,
+    /// stdout or stderr passed its cap.
+    Output,
+}
+
+/// Everything the verdict depends on.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Set when pyward killed the container.
+    pub killed: Option<KillReason>,
+    /// The container's exit status (docker-init's: the program's, or 128 + its signal).
+    pub exit_code: Option<i64>,
+    /// State.OOMKilled.
+    pub oom_killed: bool,
+    /// Forks refused by the pids limit, as far as sampling saw.
+    pub pids_max_hits: u64,
+    /// CPU time used (sampled), and the limit.
+    pub cpu_used: Duration,
+    pub cpu_limit: Duration,
+    /// True when the container ran the unpack script and stderr starts with its failure line.
+    pub unpack_failed: bool,
+}
+
+/// True when `stderr` shows the bootstrap failed (with its exit status).
+pub fn unpack_failed(exit_code: Option<i64>, stderr: &[u8]) -> bool {
+    exit_code == Some(UNPACK_FAILED) && stderr.starts_with(UNPACK_MESSAGE.as_bytes())
+}
+
+/// The verdict, the exit code, the signal and (for non-ok verdicts) a sentence.
+///
+/// docker-init reports a program killed by signal N as exit status 128 + N, so a
+/// status above 128 is read as a signal: a program that calls `exit(159)` is
+/// indistinguishable from one killed by SIGSYS on this runtime.
+pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String>) {
+    let Some(status) = o.exit_code else {
+        return (
+            Verdict::SandboxError,
+            None,
+            None,
+            Some("the container ended without an exit status".into()),
+        );
+    };
+    if o.unpack_failed {
+        return (
+            Verdict::SandboxError,
+            None,
+            None,
+            Some(
+                "sandbox setup failed: could not unpack the files or install the seccomp filters"
+                    .into(),
+            ),
+        );
+    }
+    let status = i32::try_from(status).unwrap_or(i32::MAX);
+    let (exit_code, signal) = if (129..=128 + 64).contains(&status) {
+        (None, Some(status - 128))
+    } else {
+        (Some(status), None)
+    };
+    let clean_exit = exit_code == Some(0);
+    let (verdict, message) = match o.killed {
+        Some(KillReason::Output) => (
+            Verdict::OutputLimit,
+            "output passed the policy's cap; the sandbox was killed".into(),
+        ),
+        Some(KillReason::WallTime) => (
+            Verdict::Timeout,
+            "wall-clock limit reached; the sandbox was killed".into(),
+        ),
+        None if o.oom_killed && !clean_exit => (
+            Verdict::MemoryLimit,
+            "memory limit reached: the OOM killer ended the program".into(),
+        ),
+        None if signal == Some(libc::SIGSYS) => (
+            Verdict::SecurityViolation,
+            "a forbidden system call was made; seccomp killed the program".into(),
+        ),
+        None if signal == Some(libc::SIGXCPU) || signal == Some(libc::SIGKILL) => (
+            Verdict::CpuLimit,
+            format!(
+                "CPU time limit of {:?} reached (used at least {:?})",
+                o.cpu_limit, o.cpu_used
+            ),
+        ),
+        None if o.pids_max_hits > 0 && !clean_exit => (
+            Verdict::PidsLimit,
+            "process limit reached: the program could not create a process or thread".into(),
+        ),
+        None => match (exit_code, signal) {
+            (Some(0), _) => return (Verdict::Ok, exit_code, None, None),
+            (Some(code), _) => (
+                Verdict::RuntimeError,
+                format!("the program exited with status {code}"),
+            ),
+            (None, Some(sig)) => (
+                Verdict::Signaled,
+                format!(
+                    "the program was killed by signal {}",
+                    signal_name(sig).map_or_else(|| sig.to_string(), str::to_owned)
+                ),
+            ),
+            (None, None) => unreachable!("a status is an exit code or a signal"),
+        },
+    };
+    (verdict, exit_code, signal, Some(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(o: Observed) -> Verdict {
+        decide(&o).0
+    }
+
+    fn exited(code: i64) -> Observed {
+        Observed {
+            exit_code: Some(code),
+            cpu_limit: Duration::from_secs(5),
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn exits_and_signals() {
+        assert_eq!(decide(&exited(0)), (Verdict::Ok, Some(0), None, None));
+        assert_eq!(verdict(exited(1)), Verdict::RuntimeError);
+        assert_eq!(
+            verdict(exited(128 + libc::SIGSYS as i64)),
+            Verdict::SecurityViolation
+        );
+        assert_eq!(
+            verdict(exited(128 + libc::SIGXCPU as i64)),
+            Verdict::CpuLimit
+        );
+        assert_eq!(
+            verdict(exited(128 + libc::SIGKILL as i64)),
+            Verdict::CpuLimit
+        );
+        let (v, code, sig, _) = decide(&exited(128 + libc::SIGSEGV as i64));
+        assert_eq!(
+            (v, code, sig),
+            (Verdict::Signaled, None, Some(libc::SIGSEGV))
+        );
+        assert_eq!(verdict(Observed::default()), Verdict::SandboxError);
+    }
+
+    #[test]
+    fn pyward_kills_and_oom_win() {
+        let mut o = exited(137);
+        o.killed = Some(KillReason::WallTime);
+        assert_eq!(verdict(o.clone()), Verdict::Timeout);
+        o.killed = Some(KillReason::Output);
+        assert_eq!(verdict(o.clone()), Verdict::OutputLimit);
+        o.killed = None;
+        o.oom_killed = true;
+        assert_eq!(verdict(o), Verdict::MemoryLimit);
+        let mut o = exited(0);
+        o.oom_killed = true;
+        assert_eq!(verdict(o), Verdict::Ok, "a child OOM-killed and survived");
+    }
+
+    #[test]
+    fn pids_hits_explain_a_failure_only() {
+        let mut o = exited(1);
+        o.pids_max_hits = 2;
+        assert_eq!(verdict(o.clone()), Verdict::PidsLimit);
+        o.exit_code = Some(0);
+        assert_eq!(verdict(o), Verdict::Ok);
+    }
+
+    #[test]
+    fn a_failed_unpack_is_pywards_fault() {
+        let line = b"pyward: sandbox setup failed in the container: EOFError('short input')\n";
+        assert!(unpack_failed(Some(125), line));
+        assert!(!unpack_failed(Some(1), line));
+        assert!(!unpack_failed(Some(125), b"user text"));
+        let mut o = exited(125);
+        o.unpack_failed = true;
+        assert_eq!(verdict(o), Verdict::SandboxError);
+    }
+}
