@@ -63,3 +63,21 @@ fn many_threads_share_one_runtime_while_others_come_and_go() {
         result.unwrap();
     }
 }
+
+#[test]
+fn back_to_back_pyward_processes_find_their_cgroup_slot_clean() {
+    // A pyward process hands its cgroup slot on only after reaping its
+    // sandbox: with a pids limit of 4, leftovers of earlier runs would make
+    // the next run's fork fail at once.
+    if common::native().is_none() {
+        return;
+    }
+    for run in 0..30 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pyward"))
+            .args(["run", "--pids", "4", "-c", "pass"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run}: {stderr}");
+    }
+}

@@ -271,9 +271,14 @@ impl CgroupPool {
                     path: lock_path.clone(),
                     source,
                 })?;
-            match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => return self.slot(index, locked),
-                Err(_) => continue,
+            let Ok(locked) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
+                continue;
+            };
+            // A slot whose last sandbox is not fully gone (a pyward that died
+            // before reaping it) waits until it is; the next slot serves.
+            let cgroup = self.slot(index, locked)?;
+            if cgroup.is_empty()? {
+                return Ok(cgroup);
             }
         }
         Err(CgroupError::Exhausted(POOL_SLOTS))
@@ -391,13 +396,13 @@ impl Cgroup {
         }
     }
 
-    /// True when no task is left in the cgroup.
+    /// True when no task, not even an unreaped one, is left in the cgroup.
     pub fn is_empty(&self) -> Result<bool, CgroupError> {
-        let procs = match &self.dirs {
-            Layout::V1 { pids, .. } => pids.join("cgroup.procs"),
-            Layout::V2 { base: dir } => dir.join("cgroup.procs"),
+        let current = match &self.dirs {
+            Layout::V1 { pids, .. } => pids.join("pids.current"),
+            Layout::V2 { base: dir } => dir.join("pids.current"),
         };
-        Ok(read(&procs)?.trim().is_empty())
+        Ok(read(&current)?.trim() == "0")
     }
 }
 
@@ -577,5 +582,10 @@ mod tests {
             }
         );
         assert_eq!(cgroup.cpu_usage().unwrap(), Duration::from_micros(1500));
+        // Unreaped tasks still count: a slot is free only at zero.
+        fs::write(slot.join("pids.current"), "1\n").unwrap();
+        assert!(!cgroup.is_empty().unwrap());
+        fs::write(slot.join("pids.current"), "0\n").unwrap();
+        assert!(cgroup.is_empty().unwrap());
     }
 }

@@ -156,6 +156,26 @@ pub struct Reaped {
     pub max_rss_bytes: u64,
 }
 
+/// Reaps any exited child without blocking (`__WALL`): its pid and how it ended,
+/// or None when no child has exited. Allocation-free.
+pub fn reap_any_nohang() -> Option<(libc::pid_t, Reaped)> {
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both out-pointers are valid for writes for the duration of the call.
+    let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG | libc::__WALL, &mut usage) };
+    (pid > 0).then(|| (pid, reaped(status, &usage)))
+}
+
+fn reaped(status: libc::c_int, usage: &libc::rusage) -> Reaped {
+    let micros = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
+    Reaped {
+        status,
+        cpu_micros: micros(usage.ru_utime) + micros(usage.ru_stime),
+        max_rss_bytes: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
 /// Reaps `pid` (blocking), returning its status and rusage.
 pub fn wait4(pid: libc::pid_t) -> nix::Result<Reaped> {
     let mut status = 0;
@@ -172,12 +192,7 @@ pub fn wait4(pid: libc::pid_t) -> nix::Result<Reaped> {
             return Err(err);
         }
     }
-    let micros = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
-    Ok(Reaped {
-        status,
-        cpu_micros: micros(usage.ru_utime) + micros(usage.ru_stime),
-        max_rss_bytes: usage.ru_maxrss as u64 * 1024,
-    })
+    Ok(reaped(status, &usage))
 }
 
 /// Brings the loopback interface up in the current network namespace.

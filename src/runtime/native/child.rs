@@ -13,7 +13,6 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::resource::setrlimit;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::Mode;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, chdir, mkdir, pivot_root, sethostname, symlinkat};
 use std::ffi::CStr;
 use std::os::fd::RawFd;
@@ -76,8 +75,16 @@ pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
     // The payload owns stdio now. The stub keeps only the status pipe, and is
     // not dumpable, so the program cannot reach pyward's fds through /proc/1.
     let status = keep_only_status(fds.status);
-    let message = reap_until_payload_ends(payload_pid);
-    report(status, message);
+    let reaped = reap_until_payload_ends(payload_pid);
+    // What it used, then how it ended: the parent may stop watching after that.
+    report(
+        status,
+        Message::Usage {
+            cpu_micros: reaped.cpu_micros,
+            max_rss_bytes: reaped.max_rss_bytes,
+        },
+    );
+    report(status, Message::from_wait_status(reaped.status));
     // pid 1 exiting makes the kernel kill whatever the program left behind.
     exit(0)
 }
@@ -128,18 +135,11 @@ fn become_namespace_root() -> nix::Result<()> {
 }
 
 /// Reaps children until the payload is among them, forwarding polite signals.
-fn reap_until_payload_ends(payload: libc::pid_t) -> Message {
+fn reap_until_payload_ends(payload: libc::pid_t) -> sys::process::Reaped {
     loop {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == payload => {
-                    return Message::exited(code);
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == payload => {
-                    return Message::signaled(sig as i32);
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
+        while let Some((pid, reaped)) = sys::process::reap_any_nohang() {
+            if pid == payload {
+                return reaped;
             }
         }
         if let Some(sig) = sys::process::wait_signal(&WAITED, 1000)

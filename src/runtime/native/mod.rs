@@ -139,7 +139,9 @@ pub struct NativeRuntime {
     cgroups: CgroupPool,
     ids: IdMap,
     /// Empty network namespaces, reused one run at a time.
-    netns: NetnsPool,
+    netns: Arc<NetnsPool>,
+    /// Reaps stubs after their run's outcome has gone back.
+    reaper: Reaper,
     /// Compiled filters by (allowlist, denied action): compiling once per policy, not per run.
     filters: Mutex<HashMap<FilterKey, Arc<SeccompProgram>>>,
 }
@@ -164,11 +166,13 @@ impl NativeRuntime {
         let ids = IdMap {
             base: config.host_id_base,
         };
+        let netns = Arc::new(NetnsPool::default());
         Ok(NativeRuntime {
             config,
             cgroups,
             ids,
-            netns: NetnsPool::default(),
+            netns: netns.clone(),
+            reaper: Reaper::new(netns),
             filters: Mutex::default(),
         })
     }
@@ -220,9 +224,100 @@ impl Runtime for NativeRuntime {
                 cpu_period_us: 100_000,
             })
             .map_err(NativeError::from)?;
-        let outcome = supervise::run(&netns, &plan, limits, &cgroup, &submission.stdin, self.ids);
-        self.netns.give_back(loopback, netns);
-        Ok(outcome?)
+        let ran = supervise::run(&netns, &plan, limits, &cgroup, &submission.stdin, self.ids);
+        match ran {
+            Ok((outcome, Some(stub))) => {
+                self.reaper.finish(Leftover {
+                    stub,
+                    cgroup,
+                    netns,
+                    loopback,
+                });
+                Ok(outcome)
+            }
+            Ok((outcome, None)) => {
+                drop(cgroup);
+                self.netns.give_back(loopback, netns);
+                Ok(outcome)
+            }
+            Err(error) => {
+                self.netns.give_back(loopback, netns);
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// A run whose program has ended but whose stub is still exiting. Its cgroup
+/// slot and network namespace are reused only once the stub is reaped.
+struct Leftover {
+    stub: supervise::Stub,
+    cgroup: crate::sys::cgroup::Cgroup,
+    netns: OwnedFd,
+    loopback: bool,
+}
+
+impl Leftover {
+    fn finish(self, pool: &NetnsPool) {
+        // A stub that cannot be reaped (it never can fail to, short of a bug)
+        // keeps its namespace out of the pool rather than risk sharing it.
+        if self.stub.reap().is_ok() {
+            pool.give_back(self.loopback, self.netns);
+        }
+        drop(self.cgroup);
+    }
+}
+
+/// Finishes leftovers on a thread of its own, so that a caller gets its
+/// outcome as soon as the program has ended: a stub's exit tears down its
+/// namespaces, which takes a few hundred microseconds.
+struct Reaper {
+    queue: Option<std::sync::mpsc::Sender<Leftover>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pool: Arc<NetnsPool>,
+}
+
+impl Reaper {
+    fn new(pool: Arc<NetnsPool>) -> Reaper {
+        let (queue, leftovers) = std::sync::mpsc::channel::<Leftover>();
+        let thread_pool = pool.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pyward-reaper".into())
+            .spawn(move || leftovers.into_iter().for_each(|l| l.finish(&thread_pool)));
+        match spawned {
+            Ok(thread) => Reaper {
+                queue: Some(queue),
+                thread: Some(thread),
+                pool,
+            },
+            Err(_) => Reaper {
+                queue: None,
+                thread: None,
+                pool,
+            },
+        }
+    }
+
+    fn finish(&self, leftover: Leftover) {
+        match &self.queue {
+            Some(queue) => {
+                if let Err(std::sync::mpsc::SendError(leftover)) = queue.send(leftover) {
+                    leftover.finish(&self.pool);
+                }
+            }
+            None => leftover.finish(&self.pool),
+        }
+    }
+}
+
+impl Drop for Reaper {
+    /// Finishes every leftover before the runtime goes: a cgroup slot is
+    /// only free for another pyward process once its stub is reaped.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -61,54 +61,75 @@ pub enum Message {
     Exited(i32),
     /// The payload was killed by this signal.
     Signaled(i32),
+    /// What the payload used, sent just before `Exited` or `Signaled`.
+    Usage {
+        /// User plus system CPU time of the payload and the children it reaped.
+        cpu_micros: u64,
+        /// The largest resident set among them, in bytes.
+        max_rss_bytes: u64,
+    },
 }
 
 const SETUP_FAILED: u32 = 1;
 const EXITED: u32 = 2;
 const SIGNALED: u32 = 3;
-/// The size of one message on the wire.
-pub const MESSAGE_LEN: usize = 12;
+const USAGE: u32 = 4;
+/// The size of one message on the wire: kind, a, b, c.
+pub const MESSAGE_LEN: usize = 24;
 
 impl Message {
     pub fn setup_failed(step: Step, errno: Errno) -> Message {
         Message::SetupFailed { step, errno }
     }
 
-    pub fn exited(code: i32) -> Message {
-        Message::Exited(code)
-    }
-
-    pub fn signaled(signal: i32) -> Message {
-        Message::Signaled(signal)
+    /// How a process ended, from its raw wait status.
+    pub fn from_wait_status(status: libc::c_int) -> Message {
+        if libc::WIFSIGNALED(status) {
+            Message::Signaled(libc::WTERMSIG(status))
+        } else {
+            Message::Exited(libc::WEXITSTATUS(status))
+        }
     }
 
     /// Encodes without allocating (the child calls this).
     pub fn to_bytes(self) -> [u8; MESSAGE_LEN] {
-        let (kind, a, b) = match self {
-            Message::SetupFailed { step, errno } => (SETUP_FAILED, step as u32, errno as i32),
-            Message::Exited(code) => (EXITED, 0, code),
-            Message::Signaled(signal) => (SIGNALED, 0, signal),
+        let (kind, a, b, c): (u32, u32, i64, u64) = match self {
+            Message::SetupFailed { step, errno } => (SETUP_FAILED, step as u32, errno as i64, 0),
+            Message::Exited(code) => (EXITED, 0, code.into(), 0),
+            Message::Signaled(signal) => (SIGNALED, 0, signal.into(), 0),
+            Message::Usage {
+                cpu_micros,
+                max_rss_bytes,
+            } => (USAGE, 0, cpu_micros as i64, max_rss_bytes),
         };
         let mut out = [0u8; MESSAGE_LEN];
         out[0..4].copy_from_slice(&kind.to_ne_bytes());
         out[4..8].copy_from_slice(&a.to_ne_bytes());
-        out[8..12].copy_from_slice(&b.to_ne_bytes());
+        out[8..16].copy_from_slice(&b.to_ne_bytes());
+        out[16..24].copy_from_slice(&c.to_ne_bytes());
         out
     }
 
     /// Decodes one message; None for bytes no pyward child writes.
     pub fn from_bytes(bytes: &[u8; MESSAGE_LEN]) -> Option<Message> {
         let word = |i: usize| [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]];
+        let quad = |i: usize| -> [u8; 8] { bytes[i..i + 8].try_into().unwrap_or_default() };
         let kind = u32::from_ne_bytes(word(0));
         let a = u32::from_ne_bytes(word(4));
-        let b = i32::from_ne_bytes(word(8));
+        let wide = i64::from_ne_bytes(quad(8));
+        let c = u64::from_ne_bytes(quad(16));
+        let b = i32::try_from(wide).ok();
         match kind {
+            USAGE => Some(Message::Usage {
+                cpu_micros: wide as u64,
+                max_rss_bytes: c,
+            }),
             SETUP_FAILED => Some(Message::SetupFailed {
                 step: *Step::ALL.get(a as usize)?,
-                errno: Errno::from_raw(b),
+                errno: Errno::from_raw(b?),
             }),
-            EXITED => Some(Message::Exited(b)),
-            SIGNALED => Some(Message::Signaled(b)),
+            EXITED => Some(Message::Exited(b?)),
+            SIGNALED => Some(Message::Signaled(b?)),
             _ => None,
         }
     }
@@ -123,8 +144,12 @@ mod tests {
         for message in [
             Message::setup_failed(Step::PivotRoot, Errno::EPERM),
             Message::setup_failed(Step::Execve, Errno::ENOENT),
-            Message::exited(3),
-            Message::signaled(9),
+            Message::Exited(3),
+            Message::Signaled(9),
+            Message::Usage {
+                cpu_micros: 86_400_000_000,
+                max_rss_bytes: 1 << 40,
+            },
         ] {
             assert_eq!(Message::from_bytes(&message.to_bytes()), Some(message));
         }

@@ -26,7 +26,9 @@ pub struct IdMap {
     pub base: u32,
 }
 
-/// Runs the plan to completion inside `cgroup`.
+/// Runs the plan inside `cgroup` until the program has ended. The stub may
+/// still be exiting: it comes back with the outcome, to be reaped (before
+/// `cgroup` and `netns` are reused).
 pub fn run(
     netns: &OwnedFd,
     plan: &Plan,
@@ -34,7 +36,7 @@ pub fn run(
     cgroup: &Cgroup,
     stdin: &[u8],
     ids: IdMap,
-) -> Result<Outcome, NativeError> {
+) -> Result<(Outcome, Option<Stub>), NativeError> {
     let io = StdioPipes::new(stdin)?;
     let before = cgroup.counters()?;
     // The slot is reused: its CPU counter starts where the last run left it.
@@ -67,14 +69,27 @@ pub fn run(
     }
     let cpu_used = || cgroup.cpu_usage().map(|now| now.saturating_sub(cpu_before));
     let watched = watch(&parent, &pidfd, limits, &cpu_used, started);
-    let reaped = sys::process::wait4(pid).map_err(|source| NativeError::Wait { source })?;
     let wall = started.elapsed();
+    let stub = Stub { pid, pidfd };
+    // A stub that is gone is reaped now (its rusage covers a payload it could
+    // not report on); one that is exiting is left to the caller.
+    let (usage, stub) = match watched.usage {
+        Some(usage) if !watched.exited => (usage, Some(stub)),
+        reported => {
+            let reaped = stub.reap()?;
+            let (cpu, rss) = reported.unwrap_or_default();
+            (
+                (cpu.max(reaped.cpu_micros), rss.max(reaped.max_rss_bytes)),
+                None,
+            )
+        }
+    };
     let after = cgroup.counters()?;
     // The cgroup counts every process, including those the kernel reaped when
-    // the stub died; rusage counts only what the stub reaped itself.
+    // the stub died; the stub's report counts what it reaped itself.
     let cpu_used = cpu_used()
         .unwrap_or_default()
-        .max(Duration::from_micros(reaped.cpu_micros));
+        .max(Duration::from_micros(usage.0));
     let observed = Observed {
         message: watched.message,
         killed: watched.killed,
@@ -84,7 +99,7 @@ pub fn run(
         cpu_limit: limits.cpu_time,
     };
     let (verdict, exit_code, signal, message) = verdict::decide(&observed);
-    Ok(Outcome {
+    let outcome = Outcome {
         verdict,
         exit_code,
         signal,
@@ -93,10 +108,26 @@ pub fn run(
         usage: Usage {
             wall,
             cpu: cpu_used,
-            peak_memory_bytes: reaped.max_rss_bytes,
+            peak_memory_bytes: usage.1,
         },
         message,
-    })
+    };
+    Ok((outcome, stub))
+}
+
+/// The sandbox's pid 1, which must still be reaped once it has exited.
+pub struct Stub {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+}
+
+impl Stub {
+    /// Waits for the stub to exit (its teardown kills what is left of the
+    /// sandbox) and reaps it.
+    pub fn reap(self) -> Result<sys::process::Reaped, NativeError> {
+        let _ = &self.pidfd;
+        sys::process::wait4(self.pid).map_err(|source| NativeError::Wait { source })
+    }
 }
 
 /// Clones the stub; in the child, runs it (it never returns here).
@@ -250,11 +281,17 @@ struct Watched {
     stdout: Captured,
     stderr: Captured,
     message: Option<Message>,
+    /// The payload's usage, as the stub reported it.
+    usage: Option<(u64, u64)>,
     killed: Option<KillReason>,
+    /// True when the stub itself has exited (else it is about to).
+    exited: bool,
 }
 
-/// Polls the pipes and the pidfd until the stub has exited and every pipe is
-/// at EOF, killing the sandbox when a limit is passed.
+/// Polls the pipes and the pidfd until the payload has ended (the stub said
+/// so, or the stub is gone) and stdout and stderr are at EOF, killing the
+/// sandbox when a limit is passed. Does not wait for the stub's own exit,
+/// whose namespace teardown costs a few hundred microseconds.
 fn watch(
     pipes: &ParentSide,
     pidfd: &OwnedFd,
@@ -268,7 +305,7 @@ fn watch(
     let mut status_bytes = Vec::new();
     let mut status_open = true;
     let mut exited = false;
-    let mut exited_at = None;
+    let mut ended_at: Option<Instant> = None;
     let mut killed = None;
     let deadline = started + limits.wall_time;
     let mut next_cpu_check = started + cpu_check_interval(limits.cpu_time, limits.cpus);
@@ -280,13 +317,15 @@ fn watch(
     };
     loop {
         let now = Instant::now();
-        if exited
-            && ((!out.open && !err.open && !status_open)
-                || exited_at.is_some_and(|t: Instant| now - t > Duration::from_secs(1)))
-        {
+        let reported = payload_ended(&status_bytes);
+        if (reported || exited) && ended_at.is_none() {
+            ended_at = Some(now);
+        }
+        let drained = !out.open && !err.open && (reported || !status_open);
+        if ended_at.is_some_and(|t| drained || now - t > Duration::from_secs(1)) {
             break;
         }
-        if !exited && killed.is_none() {
+        if ended_at.is_none() && killed.is_none() {
             if now >= deadline {
                 kill(KillReason::WallTime, &mut killed);
             } else if now >= next_cpu_check {
@@ -300,7 +339,7 @@ fn watch(
                 }
             }
         }
-        let wake = if exited || killed.is_some() {
+        let wake = if ended_at.is_some() || killed.is_some() {
             now + Duration::from_millis(100)
         } else {
             deadline.min(next_cpu_check)
@@ -339,10 +378,7 @@ fn watch(
                 0 if out.drain(stdout) => kill(KillReason::Output, &mut killed),
                 1 if err.drain(stderr) => kill(KillReason::Output, &mut killed),
                 2 => status_open = read_status(status, &mut status_bytes),
-                3 => {
-                    exited = true;
-                    exited_at = Some(Instant::now());
-                }
+                3 => exited = true,
                 _ => {}
             }
         }
@@ -351,7 +387,9 @@ fn watch(
         stdout: out.captured,
         stderr: err.captured,
         message: last_message(&status_bytes),
+        usage: reported_usage(&status_bytes),
         killed,
+        exited,
     }
 }
 
@@ -378,15 +416,36 @@ fn read_status(fd: &OwnedFd, into: &mut Vec<u8>) -> bool {
 
 /// The message that decides the run: a setup failure wins over any later status.
 fn last_message(bytes: &[u8]) -> Option<Message> {
-    let messages: Vec<Message> = bytes
-        .chunks_exact(MESSAGE_LEN)
-        .filter_map(|chunk| Message::from_bytes(chunk.try_into().ok()?))
+    let messages: Vec<Message> = messages(bytes)
+        .filter(|m| !matches!(m, Message::Usage { .. }))
         .collect();
     messages
         .iter()
         .find(|m| matches!(m, Message::SetupFailed { .. }))
         .or(messages.last())
         .copied()
+}
+
+fn messages(bytes: &[u8]) -> impl Iterator<Item = Message> + '_ {
+    bytes
+        .chunks_exact(MESSAGE_LEN)
+        .filter_map(|chunk| Message::from_bytes(chunk.try_into().ok()?))
+}
+
+/// True once the stub has said how the payload ended.
+fn payload_ended(bytes: &[u8]) -> bool {
+    messages(bytes).any(|m| matches!(m, Message::Exited(_) | Message::Signaled(_)))
+}
+
+/// The payload's (CPU micros, max RSS bytes), as the stub reported them.
+fn reported_usage(bytes: &[u8]) -> Option<(u64, u64)> {
+    messages(bytes).find_map(|m| match m {
+        Message::Usage {
+            cpu_micros,
+            max_rss_bytes,
+        } => Some((cpu_micros, max_rss_bytes)),
+        _ => None,
+    })
 }
 
 /// clone3's flag to start the child in a cgroup (Linux 5.7; libc's constant is deprecated for overflowing c_int).
