@@ -111,6 +111,17 @@ pub enum CliError {
         /// This machine's architecture.
         arch: pyward::Arch,
     },
+    /// `--arch` names another architecture than this machine's with the native runtime.
+    #[error(
+        "--arch {arch}: the native runtime runs only this machine's architecture ({host}); \
+         cross-architecture runs need --runtime docker (qemu-user)"
+    )]
+    CrossArchNeedsDocker {
+        /// The architecture asked for.
+        arch: pyward::Arch,
+        /// This machine's architecture.
+        host: pyward::Arch,
+    },
     /// An input file (program, `--file`, `--stdin`) could not be read.
     #[error("cannot read {what} {path:?}: {source}")]
     ReadInput {
@@ -195,6 +206,7 @@ impl CliError {
         match self {
             CliError::ReadInput { .. }
             | CliError::ImageNotBuilt { .. }
+            | CliError::CrossArchNeedsDocker { .. }
             | CliError::FileName { .. }
             | CliError::FileDest { .. }
             | CliError::DuplicateFile { .. }
