@@ -182,7 +182,7 @@ pub fn runtime(
 }
 
 /// Builds the submission from the flags, reading every input file.
-pub fn submission(args: &RunArgs) -> Result<Submission, CliError> {
+fn submission(args: &RunArgs) -> Result<Submission, CliError> {
     let mut submission = Submission::code(String::new());
     submission.entrypoint = match (&args.file, &args.code) {
         (Some(path), _) => {
@@ -232,7 +232,7 @@ pub fn submission(args: &RunArgs) -> Result<Submission, CliError> {
     Ok(submission)
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
+pub(super) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|source| CliError::ReadInput {
         what,
         path: path.to_owned(),
@@ -240,7 +240,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
     })
 }
 
-fn base_name(what: &'static str, path: &Path) -> Result<String, CliError> {
+pub(super) fn base_name(what: &'static str, path: &Path) -> Result<String, CliError> {
     path.file_name()
         .and_then(|n| n.to_str())
         .map(str::to_owned)
