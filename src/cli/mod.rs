@@ -1,4 +1,4 @@
-//! The command line: clap definitions of `run`, `policy`, `bench` and `image`, and the
+//! The command line: clap definitions of `run`, `verify`, `policy`, `bench` and `image`, and the
 //! mapping from results to exit codes.
 //!
 //! Uses only the library's public API. `run` goes through the `Executor`
@@ -18,6 +18,7 @@ mod bench;
 mod image;
 mod policy;
 mod run;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use pyward::{DockerError, ExecError, NativeError, PolicyError, RunError, Verdict};
@@ -71,7 +72,17 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build, list and remove the multi-arch Python images code runs in.
     Image(image::ImageArgs),
+    /// Run a program on several architectures (Docker, qemu-user) and compare the results.
+    #[command(after_help = VERIFY_EXIT_CODES_HELP)]
+    Verify(verify::VerifyArgs),
 }
+
+const VERIFY_EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  every architecture agrees (verdict, exit code, stdout, stderr)
+  1  the architectures differ (the differences are printed)
+  2  usage or input error: bad flags, bad policy, bad submission (nothing ran)
+  5  sandbox_error on an architecture, or pyward itself failed (no daemon, image or qemu)";
 
 /// Runs the parsed command; `Ok` carries the exit code.
 pub fn run(cli: Cli) -> Result<u8, CliError> {
@@ -80,6 +91,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Policy(cmd) => policy::run(&cmd),
         Command::Bench(args) => bench::run(&args),
         Command::Image(args) => image::run(&args),
+        Command::Verify(args) => verify::run(&args),
     }
 }
 
@@ -110,6 +122,17 @@ pub enum CliError {
         name: String,
         /// This machine's architecture.
         arch: pyward::Arch,
+    },
+    /// `--arch` names another architecture than this machine's with the native runtime.
+    #[error(
+        "--arch {arch}: the native runtime runs only this machine's architecture ({host}); \
+         cross-architecture runs need --runtime docker (qemu-user)"
+    )]
+    CrossArchNeedsDocker {
+        /// The architecture asked for.
+        arch: pyward::Arch,
+        /// This machine's architecture.
+        host: pyward::Arch,
     },
     /// An input file (program, `--file`, `--stdin`) could not be read.
     #[error("cannot read {what} {path:?}: {source}")]
@@ -195,6 +218,7 @@ impl CliError {
         match self {
             CliError::ReadInput { .. }
             | CliError::ImageNotBuilt { .. }
+            | CliError::CrossArchNeedsDocker { .. }
             | CliError::FileName { .. }
             | CliError::FileDest { .. }
             | CliError::DuplicateFile { .. }

@@ -50,6 +50,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = RuntimeChoice::Native)]
     runtime: RuntimeChoice,
 
+    /// The CPU architecture to run on: amd64 or arm64. Another one than this
+    /// machine's needs `--runtime docker` and runs under qemu-user (docs/SECURITY.md).
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<pyward::Arch>,
+
     /// Print only the JSON outcome (docs/API.md) on stdout.
     #[arg(long)]
     json: bool,
@@ -128,32 +133,12 @@ pub fn run(args: &RunArgs) -> Result<u8, CliError> {
     let submission = submission(args)?;
     // Refuse a bad request before touching the host.
     Executor::resolve_policy(&policy, &submission)?;
-    let runtime: Box<dyn Runtime> = match args.runtime {
-        RuntimeChoice::Native => {
-            let rootfs = args.image.as_deref().map(image_rootfs).transpose()?;
-            Box::new(NativeRuntime::new(NativeConfig {
-                rootfs,
-                ..NativeConfig::default()
-            })?)
-        }
-        RuntimeChoice::Docker => {
-            let image = match &args.image {
-                Some(name) => format!(
-                    "{}:{}",
-                    pyward::docker_repository(name),
-                    pyward::Arch::host()
-                ),
-                None => DockerConfig::default().image,
-            };
-            let docker = DockerRuntime::new(DockerConfig {
-                image,
-                ..DockerConfig::default()
-            })?;
-            docker.check_image()?;
-            Box::new(docker)
-        }
-    };
-    let outcome = Executor::new(runtime).run(&policy, &submission)?;
+    let outcome = Executor::new(runtime(
+        args.runtime,
+        args.image.as_deref(),
+        args.arch.unwrap_or_else(pyward::Arch::host),
+    )?)
+    .run(&policy, &submission)?;
     if args.json {
         print_json(&outcome)
     } else {
@@ -161,6 +146,39 @@ pub fn run(args: &RunArgs) -> Result<u8, CliError> {
     }
     .map_err(CliError::Output)?;
     Ok(verdict_exit_code(outcome.verdict))
+}
+
+/// The runtime to run on: native (this machine's architecture only) or a
+/// Docker runtime for `arch`, its image checked to be in the daemon.
+pub fn runtime(
+    choice: RuntimeChoice,
+    image: Option<&str>,
+    arch: pyward::Arch,
+) -> Result<Box<dyn Runtime>, CliError> {
+    Ok(match choice {
+        RuntimeChoice::Native => {
+            if arch != pyward::Arch::host() {
+                return Err(CliError::CrossArchNeedsDocker {
+                    arch,
+                    host: pyward::Arch::host(),
+                });
+            }
+            let rootfs = image.map(image_rootfs).transpose()?;
+            Box::new(NativeRuntime::new(NativeConfig {
+                rootfs,
+                ..NativeConfig::default()
+            })?)
+        }
+        RuntimeChoice::Docker => {
+            let mut config = DockerConfig::for_arch(arch);
+            if let Some(name) = image {
+                config.image = format!("{}:{arch}", pyward::docker_repository(name));
+            }
+            let docker = DockerRuntime::new(config)?;
+            docker.check_image()?;
+            Box::new(docker)
+        }
+    })
 }
 
 /// Builds the submission from the flags, reading every input file.
@@ -214,7 +232,7 @@ fn submission(args: &RunArgs) -> Result<Submission, CliError> {
     Ok(submission)
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
+pub(super) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|source| CliError::ReadInput {
         what,
         path: path.to_owned(),
@@ -222,7 +240,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
     })
 }
 
-fn base_name(what: &'static str, path: &Path) -> Result<String, CliError> {
+pub(super) fn base_name(what: &'static str, path: &Path) -> Result<String, CliError> {
     path.file_name()
         .and_then(|n| n.to_str())
         .map(str::to_owned)

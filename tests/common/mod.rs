@@ -39,6 +39,32 @@ pub fn docker() -> Option<DockerRuntime> {
     Some(runtime)
 }
 
+/// The architecture that is not this machine's (arm64 on an amd64 host).
+pub fn foreign_arch() -> pyward::Arch {
+    match pyward::Arch::host() {
+        pyward::Arch::Amd64 => pyward::Arch::Arm64,
+        pyward::Arch::Arm64 => pyward::Arch::Amd64,
+    }
+}
+
+/// The Docker runtime for the other architecture (under qemu-user), or None
+/// (with a loud message) where Docker, its image or qemu-user is missing.
+pub fn foreign_docker() -> Option<DockerRuntime> {
+    let arch = foreign_arch();
+    let runtime = match DockerRuntime::new(DockerConfig::for_arch(arch)) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            missing(&format!("the {arch} Docker runtime cannot start here: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = runtime.check_image() {
+        missing(&format!("{e} (run images/build-for-tests.sh)"));
+        return None;
+    }
+    Some(runtime)
+}
+
 /// The native runtime, or None (with a loud message) where it cannot run.
 pub fn native() -> Option<NativeRuntime> {
     if !nix::unistd::geteuid().is_root() {

@@ -21,8 +21,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -53,6 +53,10 @@ pub struct DockerConfig {
     /// The image to run, which must already be in the daemon (never pulled);
     /// by default `pyward/python3.11-bookworm:ARCH` for the host's architecture.
     pub image: String,
+    /// The architecture the image is for; the container is created for
+    /// platform `linux/ARCH`. Another architecture than the host's runs under
+    /// qemu-user (binfmt_misc), with the seccomp differences of docs/SECURITY.md.
+    pub arch: Arch,
     /// The daemon's socket.
     pub socket: String,
     /// How long one API call may take, in seconds.
@@ -61,11 +65,24 @@ pub struct DockerConfig {
 
 impl Default for DockerConfig {
     fn default() -> Self {
+        DockerConfig::for_arch(Arch::host())
+    }
+}
+
+impl DockerConfig {
+    /// The default settings for `arch`: the image `pyward/python3.11-bookworm:ARCH`.
+    pub fn for_arch(arch: Arch) -> DockerConfig {
         DockerConfig {
-            image: format!("pyward/python3.11-bookworm:{}", Arch::host().as_str()),
+            image: format!("pyward/python3.11-bookworm:{}", arch.as_str()),
+            arch,
             socket: "/var/run/docker.sock".into(),
             api_timeout_secs: 30,
         }
+    }
+
+    /// True when the image's architecture is not the host's: it runs under qemu-user.
+    pub fn emulated(&self) -> bool {
+        self.arch != Arch::host()
     }
 }
 
@@ -101,6 +118,29 @@ pub enum DockerError {
         step: &'static str,
         /// The cause.
         source: bollard::errors::Error,
+    },
+    /// The image exists but was built for another architecture than the configured one.
+    #[error("image {image} is for {found:?}, not {wanted}: use the image built for {wanted}")]
+    ImageArch {
+        /// The image reference.
+        image: String,
+        /// The configured architecture.
+        wanted: Arch,
+        /// The image's architecture as Docker reports it.
+        found: String,
+    },
+    /// Another architecture than the host's needs a qemu-user handler in binfmt_misc.
+    #[error(
+        "running {arch} code on this {host} host needs qemu-user registered with binfmt_misc \
+         ({path} is missing or disabled): install qemu-user-static and binfmt-support"
+    )]
+    NoEmulator {
+        /// The configured architecture.
+        arch: Arch,
+        /// The host's architecture.
+        host: Arch,
+        /// The binfmt_misc entry looked for.
+        path: String,
     },
     /// The policy's seccomp allowlist could not be loaded.
     #[error(transparent)]
@@ -143,6 +183,9 @@ impl DockerRuntime {
     /// Connects to the daemon, checks that it answers, and removes the
     /// containers that a pyward process which no longer runs left behind.
     pub fn new(config: DockerConfig) -> Result<DockerRuntime, DockerError> {
+        if config.emulated() {
+            check_emulator(config.arch)?;
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -184,6 +227,19 @@ impl DockerRuntime {
         profile
     }
 
+    /// The profile of a container whose program runs under qemu-user: the
+    /// kernel sees qemu's syscalls, so the profile is the host's (the
+    /// allowlist's host-arch names) plus what qemu itself needs (see
+    /// `add_emulator_needs`), and it is the only filter (docs/SECURITY.md).
+    pub fn emulated_seccomp_profile(
+        allowlist: &Allowlist,
+        denied: DeniedAction,
+    ) -> serde_json::Value {
+        let mut profile = DockerRuntime::seccomp_profile(allowlist, denied, &[Arch::host()]);
+        add_emulator_needs(&mut profile);
+        profile
+    }
+
     /// `docker run` arguments (up to and including the image) for a container
     /// hardened exactly as this runtime would for `policy`, the seccomp profile
     /// read from `profile_path`; and the profile to write there.
@@ -206,6 +262,10 @@ impl DockerRuntime {
             profile_path,
         ));
         args.extend(["--hostname".to_owned(), "pyward".to_owned()]);
+        args.extend([
+            "--platform".to_owned(),
+            format!("linux/{}", self.config.arch.as_str()),
+        ]);
         for (name, value) in policy.environment(&Default::default()) {
             args.extend(["--env".to_owned(), format!("{name}={value}")]);
         }
@@ -259,7 +319,14 @@ impl DockerRuntime {
 
     async fn inspect_image(&self) -> Result<(), DockerError> {
         match self.docker.inspect_image(&self.config.image).await {
-            Ok(_) => Ok(()),
+            Ok(image) => match image.architecture {
+                Some(found) if found != self.config.arch.as_str() => Err(DockerError::ImageArch {
+                    image: self.config.image.clone(),
+                    wanted: self.config.arch,
+                    found,
+                }),
+                _ => Ok(()),
+            },
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Err(image_missing(&self.config.image)),
@@ -282,12 +349,22 @@ impl DockerRuntime {
             return Ok(filters.clone());
         }
         let allowlist = Allowlist::load(&key.0, key.1.as_deref())?;
-        let profile = DockerRuntime::seccomp_profile(&allowlist, key.2, &[Arch::host()]);
-        let native = seccomp::compile(&allowlist, key.2, Arch::host())?;
-        let filters = Arc::new(Filters {
-            profile: profile.to_string(),
-            native: native.programs().iter().map(|p| bpf_bytes(p)).collect(),
-        });
+        let filters = if self.config.emulated() {
+            // qemu-user refuses PR_SET_SECCOMP from the guest (EINVAL), and a
+            // filter for the guest's arch would never see a guest syscall.
+            Filters {
+                profile: DockerRuntime::emulated_seccomp_profile(&allowlist, key.2).to_string(),
+                native: Vec::new(),
+            }
+        } else {
+            let native = seccomp::compile(&allowlist, key.2, Arch::host())?;
+            Filters {
+                profile: DockerRuntime::seccomp_profile(&allowlist, key.2, &[Arch::host()])
+                    .to_string(),
+                native: native.programs().iter().map(|p| bpf_bytes(p)).collect(),
+            }
+        };
+        let filters = Arc::new(filters);
         cache.insert(key, filters.clone());
         Ok(filters)
     }
@@ -367,7 +444,10 @@ impl DockerRuntime {
             host_config: Some(host_config(policy, profile)),
             ..ContainerCreateBody::default()
         };
-        let created = self.docker.create_container(None, body).await;
+        let options = CreateContainerOptionsBuilder::default()
+            .platform(&format!("linux/{}", self.config.arch.as_str()))
+            .build();
+        let created = self.docker.create_container(Some(options), body).await;
         match created {
             Ok(response) => Ok(response.id),
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -591,6 +671,42 @@ fn add_container_plumbing(profile: &mut serde_json::Value) {
     }
 }
 
+/// What qemu-user itself calls, as host syscalls, beyond the allowlists:
+/// derived with `strace -f` of qemu-aarch64 (7.2) running `python3 -c pass`
+/// and probes/{strict,standard}.py in the arm64 rootfs. It also calls
+/// `clone3` for its own threads, which the profile answers ENOSYS, and glibc
+/// falls back to a `clone` with CLONE_THREAD that the allowlist permits.
+/// Nothing of the dangerous set is needed: qemu answers the guest's ptrace,
+/// bpf, perf_event_open, userfaultfd, keyctl and io_uring calls ENOSYS itself.
+fn add_emulator_needs(profile: &mut serde_json::Value) {
+    let Some(syscalls) = profile["syscalls"].as_array_mut() else {
+        return;
+    };
+    let entry = serde_json::json!({
+        "names": ["rt_sigsuspend"],
+        "action": "SCMP_ACT_ALLOW",
+        "comment": "qemu-user: a guest killed by a signal makes qemu re-raise it on itself and wait for it in sigsuspend",
+    });
+    // Before the dangerous set's kill rule, which stays last.
+    let at = syscalls.len().saturating_sub(1);
+    syscalls.insert(at, entry);
+}
+
+/// Fails unless binfmt_misc hands `arch`'s binaries to an enabled qemu-user.
+fn check_emulator(arch: Arch) -> Result<(), DockerError> {
+    let path = format!("/proc/sys/fs/binfmt_misc/qemu-{}", arch.kernel_name());
+    let enabled =
+        std::fs::read_to_string(&path).is_ok_and(|entry| entry.lines().next() == Some("enabled"));
+    if enabled {
+        return Ok(());
+    }
+    Err(DockerError::NoEmulator {
+        arch,
+        host: Arch::host(),
+        path,
+    })
+}
+
 /// Appends `bytes` to `stream` up to `cap`; false once the stream passed its cap.
 fn keep(stream: &mut Captured, bytes: &[u8], cap: usize) -> bool {
     let room = cap.saturating_sub(stream.bytes.len());
@@ -696,6 +812,34 @@ mod tests {
         assert!(!keep(&mut stream, b"f", 5));
         assert_eq!(stream.bytes, b"abcde");
         assert!(stream.truncated);
+    }
+
+    #[test]
+    fn the_emulated_profile_is_the_hosts_plus_qemus_needs_with_the_kill_rule_last() {
+        let allowlist = Allowlist::load("python-strict", None).unwrap();
+        let profile = DockerRuntime::emulated_seccomp_profile(&allowlist, DeniedAction::Errno);
+        let host = match Arch::host() {
+            Arch::Amd64 => "SCMP_ARCH_X86_64",
+            Arch::Arm64 => "SCMP_ARCH_AARCH64",
+        };
+        assert_eq!(profile["architectures"], serde_json::json!([host]));
+        let syscalls = profile["syscalls"].as_array().unwrap();
+        let names = |e: &serde_json::Value| e["names"].as_array().unwrap().clone();
+        assert!(
+            syscalls
+                .iter()
+                .any(|e| names(e).contains(&"rt_sigsuspend".into())
+                    && e["action"] == "SCMP_ACT_ALLOW")
+        );
+        let last = syscalls.last().unwrap();
+        assert_eq!(last["action"], "SCMP_ACT_KILL_PROCESS");
+        assert!(names(last).contains(&"ptrace".into()));
+        let native =
+            DockerRuntime::seccomp_profile(&allowlist, DeniedAction::Errno, &[Arch::host()]);
+        assert_eq!(
+            syscalls.len(),
+            native["syscalls"].as_array().unwrap().len() + 1
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! therefore installs the native runtime's BPF filters (the same compiled
 //! programs, for the policy's allowlist) before it execs the interpreter:
 //! stacked filters only tighten, and the program gets exactly the native
-//! runtime's syscall policy.
+//! runtime's syscall policy. Not under emulation (an image for another
+//! architecture, run by qemu-user): qemu refuses the guest's
+//! `PR_SET_SECCOMP` (EINVAL) and `seccomp()` (ENOSYS), so the runtime sends no
+//! filters and the container's host-arch profile is the only filter.
 //!
 //! The container's command is a short Python bootstrap: read exactly the tar
 //! and the filters from fd 0 (unbuffered, so not one byte of the program's
