@@ -6,6 +6,7 @@
 mod json;
 mod outcome;
 mod submission;
+pub(crate) mod verdict;
 
 pub use json::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
 pub use outcome::{Captured, Outcome, Usage, Verdict};

@@ -2,17 +2,10 @@
 
 use super::workdir::{UNPACK_FAILED, UNPACK_MESSAGE};
 use crate::runtime::Verdict;
-use crate::runtime::signal_name;
+use crate::runtime::verdict::{self, Ended, Observation};
 use std::time::Duration;
 
-/// Why pyward killed the container, if it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KillReason {
-    /// The wall-clock limit passed.
-    WallTime,
-    /// stdout or stderr passed its cap.
-    Output,
-}
+pub use crate::runtime::verdict::Kill as KillReason;
 
 /// Everything the verdict depends on.
 #[derive(Debug, Clone, Default)]
@@ -43,77 +36,23 @@ pub fn unpack_failed(exit_code: Option<i64>, stderr: &[u8]) -> bool {
 /// status above 128 is read as a signal: a program that calls `exit(159)` is
 /// indistinguishable from one killed by SIGSYS on this runtime.
 pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String>) {
-    let Some(status) = o.exit_code else {
-        return (
-            Verdict::SandboxError,
-            None,
-            None,
-            Some("the container ended without an exit status".into()),
-        );
+    let ended = match o.exit_code.map(|s| i32::try_from(s).unwrap_or(i32::MAX)) {
+        None => Ended::Unknown,
+        Some(status) if (129..=128 + 64).contains(&status) => Ended::Signaled(status - 128),
+        Some(status) => Ended::Exited(status),
     };
-    if o.unpack_failed {
-        return (
-            Verdict::SandboxError,
-            None,
-            None,
-            Some(
-                "sandbox setup failed: could not unpack the files or install the seccomp filters"
-                    .into(),
-            ),
-        );
-    }
-    let status = i32::try_from(status).unwrap_or(i32::MAX);
-    let (exit_code, signal) = if (129..=128 + 64).contains(&status) {
-        (None, Some(status - 128))
-    } else {
-        (Some(status), None)
-    };
-    let clean_exit = exit_code == Some(0);
-    let (verdict, message) = match o.killed {
-        Some(KillReason::Output) => (
-            Verdict::OutputLimit,
-            "output passed the policy's cap; the sandbox was killed".into(),
-        ),
-        Some(KillReason::WallTime) => (
-            Verdict::Timeout,
-            "wall-clock limit reached; the sandbox was killed".into(),
-        ),
-        None if o.oom_killed && !clean_exit => (
-            Verdict::MemoryLimit,
-            "memory limit reached: the OOM killer ended the program".into(),
-        ),
-        None if signal == Some(libc::SIGSYS) => (
-            Verdict::SecurityViolation,
-            "a forbidden system call was made; seccomp killed the program".into(),
-        ),
-        None if signal == Some(libc::SIGXCPU) || signal == Some(libc::SIGKILL) => (
-            Verdict::CpuLimit,
-            format!(
-                "CPU time limit of {:?} reached (used at least {:?})",
-                o.cpu_limit, o.cpu_used
-            ),
-        ),
-        None if o.pids_max_hits > 0 && !clean_exit => (
-            Verdict::PidsLimit,
-            "process limit reached: the program could not create a process or thread".into(),
-        ),
-        None => match (exit_code, signal) {
-            (Some(0), _) => return (Verdict::Ok, exit_code, None, None),
-            (Some(code), _) => (
-                Verdict::RuntimeError,
-                format!("the program exited with status {code}"),
-            ),
-            (None, Some(sig)) => (
-                Verdict::Signaled,
-                format!(
-                    "the program was killed by signal {}",
-                    signal_name(sig).map_or_else(|| sig.to_string(), str::to_owned)
-                ),
-            ),
-            (None, None) => unreachable!("a status is an exit code or a signal"),
-        },
-    };
-    (verdict, exit_code, signal, Some(message))
+    let setup_failure = o.unpack_failed.then(|| {
+        "sandbox setup failed: could not unpack the files or install the seccomp filters".to_owned()
+    });
+    verdict::decide(&Observation {
+        setup_failure,
+        killed: o.killed,
+        ended,
+        oom_kills: u64::from(o.oom_killed),
+        pids_max_hits: o.pids_max_hits,
+        cpu_used: o.cpu_used,
+        cpu_limit: o.cpu_limit,
+    })
 }
 
 #[cfg(test)]
@@ -144,9 +83,16 @@ mod tests {
             verdict(exited(128 + libc::SIGXCPU as i64)),
             Verdict::CpuLimit
         );
+        // RLIMIT_CPU's hard kill is SIGKILL with the CPU time spent...
+        let hard_kill = Observed {
+            cpu_used: Duration::from_secs(6),
+            ..exited(128 + libc::SIGKILL as i64)
+        };
+        assert_eq!(verdict(hard_kill), Verdict::CpuLimit);
+        // ...any other SIGKILL is just a signal.
         assert_eq!(
             verdict(exited(128 + libc::SIGKILL as i64)),
-            Verdict::CpuLimit
+            Verdict::Signaled
         );
         let (v, code, sig, _) = decide(&exited(128 + libc::SIGSEGV as i64));
         assert_eq!(
