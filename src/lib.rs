@@ -17,9 +17,9 @@ pub use arch::{Arch, UnknownArch};
 pub use executor::{ExecError, Executor};
 pub use image::{
     ArchReport, BuildOptions, BuildReport, BuiltArch, Cache as ImageCache, DEFAULT_CACHE_DIR,
-    Hardening, ImageEntry, ImageError, RECIPE_HASH_LABEL, Recipe, SANDBOX_ID, Variant,
-    build as build_image, content_key, docker_repository, docker_tags, list as list_images,
-    remove as remove_image,
+    DEFAULT_RESOLVE_TTL, Hardening, ImageEntry, ImageError, RECIPE_HASH_LABEL, Recipe,
+    ResolutionSource, SANDBOX_ID, Variant, build as build_image, content_key, docker_repository,
+    docker_tags, list as list_images, parse_simulate, remove as remove_image,
 };
 pub use policy::*;
 pub use runtime::docker::{DockerConfig, DockerError, DockerRuntime};

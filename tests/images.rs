@@ -7,7 +7,7 @@
 //! `images/build-for-tests.sh` installs the tools and builds ahead of time.
 //! Under CI=true a missing one fails the test; elsewhere it is SKIPPED loudly.
 
-use pyward::{Arch, BuildOptions, BuildReport, ImageCache, Recipe};
+use pyward::{Arch, BuildOptions, BuildReport, BuiltArch, ImageCache, Recipe, ResolutionSource};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -223,7 +223,10 @@ fn arm64_image_has_the_arm64_platform_and_runs_aarch64_python() {
         "{{index .Config.Labels \"dev.pyward.recipe-hash\"}}",
         &tag,
     ]));
-    assert_eq!(hash_label, pyward::content_key(&recipe(BASE), Arch::Arm64));
+    assert_eq!(
+        hash_label,
+        pyward::content_key(&recipe(BASE), Arch::Arm64, &arm64.built.packages)
+    );
     assert_eq!(hash_label, arm64.built.key);
     // The same config bytes as the OCI layout, so Docker's image id is their digest.
     let id = output(Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", &tag]));
@@ -271,12 +274,26 @@ fn second_build_is_a_cache_hit_and_never_runs_mmdebstrap() {
         return;
     }
     let first = base();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
     let mut opts = BuildOptions::new(ImageCache::new(cache_dir()));
-    // Any call to mmdebstrap would now fail with MissingTool.
-    opts.mmdebstrap = "/nonexistent/mmdebstrap".into();
+    // Any run of mmdebstrap, resolution or build, would leave a line in `log`.
+    opts.mmdebstrap = fake_mmdebstrap(dir.path(), &log, None);
     let start = std::time::Instant::now();
     let again = pyward::build_image(&recipe(BASE), &opts).unwrap();
+    assert!(
+        !log.exists(),
+        "mmdebstrap ran: {:?}",
+        std::fs::read_to_string(&log)
+    );
     assert!(again.archs.iter().all(|a| a.cache_hit), "{again:?}");
+    assert!(
+        again
+            .archs
+            .iter()
+            .all(|a| a.resolution == ResolutionSource::Cached),
+        "{again:?}"
+    );
     for (a, b) in first.archs.iter().zip(&again.archs) {
         assert_eq!(a.built, b.built);
     }
@@ -285,6 +302,171 @@ fn second_build_is_a_cache_hit_and_never_runs_mmdebstrap() {
         "a cache hit took {:?}",
         start.elapsed()
     );
+}
+
+/// A script standing in for mmdebstrap: appends its arguments to `log`;
+/// with `--simulate` prints `simulate` (if given) the way mmdebstrap does
+/// (on stderr) and succeeds; anything else fails.
+fn fake_mmdebstrap(dir: &Path, log: &Path, simulate: Option<&Path>) -> PathBuf {
+    let script = dir.join("mmdebstrap");
+    let print = simulate.map_or(String::from("exit 1"), |p| {
+        format!("cat '{}' >&2; exit 0", p.display())
+    });
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\ncase \" $* \" in *\" --simulate \"*) {print};; esac\nexit 1\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn calls(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn refresh_resolves_again_and_a_changed_version_means_a_rebuild() {
+    // Runs without Docker, qemu or a mirror: a fake mmdebstrap, a seeded cache.
+    if !nix::unistd::geteuid().is_root() {
+        common::missing("refresh test: building needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mmdebstrap-simulate-bookworm-python3-arm64.txt");
+    let sample = std::fs::read_to_string(&fixture).unwrap();
+    let output = dir.path().join("simulate.txt");
+    std::fs::write(&output, &sample).unwrap();
+    let log = dir.path().join("calls");
+    let tool = fake_mmdebstrap(dir.path(), &log, Some(&output));
+    let cache_dir = dir.path().join("cache");
+    let cache = ImageCache::new(&cache_dir);
+    let r = recipe(BASE);
+    // The host arch, so that the build attempt needs no qemu.
+    let arch = Arch::host();
+
+    // A finished build of the fixture's package set is in the cache.
+    let packages = pyward::parse_simulate(&sample);
+    let key = pyward::content_key(&r, arch, &packages);
+    std::fs::create_dir_all(cache.rootfs_dir(BASE, arch).join("usr")).unwrap();
+    let blobs = cache.blob_dir(BASE, arch);
+    std::fs::create_dir_all(&blobs).unwrap();
+    for f in ["layer.tar.gz", "config.json", "manifest.json"] {
+        std::fs::write(blobs.join(f), f).unwrap();
+    }
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    cache
+        .store_meta(&BuiltArch {
+            recipe: BASE.into(),
+            arch,
+            key: key.clone(),
+            layer_digest: digest('a'),
+            layer_size: 12,
+            diff_id: digest('b'),
+            config_digest: digest('c'),
+            manifest_digest: digest('d'),
+            manifest_size: 13,
+            rootfs_bytes: 0,
+            packages: packages.clone(),
+            resolved: packages,
+            created: "2026-01-01T00:00:00Z".into(),
+            build_secs: 0.0,
+        })
+        .unwrap();
+
+    let pyward_build = |refresh: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pyward"));
+        cmd.args([
+            "image",
+            "build",
+            BASE,
+            "--no-docker",
+            "--arch",
+            arch.as_str(),
+        ])
+        .arg("--cache-dir")
+        .arg(&cache_dir)
+        .arg("--images-dir")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images"))
+        .arg("--mmdebstrap")
+        .arg(&tool);
+        if refresh {
+            cmd.arg("--refresh");
+        }
+        cmd.output().unwrap()
+    };
+
+    // No resolution stored yet: it runs once, and the seeded build is a hit.
+    let out = pyward_build(false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("cached (package versions just resolved)"),
+        "{stdout}"
+    );
+    let c = calls(&log);
+    assert_eq!(c.len(), 1, "{c:?}");
+    for arg in [
+        "--simulate",
+        &format!("--architectures={arch}"),
+        "--variant=essential",
+        "--include=python3",
+    ] {
+        assert!(c[0].split(' ').any(|a| a == arg), "{arg} missing: {c:?}");
+    }
+
+    // The mirror moves on: python3.11 gets a new version.
+    let old = "Inst python3.11 (3.11.2-6+deb12u8 ";
+    assert!(sample.contains(old), "the fixture changed");
+    std::fs::write(
+        &output,
+        sample.replace(old, "Inst python3.11 (3.11.2-6+deb12u9 "),
+    )
+    .unwrap();
+
+    // Within the TTL nothing asks the mirror: still the old key, still a hit.
+    let out = pyward_build(false);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("package versions resolved earlier"));
+    assert_eq!(calls(&log).len(), 1, "{:?}", calls(&log));
+
+    // --refresh resolves again; the new version is a new key, so a build is attempted
+    // (the fake fails it; the seeded build stays in the cache).
+    let out = pyward_build(true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains(&format!("mmdebstrap for {arch} failed")),
+        "{stderr}"
+    );
+    let c = calls(&log);
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert!(c[1].contains("--simulate"), "{c:?}");
+    assert!(
+        c[2].contains("--format=directory") && !c[2].contains("--simulate"),
+        "{c:?}"
+    );
+    let stored: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cache_dir.join(format!("resolved/{BASE}/{arch}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        stored["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "python3.11=3.11.2-6+deb12u9"),
+        "{stored}"
+    );
+    assert_eq!(cache.load_meta(BASE, arch).unwrap().unwrap().key, key);
 }
 
 #[test]

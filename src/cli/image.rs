@@ -3,7 +3,7 @@
 //! library's image module; this file parses flags and prints.
 
 use super::{CliError, exit};
-use pyward::{Arch, BuildOptions, ImageCache, ImageError, Recipe};
+use pyward::{Arch, BuildOptions, ImageCache, ImageError, Recipe, ResolutionSource};
 use std::path::PathBuf;
 
 /// Flags shared by every `image` subcommand.
@@ -39,6 +39,11 @@ enum ImageCommand {
         /// The mmdebstrap to run.
         #[arg(long, value_name = "PATH", default_value = "mmdebstrap")]
         mmdebstrap: PathBuf,
+        /// Ask the mirror for the package versions now (mmdebstrap --simulate,
+        /// a few seconds per arch) instead of reusing a resolution younger
+        /// than 24 h; a changed version means a rebuild.
+        #[arg(long)]
+        refresh: bool,
     },
     /// List cached builds: recipe, arch, content hash, size, Docker tag.
     Ls,
@@ -62,6 +67,7 @@ pub fn run(args: &ImageArgs) -> Result<u8, CliError> {
             images_dir,
             oci_dir,
             mmdebstrap,
+            refresh,
         } => {
             let recipe = Recipe::resolve(recipe, images_dir)?;
             let mut opts = BuildOptions::new(cache);
@@ -69,10 +75,16 @@ pub fn run(args: &ImageArgs) -> Result<u8, CliError> {
             opts.oci_dir = oci_dir.clone();
             opts.docker = !args.no_docker;
             opts.mmdebstrap = mmdebstrap.clone();
+            opts.refresh = *refresh;
             let report = pyward::build_image(&recipe, &opts)?;
             for a in &report.archs {
                 let how = if a.cache_hit {
-                    "cached".to_owned()
+                    let versions = match a.resolution {
+                        ResolutionSource::Cached => "package versions resolved earlier",
+                        ResolutionSource::Resolved => "package versions just resolved",
+                        ResolutionSource::Stale => "mirror unreachable, last resolution",
+                    };
+                    format!("cached ({versions})")
                 } else {
                     format!("built in {:.0}s", a.built.build_secs)
                 };

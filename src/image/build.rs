@@ -9,11 +9,12 @@ use super::layer::{digest_of, tree_size, write_layer};
 use super::oci::{config_json, manifest_json, write_layout};
 use super::progress::{Progress, Step};
 use super::recipe::Recipe;
+use super::resolve::{self, DEFAULT_RESOLVE_TTL, ResolutionSource};
 use super::rootfs;
 use crate::Arch;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -28,6 +29,10 @@ pub struct BuildOptions {
     pub docker: bool,
     /// The mmdebstrap to run (a name on `$PATH` or a path).
     pub mmdebstrap: PathBuf,
+    /// How long a package resolution is reused without asking the mirror.
+    pub resolve_ttl: Duration,
+    /// Ask the mirror again even within `resolve_ttl`.
+    pub refresh: bool,
 }
 
 impl BuildOptions {
@@ -39,6 +44,8 @@ impl BuildOptions {
             oci_dir: None,
             docker: true,
             mmdebstrap: "mmdebstrap".into(),
+            resolve_ttl: DEFAULT_RESOLVE_TTL,
+            refresh: false,
         }
     }
 }
@@ -48,8 +55,10 @@ impl BuildOptions {
 pub struct ArchReport {
     /// The cached build.
     pub built: BuiltArch,
-    /// True when nothing was built: the cache had this exact recipe.
+    /// True when nothing was built: the cache had this exact recipe and package set.
     pub cache_hit: bool,
+    /// Where the package versions in the key came from.
+    pub resolution: ResolutionSource,
     /// The rootfs directory.
     pub rootfs: PathBuf,
     /// Docker tags, when loaded.
@@ -72,21 +81,34 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, ImageE
     let _lock = cache.lock(&recipe.name)?;
     let progress = Progress::new();
     let mut done: Vec<(Arch, BuiltArch, bool)> = Vec::new();
+    let mut sources = Vec::new();
     let mut missing = Vec::new();
     for &arch in &opts.archs {
-        match cache.hit(recipe, arch)? {
+        let (packages, source) = resolve::resolve(
+            cache,
+            &opts.mmdebstrap,
+            recipe,
+            arch,
+            opts.resolve_ttl,
+            opts.refresh,
+        )?;
+        sources.push((arch, source));
+        let key = content_key(recipe, arch, &packages);
+        match cache.hit(recipe, arch, &key)? {
             Some(meta) => done.push((arch, meta, true)),
-            None => missing.push(arch),
+            None => missing.push((arch, packages)),
         }
     }
     if !missing.is_empty() {
-        rootfs::check_tools(&opts.mmdebstrap, &missing)?;
+        let archs: Vec<Arch> = missing.iter().map(|(arch, _)| *arch).collect();
+        rootfs::check_tools(&opts.mmdebstrap, &archs)?;
         let results: Vec<Result<BuiltArch, ImageError>> = std::thread::scope(|s| {
             let handles: Vec<_> = missing
                 .iter()
-                .map(|&arch| {
+                .map(|(arch, resolved)| {
+                    let arch = *arch;
                     let step = progress.start(format!("{}/{arch}", recipe.name));
-                    s.spawn(move || build_arch(recipe, arch, opts, &step))
+                    s.spawn(move || build_arch(recipe, arch, resolved, opts, &step))
                 })
                 .collect();
             handles
@@ -94,7 +116,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, ImageE
                 .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         });
-        for (arch, result) in missing.iter().zip(results) {
+        for (arch, result) in archs.iter().zip(results) {
             done.push((*arch, result?, false));
         }
     }
@@ -123,6 +145,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, ImageE
             rootfs: cache.rootfs_dir(&recipe.name, arch),
             built,
             cache_hit,
+            resolution: sources
+                .iter()
+                .find(|(a, _)| *a == arch)
+                .map_or(ResolutionSource::Resolved, |(_, s)| *s),
             docker_tags: Vec::new(),
         })
         .collect();
@@ -154,15 +180,17 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, ImageE
     Ok(BuildReport { archs, oci_dir })
 }
 
-/// mmdebstrap, harden, layer, config, manifest, metadata: one arch, from nothing.
+/// mmdebstrap, harden, layer, config, manifest, metadata: one arch, from
+/// nothing. Keyed by what was installed, which is `resolved` unless the
+/// mirror changed since the resolution.
 fn build_arch(
     recipe: &Recipe,
     arch: Arch,
+    resolved: &[String],
     opts: &BuildOptions,
     step: &Step,
 ) -> Result<BuiltArch, ImageError> {
     let cache = &opts.cache;
-    let key = content_key(recipe, arch);
     let final_dir = cache.rootfs_dir(&recipe.name, arch);
     let parent = final_dir.parent().unwrap_or(cache.root()).to_path_buf();
     fs::create_dir_all(&parent).map_err(ImageError::io("create the rootfs directory", &parent))?;
@@ -178,6 +206,12 @@ fn build_arch(
     rootfs::mmdebstrap(&opts.mmdebstrap, recipe, arch, &tmp, &log)?;
     step.set("hardening");
     let packages = rootfs::installed_packages(&tmp)?;
+    if packages != resolved {
+        step.set("the mirror changed during the build; keyed by what was installed");
+        // The next build within the TTL must find this build.
+        resolve::store(cache, recipe, arch, &packages)?;
+    }
+    let key = content_key(recipe, arch, &packages);
     rootfs::harden(&tmp, &recipe.hardening, &packages)?;
 
     step.set("writing the layer");
@@ -207,6 +241,7 @@ fn build_arch(
         manifest_size: manifest.len() as u64,
         rootfs_bytes: tree_size(&final_dir),
         packages,
+        resolved: resolved.to_vec(),
         created,
         build_secs: step.elapsed(),
     };

@@ -7,6 +7,7 @@
 //! <cache>/rootfs/<recipe>/<arch>.json    BuiltArch: key, digests, sizes, packages, build time
 //! <cache>/blobs/<recipe>/<arch>/         layer.tar.gz, config.json, manifest.json
 //! <cache>/oci/<recipe>/                  the default OCI image layout (multi-arch index)
+//! <cache>/resolved/<recipe>/<arch>.json  the last package resolution (see `resolve`)
 //! <cache>/locks/<recipe>.lock            held for a whole build or removal
 //! ```
 
@@ -20,8 +21,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the build or hardening changes what a recipe produces,
-/// so that old cache entries stop matching.
-const BUILDER_VERSION: &str = "pyward-image-builder/1";
+/// so that old cache entries stop matching (2: the key covers package versions).
+const BUILDER_VERSION: &str = "pyward-image-builder/2";
 
 /// The default cache directory.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/pyward/images";
@@ -55,8 +56,12 @@ pub struct BuiltArch {
     pub manifest_size: u64,
     /// Bytes of regular files in the rootfs.
     pub rootfs_bytes: u64,
-    /// `package=version` for every installed Debian package.
+    /// `package=version` for every installed Debian package; the key covers these.
     pub packages: Vec<String>,
+    /// `package=version` as resolved before the build (`mmdebstrap --simulate`);
+    /// equal to `packages` unless the mirror changed during the build.
+    #[serde(default)]
+    pub resolved: Vec<String>,
     /// RFC 3339 build time (`org.opencontainers.image.created`).
     pub created: String,
     /// Seconds the build took.
@@ -125,9 +130,13 @@ impl Cache {
             .map_err(|source| ImageError::Metadata { path, source })
     }
 
-    /// A finished build of exactly this recipe content, with all its files present.
-    pub fn hit(&self, recipe: &Recipe, arch: Arch) -> Result<Option<BuiltArch>, ImageError> {
-        let key = content_key(recipe, arch);
+    /// A finished build with content key `key`, with all its files present.
+    pub fn hit(
+        &self,
+        recipe: &Recipe,
+        arch: Arch,
+        key: &str,
+    ) -> Result<Option<BuiltArch>, ImageError> {
         let Some(meta) = self.load_meta(&recipe.name, arch)? else {
             return Ok(None);
         };
@@ -177,16 +186,21 @@ impl Cache {
 }
 
 /// The content key of a recipe for one architecture: a sha256 over the
-/// builder version, the recipe file's bytes and the architecture. Nothing
-/// date-dependent goes in, so an unchanged recipe always hits; the resolved
-/// package versions are recorded in [`BuiltArch::packages`] after the build
-/// (resolving them first would cost most of a build).
-pub fn content_key(recipe: &Recipe, arch: Arch) -> String {
+/// builder version, the recipe file's bytes, the architecture and the
+/// `name=version` lines of the packages the build installs (sorted here, so
+/// their order does not matter). Nothing date-dependent goes in, so an
+/// unchanged recipe on an unchanged mirror always hits.
+pub fn content_key(recipe: &Recipe, arch: Arch, packages: &[String]) -> String {
+    let mut sorted: Vec<&str> = packages.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let packages = sorted.join("\n");
     let mut h = Sha256::new();
     for part in [
         BUILDER_VERSION.as_bytes(),
         &recipe.bytes,
         arch.as_str().as_bytes(),
+        packages.as_bytes(),
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
@@ -211,17 +225,37 @@ mod tests {
         Recipe::parse("r", Path::new("r/recipe.toml"), text.into_bytes()).unwrap()
     }
 
+    fn pkgs(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|l| (*l).to_owned()).collect()
+    }
+
     #[test]
-    fn key_depends_on_recipe_bytes_and_arch_only() {
+    fn key_depends_on_recipe_bytes_arch_and_package_versions() {
         let a = recipe("");
-        assert_eq!(
-            content_key(&a, Arch::Amd64),
-            content_key(&a.clone(), Arch::Amd64)
-        );
-        assert_ne!(content_key(&a, Arch::Amd64), content_key(&a, Arch::Arm64));
+        let p = pkgs(&["libc6=2.36-9", "python3.11=3.11.2-6"]);
+        let key = content_key(&a, Arch::Amd64, &p);
+        assert_eq!(key, content_key(&a.clone(), Arch::Amd64, &p));
+        assert_ne!(key, content_key(&a, Arch::Arm64, &p));
         assert_ne!(
-            content_key(&a, Arch::Amd64),
-            content_key(&recipe(", \"python3-numpy\""), Arch::Amd64)
+            key,
+            content_key(&recipe(", \"python3-numpy\""), Arch::Amd64, &p)
+        );
+        // Any version change changes the key; so does a package more or less.
+        let bumped = pkgs(&["libc6=2.36-9+deb12u1", "python3.11=3.11.2-6"]);
+        assert_ne!(key, content_key(&a, Arch::Amd64, &bumped));
+        assert_ne!(key, content_key(&a, Arch::Amd64, &p[..1]));
+        assert_ne!(key, content_key(&a, Arch::Amd64, &[]));
+    }
+
+    #[test]
+    fn key_ignores_the_order_of_package_lines() {
+        let a = recipe("");
+        let p = pkgs(&["python3.11=3.11.2-6", "libc6=2.36-9", "zlib1g=1:1.2.13"]);
+        let mut reversed = p.clone();
+        reversed.reverse();
+        assert_eq!(
+            content_key(&a, Arch::Amd64, &p),
+            content_key(&a, Arch::Amd64, &reversed)
         );
     }
 
@@ -230,11 +264,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let r = recipe("");
-        assert!(cache.hit(&r, Arch::Amd64).unwrap().is_none());
+        let key = content_key(&r, Arch::Amd64, &[]);
+        assert!(cache.hit(&r, Arch::Amd64, &key).unwrap().is_none());
         let meta = BuiltArch {
             recipe: "r".into(),
             arch: Arch::Amd64,
-            key: content_key(&r, Arch::Amd64),
+            key: content_key(&r, Arch::Amd64, &[]),
             layer_digest: String::new(),
             layer_size: 0,
             diff_id: String::new(),
@@ -243,6 +278,7 @@ mod tests {
             manifest_size: 0,
             rootfs_bytes: 0,
             packages: vec![],
+            resolved: vec![],
             created: String::new(),
             build_secs: 0.0,
         };
@@ -253,15 +289,14 @@ mod tests {
             std::fs::write(blobs.join(f), b"x").unwrap();
         }
         cache.store_meta(&meta).unwrap();
-        assert_eq!(cache.hit(&r, Arch::Amd64).unwrap(), Some(meta.clone()));
-        assert!(
-            cache
-                .hit(&recipe(", \"x1\""), Arch::Amd64)
-                .unwrap()
-                .is_none()
+        assert_eq!(
+            cache.hit(&r, Arch::Amd64, &key).unwrap(),
+            Some(meta.clone())
         );
+        let other = content_key(&r, Arch::Amd64, &["a=1".into()]);
+        assert!(cache.hit(&r, Arch::Amd64, &other).unwrap().is_none());
         std::fs::remove_file(blobs.join("layer.tar.gz")).unwrap();
-        assert!(cache.hit(&r, Arch::Amd64).unwrap().is_none());
+        assert!(cache.hit(&r, Arch::Amd64, &key).unwrap().is_none());
         assert_eq!(cache.list().unwrap(), vec![meta]);
     }
 }

@@ -91,6 +91,19 @@ pub enum ImageError {
         /// Where its output was kept.
         log: PathBuf,
     },
+    /// mmdebstrap --simulate could not resolve the recipe's packages.
+    #[error(
+        "resolving the packages for {arch} (mmdebstrap --simulate) failed ({status}), \
+         and no earlier resolution is cached; its last lines:\n{tail}"
+    )]
+    Resolve {
+        /// The architecture being resolved.
+        arch: Arch,
+        /// Its exit status (success with no `Inst` lines is a failure too).
+        status: std::process::ExitStatus,
+        /// The last lines of its output.
+        tail: String,
+    },
     /// dpkg-query could not list the installed packages.
     #[error("dpkg-query on {root:?} failed ({status})")]
     DpkgQuery {

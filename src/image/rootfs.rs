@@ -91,7 +91,7 @@ pub fn check_tools(mmdebstrap: &Path, archs: &[Arch]) -> Result<(), ImageError> 
 }
 
 /// `tool` if it is a path to a file, else the first match on `$PATH`.
-fn which(tool: &Path) -> Option<PathBuf> {
+pub fn which(tool: &Path) -> Option<PathBuf> {
     if tool.components().count() > 1 {
         return tool.is_file().then(|| tool.to_path_buf());
     }
@@ -99,6 +99,21 @@ fn which(tool: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(tool))
         .find(|p| p.is_file())
+}
+
+/// The mmdebstrap options that decide which packages get installed; the
+/// build and the resolution (`resolve`) pass the same ones.
+pub fn selection_args(recipe: &Recipe, arch: Arch) -> Vec<String> {
+    vec![
+        "--mode=root".into(),
+        format!("--variant={}", recipe.variant.as_str()),
+        format!("--architectures={}", arch.as_str()),
+        format!("--include={}", recipe.packages.join(",")),
+        // Docs and translations are dead weight in a sandbox.
+        "--dpkgopt=path-exclude=/usr/share/man/*".into(),
+        "--dpkgopt=path-exclude=/usr/share/doc/*".into(),
+        "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
+    ]
 }
 
 /// Runs mmdebstrap for `arch` into the empty or missing directory `target`;
@@ -115,15 +130,8 @@ pub fn mmdebstrap(
         .try_clone()
         .map_err(ImageError::io("create the build log", log))?;
     let mut cmd = Command::new(tool);
-    cmd.arg("--mode=root")
-        .arg(format!("--variant={}", recipe.variant.as_str()))
-        .arg(format!("--architectures={}", arch.as_str()))
-        .arg(format!("--include={}", recipe.packages.join(",")))
+    cmd.args(selection_args(recipe, arch))
         .arg("--format=directory")
-        // Docs and translations are dead weight in a sandbox.
-        .arg("--dpkgopt=path-exclude=/usr/share/man/*")
-        .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
-        .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
         .arg(&recipe.suite)
         .arg(target)
         .arg(&recipe.mirror)
