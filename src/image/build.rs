@@ -165,10 +165,11 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, ImageE
         let client = DockerClient::connect(&built)?;
         for a in &mut archs {
             let tags = tags(&a.built);
-            // The content-hash tag exists only if this exact build was loaded;
-            // the arch tag must still point at it (something else may have retagged it).
-            let loaded = client.id(&tags[1])?;
-            if loaded.is_none() || client.id(&tags[0])? != loaded {
+            // Docker's image id is the config's digest: both tags must name
+            // exactly this build (another build of the same recipe, or anything
+            // else, may have taken a tag since).
+            let expected = Some(a.built.config_digest.clone());
+            if client.id(&tags[1])? != expected || client.id(&tags[0])? != expected {
                 let step = progress.start(format!("{}/{}", recipe.name, a.built.arch));
                 step.set("loading into Docker");
                 client.load(&cache.blob_dir(&recipe.name, a.built.arch), &a.built)?;
