@@ -231,25 +231,7 @@ fn native_path() -> Result<BenchPath, BenchError> {
         SandboxPolicy::load(DEFAULT_POLICY).map_err(|e| BenchError::Setup(e.to_string()))?;
     let runtime = NativeRuntime::new(NativeConfig::default())
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let submission = Submission::code("pass");
-    let run = move || -> Result<(), BenchError> {
-        let failed = |reason: String| BenchError::PathFailed {
-            path: LABEL,
-            reason,
-        };
-        let outcome = runtime
-            .run(&policy, &submission)
-            .map_err(|e| failed(e.to_string()))?;
-        if outcome.verdict != Verdict::Ok {
-            return Err(failed(super::run::summary(&outcome)));
-        }
-        Ok(())
-    };
-    Ok(BenchPath {
-        label: LABEL,
-        run: Box::new(run),
-        samples: Vec::new(),
-    })
+    Ok(runtime_path(LABEL, Box::new(runtime), policy))
 }
 
 /// A path that spawns `program args…` and waits for a successful exit.

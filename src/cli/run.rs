@@ -204,21 +204,7 @@ fn submission(args: &RunArgs) -> Result<Submission, CliError> {
         }
         submission.files.push(file);
     }
-    submission.stdin = match &args.stdin {
-        None => Vec::new(),
-        Some(path) if path.as_os_str() == "-" => {
-            let mut bytes = Vec::new();
-            io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|source| CliError::ReadInput {
-                    what: "--stdin",
-                    path: path.clone(),
-                    source,
-                })?;
-            bytes
-        }
-        Some(path) => read("--stdin", path)?,
-    };
+    submission.stdin = read_stdin(args.stdin.as_deref())?;
     submission.env = env(&args.env)?;
     submission.args = args.args.clone();
     submission.limits = LimitOverrides {
@@ -230,6 +216,25 @@ fn submission(args: &RunArgs) -> Result<Submission, CliError> {
         ..LimitOverrides::default()
     };
     Ok(submission)
+}
+
+/// The bytes `--stdin` names: none, pyward's own stdin (`-`), or a file.
+pub(super) fn read_stdin(path: Option<&Path>) -> Result<Vec<u8>, CliError> {
+    match path {
+        None => Ok(Vec::new()),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut bytes = Vec::new();
+            io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|source| CliError::ReadInput {
+                    what: "--stdin",
+                    path: path.to_owned(),
+                    source,
+                })?;
+            Ok(bytes)
+        }
+        Some(path) => read("--stdin", path),
+    }
 }
 
 pub(super) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {

@@ -7,7 +7,6 @@ use super::{CliError, exit};
 use pyward::{Arch, Entrypoint, Executor, InputFile, Outcome, SandboxPolicy, Submission, Verdict};
 use sha2::{Digest as _, Sha256};
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::path::PathBuf;
 
 /// Lines of context before the first differing line, and differing lines shown per side.
@@ -263,21 +262,7 @@ fn submission(args: &VerifyArgs) -> Result<Submission, CliError> {
         });
         submission.entrypoint = Entrypoint::File(name);
     }
-    submission.stdin = match &args.stdin {
-        None => Vec::new(),
-        Some(path) if path.as_os_str() == "-" => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|source| CliError::ReadInput {
-                    what: "--stdin",
-                    path: path.clone(),
-                    source,
-                })?;
-            bytes
-        }
-        Some(path) => run::read("--stdin", path)?,
-    };
+    submission.stdin = run::read_stdin(args.stdin.as_deref())?;
     submission.args = args.args.clone();
     Ok(submission)
 }
