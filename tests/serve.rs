@@ -137,7 +137,13 @@ impl Server {
         // A server may answer (413) before reading all of a large body.
         let _ = stream.write_all(body);
         let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
+        if let Err(e) = stream.read_to_end(&mut raw) {
+            panic!(
+                "{method} {path}: {e} after {} bytes; server log:\n{}",
+                raw.len(),
+                self.log()
+            );
+        }
         Response::parse(&raw)
     }
 
@@ -286,6 +292,16 @@ fn tokens_policies_concurrency_and_rate_are_enforced() {
     assert_eq!(limited.error(429), "rate_limit");
     let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+    // A tenant sees only its own jobs.
+    let other = [("Authorization", "Bearer other")];
+    let job = server.request("POST", "/v1/jobs", &other, br#"{"code":"pass"}"#);
+    assert_eq!(job.status, 202, "{}", job.body);
+    let path = format!("/v1/jobs/{}", job.json()["id"].as_str().unwrap());
+    assert_eq!(
+        server.request("GET", &path, &auth, b"").error(404),
+        "not_found"
+    );
+    assert_eq!(server.request("GET", &path, &other, b"").status, 200);
     let metrics = server.get("/metrics").body;
     assert!(
         metrics.contains("pyward_rejections_total{reason=\"rate\"} 1"),
@@ -550,6 +566,15 @@ fn every_accepted_job_reaches_a_terminal_state_across_a_sigkill() {
     }
     server.signal(nix::sys::signal::Signal::SIGKILL);
     assert!(!server.wait(Duration::from_secs(5)));
+    // Nothing the server started outlives it: its listening socket is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpListener::bind(("127.0.0.1", server.port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "a process the killed server started still holds its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     server.spawn();
     for (i, id) in ids.iter().enumerate() {
@@ -569,4 +594,41 @@ fn every_accepted_job_reaches_a_terminal_state_across_a_sigkill() {
         "{}",
         server.log()
     );
+}
+
+#[test]
+fn a_full_queue_is_503_and_finished_jobs_are_purged_after_retention() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start(
+        "max_running = 1\nqueue_bound = 1\njob_retention = \"1s\"\n\
+         [[tenant]]\nname = \"local\"\nmax_concurrent = 2\n",
+    );
+    let running = submit(&server, "import time; time.sleep(1)");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.get(&format!("/v1/jobs/{running}")).json()["status"] != "running" {
+        assert!(Instant::now() < deadline, "the first job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let queued = submit(&server, "pass");
+    let full = server.post("/v1/jobs", r#"{"code":"pass"}"#);
+    assert_eq!(full.error(503), "queue_full");
+    assert!(full.header("retry-after").is_some());
+    // A sync run would wait behind the queued job: refused the same way.
+    assert_eq!(
+        server.post("/v1/runs", r#"{"code":"pass"}"#).error(503),
+        "queue_full"
+    );
+    assert!(server.get("/metrics").body.contains("pyward_queue_depth 1"));
+
+    server.wait_job(&queued, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.get(&format!("/v1/jobs/{queued}")).status != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the finished job was never purged"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

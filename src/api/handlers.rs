@@ -268,8 +268,9 @@ pub async fn post_job(
     tenant.take_rate().map_err(|r| refused(&state, r))?;
     let request = String::from_utf8(body.to_vec()).map_err(|e| ApiError::internal(&e))?;
     let id = super::trace::random_hex(16);
-    let store = &state.queue.store;
-    store
+    let job = state
+        .queue
+        .store
         .insert(
             id.clone(),
             tenant.config.name.clone(),
@@ -281,11 +282,6 @@ pub async fn post_job(
     state.queue.announce(&id, JobStatus::Queued);
     state.queue.wake.notify_one();
     tracing::info!(job = %id, "job queued");
-    let job = store
-        .get(id.clone(), tenant.config.name.clone())
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    let job = job.ok_or(ApiError::Internal)?;
     let location = format!("/v1/jobs/{id}");
     Ok((
         StatusCode::ACCEPTED,

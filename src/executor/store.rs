@@ -224,21 +224,41 @@ impl JobStore {
         Ok(result?)
     }
 
-    /// Stores a new queued job; returns once it is on disk.
+    /// Stores a new queued job; returns it as stored, once it is on disk
+    /// (a worker may already be running it by the time the caller looks).
     pub async fn insert(
         &self,
         id: String,
         tenant: String,
         request: String,
         trace_id: String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<JobRecord, StoreError> {
         self.call(move |c| {
+            let job = JobRecord {
+                id,
+                tenant,
+                status: JobStatus::Queued,
+                request,
+                trace_id,
+                outcome: None,
+                error: None,
+                attempts: 0,
+                created_ms: now_ms(),
+                started_ms: None,
+                finished_ms: None,
+            };
             c.execute(
                 "INSERT INTO jobs (id, tenant, status, request, trace_id, created_ms)
                  VALUES (?1, ?2, 'queued', ?3, ?4, ?5)",
-                params![id, tenant, request, trace_id, now_ms()],
-            )
-            .map(drop)
+                params![
+                    job.id,
+                    job.tenant,
+                    job.request,
+                    job.trace_id,
+                    job.created_ms
+                ],
+            )?;
+            Ok(job)
         })
         .await
     }
