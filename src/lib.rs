@@ -4,6 +4,7 @@
 //! says what the program may do.
 #![deny(missing_docs)]
 
+mod api;
 mod arch;
 mod executor;
 mod image;
@@ -13,6 +14,7 @@ mod seccomp;
 #[doc(hidden)]
 pub mod sys;
 
+pub use api::{ConfigError, RuntimeKind, ServeConfig, ServeError, serve};
 pub use arch::{Arch, UnknownArch};
 pub use executor::{ExecError, Executor};
 pub use image::{

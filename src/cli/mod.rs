@@ -1,4 +1,4 @@
-//! The command line: clap definitions of `run`, `verify`, `policy`, `bench` and `image`, and the
+//! The command line: clap definitions of `run`, `serve`, `verify`, `policy`, `bench` and `image`, and the
 //! mapping from results to exit codes.
 //!
 //! Uses only the library's public API. `run` goes through the `Executor`
@@ -18,6 +18,7 @@ mod bench;
 mod image;
 mod policy;
 mod run;
+mod serve;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -72,6 +73,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build, list and remove the multi-arch Python images code runs in.
     Image(image::ImageArgs),
+    /// Serve the HTTP API: sync runs, durable async jobs, tenants and quotas.
+    Serve(serve::ServeArgs),
     /// Run a program on several architectures (Docker, qemu-user) and compare the results.
     #[command(after_help = VERIFY_EXIT_CODES_HELP)]
     Verify(verify::VerifyArgs),
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Bench(args) => bench::run(&args),
         Command::Image(args) => image::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Serve(args) => serve::run(&args),
     }
 }
 
@@ -207,6 +211,12 @@ pub enum CliError {
     /// The benchmark could not run or a measured path failed.
     #[error(transparent)]
     Bench(#[from] bench::BenchError),
+    /// The server configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] pyward::ConfigError),
+    /// The server could not start or failed.
+    #[error(transparent)]
+    Serve(#[from] pyward::ServeError),
     /// An image could not be built, listed or removed.
     #[error(transparent)]
     Image(#[from] pyward::ImageError),
@@ -224,6 +234,8 @@ impl CliError {
             | CliError::DuplicateFile { .. }
             | CliError::DuplicateEnv { .. }
             | CliError::Policy(_)
+            | CliError::Config(_)
+            | CliError::Serve(pyward::ServeError::Policy(_))
             | CliError::Seccomp { .. }
             | CliError::Exec(ExecError::Policy(_))
             | CliError::Exec(ExecError::Run(RunError::InvalidSubmission(_))) => exit::USAGE,
@@ -231,7 +243,8 @@ impl CliError {
             | CliError::Runtime(_)
             | CliError::Docker(_)
             | CliError::Output(_)
-            | CliError::Bench(_) => exit::SANDBOX_ERROR,
+            | CliError::Bench(_)
+            | CliError::Serve(_) => exit::SANDBOX_ERROR,
             CliError::Image(err) => image::exit_code(err),
         }
     }

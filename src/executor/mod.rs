@@ -3,8 +3,15 @@
 //!
 //! Owns the order of the checks before a run: tighten the policy with the
 //! submission's limits (never loosen), check the requested environment, then
-//! hand both to the runtime. Tenants, quotas, queues and warm pools will live
-//! here too; nothing here touches the sandbox itself.
+//! hand both to the runtime. `admission` (tenants, quotas, bounds), `store`
+//! (durable jobs in SQLite), `jobs` (the workers) and `metrics` serve the
+//! HTTP front end; warm pools will live here too. Nothing here touches the
+//! sandbox itself or speaks HTTP.
+
+pub(crate) mod admission;
+pub(crate) mod jobs;
+pub(crate) mod metrics;
+pub(crate) mod store;
 
 use crate::policy::{PolicyError, SandboxPolicy};
 use crate::runtime::{Outcome, RunError, Runtime, Submission};

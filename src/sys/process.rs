@@ -282,6 +282,35 @@ pub mod rawfd {
         ready > 0 && poll.revents & libc::POLLIN != 0
     }
 
+    /// Blocks until `fd` is readable (`true`) or the process behind `pidfd`
+    /// has exited (`false`), retrying on EINTR. Allocation-free.
+    pub fn readable_unless_gone(fd: RawFd, pidfd: RawFd) -> bool {
+        let mut polls = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: two valid pollfds on the stack, no timeout.
+            let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, -1) };
+            if ready > 0 {
+                // A dead parent wins: its data, if any, no longer matters.
+                return polls[1].revents == 0 && polls[0].revents != 0;
+            }
+            if ready < 0 && nix::Error::last() != nix::Error::EINTR {
+                // poll itself failed: fall back to the blocking read, as before.
+                return true;
+            }
+        }
+    }
+
     /// Writes all of `buf`, retrying on EINTR and short writes.
     pub fn write_all(fd: RawFd, mut buf: &[u8]) -> nix::Result<()> {
         while !buf.is_empty() {

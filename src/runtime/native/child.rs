@@ -90,7 +90,13 @@ pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
 }
 
 fn stub_setup(fds: ChildFds) -> StepResult {
-    // Wait until the parent has written the id maps and placed us in the cgroup.
+    // Wait until the parent has written the id maps and placed us in the cgroup,
+    // or has died. End-of-file on `go` is not enough to notice a death: a
+    // sandbox the same process cloned at the same moment may hold a copy of
+    // this pipe's write end (and this one of its), and both would wait forever.
+    if !rawfd::readable_unless_gone(fds.go, fds.parent) {
+        return Err((Step::WaitForParent, Errno::ESRCH));
+    }
     let mut byte = [0u8; 1];
     match rawfd::read(fds.go, &mut byte) {
         Ok(1) => {}

@@ -1,0 +1,153 @@
+//! Counters the server exposes at /metrics: runs by verdict, run latency,
+//! in-flight runs, queue depth. Lock-free atomics, rendered as Prometheus text.
+
+use crate::runtime::Verdict;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const VERDICTS: [Verdict; 10] = [
+    Verdict::Ok,
+    Verdict::RuntimeError,
+    Verdict::Signaled,
+    Verdict::Timeout,
+    Verdict::CpuLimit,
+    Verdict::MemoryLimit,
+    Verdict::OutputLimit,
+    Verdict::PidsLimit,
+    Verdict::SecurityViolation,
+    Verdict::SandboxError,
+];
+
+/// How a run came in.
+#[derive(Debug, Clone, Copy)]
+pub enum RunKind {
+    /// POST /v1/runs.
+    Sync,
+    /// An async job.
+    Job,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// The server's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    runs: [[AtomicU64; VERDICTS.len()]; 2],
+    latency: Histogram,
+    rejected: [AtomicU64; 4],
+}
+
+/// Why admission turned a request away, for `pyward_rejections_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum Rejection {
+    /// 429: tenant at its concurrency cap.
+    Concurrency = 0,
+    /// 429: tenant over its rate quota.
+    Rate = 1,
+    /// 503: the queue is full.
+    QueueFull = 2,
+    /// 401/403.
+    Auth = 3,
+}
+
+const REJECTION_NAMES: [&str; 4] = ["concurrency", "rate", "queue_full", "auth"];
+
+impl Metrics {
+    /// Counts a run that ended with `verdict` after `wall` (measured by the server).
+    pub fn record(&self, kind: RunKind, verdict: Verdict, wall: Duration) {
+        let index = VERDICTS.iter().position(|v| *v == verdict).unwrap_or(0);
+        self.runs[kind as usize][index].fetch_add(1, Ordering::Relaxed);
+        let seconds = wall.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.latency.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX);
+        self.latency.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Counts a request turned away by admission.
+    pub fn reject(&self, why: Rejection) {
+        self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition, with the gauges passed in.
+    pub fn render(&self, queued: usize, in_flight: usize) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP pyward_runs_total Runs that produced an outcome, by how they came in and verdict.\n");
+        out.push_str("# TYPE pyward_runs_total counter\n");
+        for (kind, name) in [(RunKind::Sync, "sync"), (RunKind::Job, "job")] {
+            for (verdict, count) in VERDICTS.iter().zip(&self.runs[kind as usize]) {
+                let n = count.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "pyward_runs_total{{kind=\"{name}\",verdict=\"{verdict}\"}} {n}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP pyward_run_duration_seconds Wall time of runs as the server saw them.\n",
+        );
+        out.push_str("# TYPE pyward_run_duration_seconds histogram\n");
+        for (bound, bucket) in BUCKETS.iter().zip(&self.latency.buckets) {
+            let n = bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "pyward_run_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
+            );
+        }
+        let count = self.latency.count.load(Ordering::Relaxed);
+        let sum = self.latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "pyward_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "pyward_run_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "pyward_run_duration_seconds_count {count}");
+        out.push_str("# HELP pyward_rejections_total Requests turned away by admission.\n");
+        out.push_str("# TYPE pyward_rejections_total counter\n");
+        for (name, count) in REJECTION_NAMES.iter().zip(&self.rejected) {
+            let n = count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "pyward_rejections_total{{reason=\"{name}\"}} {n}");
+        }
+        out.push_str("# HELP pyward_queue_depth Async jobs waiting for a worker.\n");
+        out.push_str("# TYPE pyward_queue_depth gauge\n");
+        let _ = writeln!(out, "pyward_queue_depth {queued}");
+        out.push_str("# HELP pyward_runs_in_flight Runs executing now.\n");
+        out.push_str("# TYPE pyward_runs_in_flight gauge\n");
+        let _ = writeln!(out, "pyward_runs_in_flight {in_flight}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_lands_in_its_verdict_and_every_bucket_above_it() {
+        let metrics = Metrics::default();
+        metrics.record(RunKind::Sync, Verdict::Timeout, Duration::from_millis(300));
+        let text = metrics.render(3, 1);
+        assert!(text.contains("pyward_runs_total{kind=\"sync\",verdict=\"timeout\"} 1\n"));
+        assert!(text.contains("pyward_runs_total{kind=\"job\",verdict=\"timeout\"} 0\n"));
+        assert!(text.contains("pyward_run_duration_seconds_bucket{le=\"0.25\"} 0\n"));
+        assert!(text.contains("pyward_run_duration_seconds_bucket{le=\"0.5\"} 1\n"));
+        assert!(text.contains("pyward_run_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("pyward_queue_depth 3\n"));
+        assert!(text.contains("pyward_runs_in_flight 1\n"));
+    }
+}
