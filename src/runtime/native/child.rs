@@ -59,6 +59,16 @@ impl<T> At for nix::Result<T> {
 /// The pid-1 stub: waits for the parent's go, forks the payload, reaps every
 /// process, forwards polite signals and reports how the payload ended.
 pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
+    // First of all, let go of every fd the clone copied that is not this
+    // run's: another run's pipes (so its EOFs come when they should), a
+    // server's listening socket, pyward's own files.
+    let fds = match keep_only_own_fds(fds) {
+        Ok(fds) => fds,
+        Err(errno) => {
+            report(fds.status, Message::setup_failed(Step::OwnFds, errno));
+            exit(1);
+        }
+    };
     if let Err((failed, errno)) = stub_setup(fds) {
         report(fds.status, Message::setup_failed(failed, errno));
         exit(1);
@@ -118,6 +128,42 @@ fn stub_setup(fds: ChildFds) -> StepResult {
     unshare(CloneFlags::CLONE_NEWCGROUP).at(Step::UnshareCgroup)?;
     // Take SIGCHLD and polite stops synchronously (the payload unblocks them).
     sys::process::block_signals(&WAITED).at(Step::BlockSignals)
+}
+
+/// Where the stub keeps its run's fds: above stdio and the payload's status fd.
+const OWN_FDS_BASE: RawFd = 10;
+
+/// Moves this run's six fds to `OWN_FDS_BASE..+6` and closes every other fd
+/// from 3 up. Allocation-free.
+fn keep_only_own_fds(fds: ChildFds) -> nix::Result<ChildFds> {
+    let own = [
+        fds.stdin, fds.stdout, fds.stderr, fds.status, fds.go, fds.parent,
+    ];
+    // Copies above every source and every target first, so that no move
+    // below lands on something not yet moved.
+    let above = own.iter().copied().max().unwrap_or(0).max(OWN_FDS_BASE + 5) + 1;
+    let mut high = [0; 6];
+    for (slot, fd) in high.iter_mut().zip(own) {
+        *slot = rawfd::dup_at_least(fd, above)?;
+    }
+    let mut moved = [0; 6];
+    for (i, (slot, fd)) in moved.iter_mut().zip(high).enumerate() {
+        *slot = OWN_FDS_BASE + i as RawFd;
+        rawfd::dup_to(fd, *slot, true)?;
+    }
+    for fd in 3..OWN_FDS_BASE {
+        rawfd::close(fd);
+    }
+    sys::process::close_fds_from(OWN_FDS_BASE + own.len() as RawFd)?;
+    let [stdin, stdout, stderr, status, go, parent] = moved;
+    Ok(ChildFds {
+        stdin,
+        stdout,
+        stderr,
+        status,
+        go,
+        parent,
+    })
 }
 
 /// Closes every fd but the status pipe (moved to fd 3) and makes the stub

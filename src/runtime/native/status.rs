@@ -22,6 +22,7 @@ macro_rules! steps {
 }
 
 steps! {
+    OwnFds => "close the file descriptors of other runs",
     WaitForParent => "wait for the parent to write the id maps",
     BecomeNamespaceRoot => "become root of the user namespace",
     ParentDeathSignal => "tie the sandbox's life to pyward's",
