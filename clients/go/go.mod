@@ -1,0 +1,3 @@
+module pyward.dev/client
+
+go 1.19
