@@ -10,6 +10,8 @@
 //! otherwise be charged to whichever path runs next. A short pause between
 //! blocks lets that work drain.
 
+mod http;
+
 use super::{exit, run::DEFAULT_POLICY};
 use pyward::{
     DockerConfig, DockerRuntime, NativeConfig, NativeRuntime, Runtime, SandboxPolicy, Submission,
@@ -32,7 +34,10 @@ const DOCKER_RUN_LABEL: &str = "docker run --rm (reference)";
 
 /// Flags of `pyward bench`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// Timed runs per path.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     runs: u32,
@@ -42,6 +47,13 @@ pub struct BenchArgs {
     /// The Docker image of the Docker paths (never pulled; skipped when missing).
     #[arg(long, value_name = "IMAGE", default_value_t = DockerConfig::default().image)]
     image: String,
+}
+
+/// The other benchmarks.
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Load a running `pyward serve`: N sync runs at concurrency C, with latency percentiles.
+    Http(http::HttpArgs),
 }
 
 /// A benchmark that could not be set up, or a measured path that failed.
@@ -58,6 +70,9 @@ pub enum BenchError {
         /// What went wrong.
         reason: String,
     },
+    /// `pyward bench http` could not start.
+    #[error(transparent)]
+    Http(#[from] http::HttpBenchError),
     /// A process could not be started.
     #[error("bench: path {path:?}: cannot start {program:?}: {source}")]
     Spawn {
@@ -79,6 +94,9 @@ struct BenchPath {
 
 /// Runs the benchmark and prints the table.
 pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
+    if let Some(BenchCommand::Http(http)) = &args.command {
+        return http::run(http);
+    }
     let mut paths = paths()?;
     paths.extend(docker_paths(&args.image)?);
     outln!(
