@@ -1,0 +1,137 @@
+//! The native warm path: calls fork from one pre-initialised zygote, and
+//! nothing one call does is visible to the next.
+
+mod common;
+
+use common::describe;
+use pyward::{Runtime, SandboxPolicy, Submission, Verdict};
+
+fn run_ok(runtime: &dyn Runtime, policy: &str, code: &str) -> String {
+    let policy = SandboxPolicy::builtin(policy).unwrap();
+    let outcome = runtime.run(&policy, &Submission::code(code)).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+    String::from_utf8_lossy(&outcome.stdout.bytes).into_owned()
+}
+
+/// Call A leaves everything it can behind.
+const CALL_A: &str = r#"
+import os, sys, signal, json, time
+open('/tmp/left-by-a', 'w').write('a')
+open('/work/left-by-a', 'w').write('a')
+open('/dev/shm/left-by-a', 'w').write('a')
+os.environ['LEFT_BY_A'] = '1'
+json.LEFT_BY_A = 1
+sys.modules['left_by_a'] = json
+sys.modules['base64'] = None
+signal.signal(signal.SIGUSR1, lambda *a: None)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sys.path.append('/tmp')
+builtins = __builtins__ if isinstance(__builtins__, dict) else vars(__builtins__)
+builtins['LEFT_BY_A'] = 1
+LEFT_GLOBAL = 1
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(30)
+    os._exit(0)
+print('a done', os.getpid())
+"#;
+
+/// Call B looks for every trace of A.
+const CALL_B: &str = r#"
+import os, sys, signal, json
+left = []
+for p in ['/tmp/left-by-a', '/work/left-by-a', '/dev/shm/left-by-a']:
+    if os.path.exists(p): left.append(p)
+if 'LEFT_BY_A' in os.environ: left.append('env')
+if hasattr(json, 'LEFT_BY_A'): left.append('module global')
+if 'left_by_a' in sys.modules or sys.modules.get('base64', 0) is None: left.append('sys.modules')
+if signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL: left.append('SIGUSR1')
+if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL: left.append('SIGTERM')
+if '/tmp' in sys.path: left.append('sys.path')
+if 'LEFT_BY_A' in dir(__builtins__) or (isinstance(__builtins__, dict) and 'LEFT_BY_A' in __builtins__): left.append('builtins')
+if 'LEFT_GLOBAL' in globals(): left.append('__main__ global')
+pids = [p for p in os.listdir('/proc') if p.isdigit()]
+if len(pids) != 2: left.append('processes %s' % pids)
+print(left)
+"#;
+
+#[test]
+fn nothing_of_one_call_is_visible_to_the_next() {
+    let Some(warm) = common::warm() else { return };
+    // B's probe sees every trace when A's code ran in the same process: the
+    // probe can fail.
+    let both = format!("{CALL_A}\n{CALL_B}");
+    let seen = run_ok(&warm, "standard", &both);
+    for trace in [
+        "/tmp/left-by-a",
+        "/work/left-by-a",
+        "/dev/shm/left-by-a",
+        "'env'",
+        "module global",
+        "sys.modules",
+        "SIGUSR1",
+        "SIGTERM",
+        "sys.path",
+        "builtins",
+        "__main__ global",
+        "processes",
+    ] {
+        assert!(seen.contains(trace), "{trace} not detected: {seen}");
+    }
+    // The same zygote serves both calls (its pid is the same), so the test
+    // could fail if anything leaked.
+    for policy in ["strict", "standard"] {
+        let a = run_ok(&warm, "standard", CALL_A);
+        assert!(a.starts_with("a done"), "{a}");
+        assert_eq!(
+            run_ok(&warm, policy, CALL_B),
+            "[]\n",
+            "after A, under {policy}"
+        );
+    }
+}
+
+#[test]
+fn calls_get_fresh_randomness_and_their_own_pid_namespace() {
+    let Some(warm) = common::warm() else { return };
+    let code = "import os, random\nprint(os.getpid(), random.random(), os.urandom(8).hex())";
+    let first = run_ok(&warm, "strict", code);
+    let second = run_ok(&warm, "strict", code);
+    let (a, b): (Vec<_>, Vec<_>) = (first.split(' ').collect(), second.split(' ').collect());
+    assert_eq!(a[0], "2", "{first}");
+    assert_eq!(b[0], "2", "{second}");
+    assert_ne!(a[1], b[1], "random is seeded afresh per call");
+    assert_ne!(a[2], b[2]);
+}
+
+#[test]
+fn a_call_cannot_reach_the_zygote() {
+    let Some(warm) = common::warm() else { return };
+    // The zygote is in the parent pid namespace: invisible. pid 1 is the
+    // call's stub, root of the zygote's user namespace: out of reach.
+    let code = "import os, signal\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\ntry:\n    os.kill(1, signal.SIGKILL)\n    print('killed')\nexcept PermissionError:\n    print('denied')";
+    assert_eq!(run_ok(&warm, "standard", code), "[1, 2]\ndenied\n");
+    assert_eq!(run_ok(&warm, "strict", "print('still up')"), "still up\n");
+}
+
+#[test]
+fn a_traceback_starts_at_the_programs_code() {
+    let Some(warm) = common::warm() else { return };
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    let outcome = warm
+        .run(&policy, &Submission::code("x = 1\n1 / 0"))
+        .unwrap();
+    assert_eq!(outcome.verdict, Verdict::RuntimeError);
+    assert_eq!(
+        common::stderr(&outcome),
+        "Traceback (most recent call last):\n  File \"<string>\", line 2, in <module>\nZeroDivisionError: division by zero\n"
+    );
+}
+
+#[test]
+fn a_dead_zygote_is_restarted() {
+    let Some(warm) = common::warm() else { return };
+    assert_eq!(run_ok(&warm, "strict", "print(1)"), "1\n");
+    warm.kill_zygotes_for_tests();
+    assert_eq!(run_ok(&warm, "strict", "print(2)"), "2\n");
+}
