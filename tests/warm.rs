@@ -135,3 +135,101 @@ fn a_dead_zygote_is_restarted() {
     warm.kill_zygotes_for_tests();
     assert_eq!(run_ok(&warm, "strict", "print(2)"), "2\n");
 }
+
+/// The warm path ends a program as interpreter shutdown does; the cold path
+/// is a real interpreter's shutdown. Each program must give the same verdict,
+/// exit code, signal, stdout and stderr on both.
+#[test]
+fn programs_end_as_in_a_fresh_interpreter() {
+    let (Some(cold), Some(warm)) = (common::native(), common::warm()) else {
+        return;
+    };
+    let programs = [
+        "pass",
+        "import sys; sys.exit(3)",
+        "import sys; sys.exit(-1)",
+        "import sys; sys.exit('bye')",
+        "import sys; sys.exit(None)",
+        "raise SystemExit(7)",
+        "import atexit; atexit.register(print, 'at exit'); print('main')",
+        "import atexit\ndef f(): raise ValueError('in atexit')\natexit.register(f)",
+        "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\nprint('main')",
+        "import sys; sys.stdout.write('unflushed'); sys.stderr.write('err')",
+        "raise KeyboardInterrupt",
+        "def f():\n    raise KeyError('k')\nf()",
+        "import os; os.kill(os.getpid(), 11)",
+        "import sys; print(sys.argv, repr(sys.path[0]), __name__, __file__ if '__file__' in dir() else None)",
+        "import sys; sys.stdout.close(); print('x')",
+    ];
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    for code in programs {
+        let submission = Submission::code(code);
+        let a = cold.run(&policy, &submission).unwrap();
+        let b = warm.run(&policy, &submission).unwrap();
+        let key = |o: &pyward::Outcome| {
+            (
+                o.verdict,
+                o.exit_code,
+                o.signal,
+                o.stdout.bytes.clone(),
+                without_addresses(&common::stderr(o)),
+            )
+        };
+        assert_eq!(
+            key(&a),
+            key(&b),
+            "{code}\ncold: {}\nwarm: {}",
+            describe(&a),
+            describe(&b)
+        );
+    }
+}
+
+#[test]
+fn a_file_entrypoint_runs_with_its_arguments() {
+    let (Some(cold), Some(warm)) = (common::native(), common::warm()) else {
+        return;
+    };
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    let submission = Submission {
+        entrypoint: pyward::Entrypoint::File("pkg/main.py".into()),
+        files: vec![
+            pyward::InputFile {
+                path: "pkg/main.py".into(),
+                contents: b"import sys, helper\nprint(sys.argv, sys.path[0], __name__, __file__, helper.X)\nprint(open('/work/data.txt').read())\n1/0".to_vec(),
+            },
+            pyward::InputFile {
+                path: "pkg/helper.py".into(),
+                contents: b"X = 42\n".to_vec(),
+            },
+            pyward::InputFile {
+                path: "data.txt".into(),
+                contents: b"input data".to_vec(),
+            },
+        ],
+        args: vec!["a".into(), "b c".into()],
+        ..Submission::code("")
+    };
+    let a = cold.run(&policy, &submission).unwrap();
+    let b = warm.run(&policy, &submission).unwrap();
+    assert_eq!(a.verdict, Verdict::RuntimeError, "{}", describe(&a));
+    assert_eq!(
+        (a.verdict, &a.stdout.bytes, common::stderr(&a)),
+        (b.verdict, &b.stdout.bytes, common::stderr(&b)),
+        "cold: {}\nwarm: {}",
+        describe(&a),
+        describe(&b)
+    );
+}
+
+/// Text with every `0x…` address replaced (they differ from run to run).
+fn without_addresses(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        out.push_str("0x?");
+        rest = rest[at + 2..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+    }
+    out + rest
+}

@@ -34,7 +34,6 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x20000, 0x02000000, 0x04000000
 CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MNT_DETACH = 2
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 24, 38, 22
 SECCOMP_MODE_FILTER = 2
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[os.uname().machine]
@@ -190,13 +189,12 @@ def setup_payload(call_fd, req, blobs, stdio):
     # a user namespace mount proc only where a full proc is already mounted).
     hardened = MS_NOSUID | MS_NODEV | MS_NOEXEC
     _check(_libc.mount(b"proc", b"/proc", b"proc", hardened, None), steps["proc"])
-    # Fresh /tmp and work dir; the zygote's are detached first, so nothing of
-    # them shows through.
+    # Fresh /tmp and work dir, over the zygote's (empty: it never writes
+    # there). Not detaching them spares an RCU grace period per call.
     for path, options, step in (
         (b"/tmp", req["tmp_options"].encode(), steps["tmp"]),
         (req["work_dir"].encode(), req["work_options"].encode(), steps["work"]),
     ):
-        _check(_libc.umount2(path, MNT_DETACH), step)
         _check(_libc.mount(b"tmpfs", path, b"tmpfs", hardened, options), step)
     # The program and its input files.
     offset = 0
@@ -270,19 +268,57 @@ def run_program(req):
         path = os.path.join(req["work_dir"], req["file"])
         sys.argv = [req["file"]] + req["args"]
         sys.path[0] = os.path.dirname(path)
-        main.__file__ = req["file"]
+        main.__file__ = path
         with open(path, "rb") as f:
-            source, filename = f.read(), req["file"]
+            source, filename = f.read(), path
         main.__cached__ = None
     try:
         exec(compile(source, filename, "exec"), main.__dict__)
-    except SystemExit:
-        raise
+        status = 0
+    except SystemExit as e:
+        status = _exit_status(e.code)
     except BaseException as e:
         # The program's traceback starts at its own code, as in a fresh python3.
         tb = e.__traceback__.tb_next if e.__traceback__ else None
         sys.excepthook(type(e), e.with_traceback(tb), tb)
-        sys.exit(1)
+        status = -signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
+    _finalize(status)
+
+
+def _exit_status(code):
+    """The exit status `raise SystemExit(code)` gives in a fresh python3."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        sys.stderr.write(str(code) + "\n")
+    except Exception:
+        pass
+    return 1
+
+
+def _finalize(status):
+    """Ends the process as interpreter shutdown does (wait for non-daemon
+    threads, atexit handlers, flush stdout and stderr), without tearing the
+    whole interpreter down object by object, which costs milliseconds and
+    only matters to the process itself, which is about to be gone."""
+    try:
+        import threading
+        threading._shutdown()
+    except BaseException:
+        pass
+    import atexit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = status or 120
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    os._exit(status)
 
 
 _request = zygote()
