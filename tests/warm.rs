@@ -233,3 +233,49 @@ fn without_addresses(text: &str) -> String {
     }
     out + rest
 }
+
+#[test]
+fn a_zygote_outlives_the_thread_that_started_it() {
+    // The zygote's pid 1 dies with its parent, and a parent-death signal
+    // follows the *thread* that created a process: zygotes must not be tied
+    // to a caller's thread, which a server's pool may retire at any time.
+    let Some(warm) = common::warm() else { return };
+    let warm = std::sync::Arc::new(warm);
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    let starter = {
+        let (warm, policy) = (warm.clone(), policy.clone());
+        std::thread::spawn(move || {
+            warm.prestart(&policy).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let code = "import time; time.sleep(1); print('survived')";
+    let outcome = warm.run(&policy, &Submission::code(code)).unwrap();
+    starter.join().unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+    assert_eq!(String::from_utf8_lossy(&outcome.stdout.bytes), "survived\n");
+}
+
+#[test]
+fn parallel_calls_each_get_their_own_sandbox() {
+    let Some(warm) = common::warm() else { return };
+    let warm = std::sync::Arc::new(warm);
+    let callers: Vec<_> = (0..4)
+        .map(|caller| {
+            let warm = warm.clone();
+            std::thread::spawn(move || {
+                for call in 0..8 {
+                    let token = format!("{caller}-{call}");
+                    let code = format!(
+                        "import os\nassert os.listdir('/tmp') == [] and os.listdir('.') == [], (os.listdir('/tmp'), os.listdir('.'))\nopen('/tmp/t', 'w').write('{token}')\nopen('t', 'w').write('{token}')\nprint(open('/tmp/t').read(), open('t').read())"
+                    );
+                    assert_eq!(run_ok(&*warm, "strict", &code), format!("{token} {token}\n"));
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.join().unwrap();
+    }
+}

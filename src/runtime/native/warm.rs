@@ -45,9 +45,10 @@ pub struct WarmConfig {
 /// The native runtime's warm path: calls fork from a pre-initialised,
 /// sandboxed interpreter instead of starting a fresh one.
 pub struct WarmRuntime {
-    native: NativeRuntime,
-    config: WarmConfig,
+    native: Arc<NativeRuntime>,
     zygotes: Mutex<HashMap<ZygoteKey, Arc<Zygote>>>,
+    /// Starts zygotes on a thread of its own (see [`Spawner`]).
+    spawner: Spawner,
     /// Frees each call's cgroup slot once the call's processes are gone.
     cleanup: Option<std::sync::mpsc::Sender<Finished>>,
     cleanup_thread: Option<std::thread::JoinHandle<()>>,
@@ -65,9 +66,10 @@ impl WarmRuntime {
             .name("pyward-warm-cleanup".into())
             .spawn(move || finished.into_iter().for_each(Finished::wait))
             .ok();
+        let native = Arc::new(native);
         WarmRuntime {
+            spawner: Spawner::new(native.clone(), config),
             native,
-            config,
             zygotes: Mutex::default(),
             cleanup: cleanup_thread.as_ref().map(|_| cleanup),
             cleanup_thread,
@@ -109,7 +111,7 @@ impl WarmRuntime {
         {
             return Ok(zygote.clone());
         }
-        let zygote = Arc::new(Zygote::start(&self.native, policy, &self.config)?);
+        let zygote = Arc::new(self.spawner.start(policy)?);
         zygotes.insert(key, zygote.clone());
         Ok(zygote)
     }
@@ -122,6 +124,57 @@ impl WarmRuntime {
                 }
             }
             None => finished.wait(),
+        }
+    }
+}
+
+/// The thread zygotes are started from. A zygote's pid 1 gets SIGKILL when
+/// its parent goes, and for the kernel the parent is the *thread* that
+/// cloned it: started from a caller's thread, a zygote (and every call in
+/// flight) would die when that thread does, as pool threads do.
+struct Spawner {
+    requests: Option<std::sync::mpsc::Sender<SpawnRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type SpawnRequest = (
+    SandboxPolicy,
+    std::sync::mpsc::Sender<Result<Zygote, RunError>>,
+);
+
+impl Spawner {
+    fn new(native: Arc<NativeRuntime>, config: WarmConfig) -> Spawner {
+        let (requests, incoming) = std::sync::mpsc::channel::<SpawnRequest>();
+        let thread = std::thread::Builder::new()
+            .name("pyward-zygotes".into())
+            .spawn(move || {
+                for (policy, reply) in incoming {
+                    let _ = reply.send(Zygote::start(&native, &policy, &config));
+                }
+            })
+            .ok();
+        Spawner {
+            requests: thread.as_ref().map(|_| requests),
+            thread,
+        }
+    }
+
+    fn start(&self, policy: &SandboxPolicy) -> Result<Zygote, RunError> {
+        let gone = || NativeError::ZygoteStart {
+            log: "the thread that starts zygotes is gone".into(),
+        };
+        let requests = self.requests.as_ref().ok_or_else(gone)?;
+        let (reply, answer) = std::sync::mpsc::channel();
+        requests.send((policy.clone(), reply)).map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

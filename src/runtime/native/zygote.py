@@ -20,7 +20,7 @@
 #
 # The zygote itself never reads a request: only its forks do, so nothing of
 # one call is in the memory the next call's fork copies.
-import ctypes, fcntl, json, os, resource, signal, socket, struct, sys, types
+import ctypes, fcntl, gc, json, os, resource, signal, socket, struct, sys, types
 
 for _module in sys.argv[1:]:
     __import__(_module)
@@ -66,6 +66,11 @@ def zygote():
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()
+    # Everything imported so far stays out of the collector's way: a
+    # collection in a fork would otherwise write to (and so copy) every page
+    # holding a tracked object.
+    gc.collect()
+    gc.freeze()
     ctl.sendall(b"R")
     while True:
         try:
