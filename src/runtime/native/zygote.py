@@ -7,9 +7,10 @@
 # "R" on its control socket (fd 0) and then, per b"F" message carrying four
 # fds (call socket, stdin, stdout, stderr), forks:
 #
-#   zygote ─fork─▶ launcher: reads the call's request from the call socket,
-#                  unshares mount/ipc/pid/uts/net namespaces, forks, exits
-#              ─▶ stub: pid 1 of the call's pid namespace; tells pyward its
+#   zygote ─unshare(NEWPID), fork, setns back─▶
+#              stub: pid 1 of the call's pid namespace; reads the call's
+#                  request from the call socket, unshares mount/ipc/uts/net
+#                  namespaces, tells pyward its
 #                  pid (SCM_CREDENTIALS), waits to be moved into the call's
 #                  cgroup, unshares the cgroup namespace, forks the payload,
 #                  reaps, reports usage and status, exits (killing the rest)
@@ -59,10 +60,11 @@ def _message(kind, a, b, c=0):
 
 def zygote():
     ctl = socket.socket(fileno=os.dup(0))
+    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
-    # Launchers are not waited for: the kernel reaps them.
+    # The calls' pid 1s are not waited for: the kernel reaps them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -83,15 +85,29 @@ def zygote():
             for fd in fds:
                 os.close(fd)
             continue
-        try:
-            pid = os.fork()
-        except OSError:
-            pid = -1  # the call sees its socket close: a sandbox error
+        pid = _fork_into_new_pid_namespace(own_pid_ns)
         if pid == 0:
             ctl.close()
-            return launcher(*fds)
+            os.close(own_pid_ns)
+            return stub(*fds)
         for fd in fds:
             os.close(fd)
+
+
+def _fork_into_new_pid_namespace(own_pid_ns):
+    """Forks the call's pid 1; -1 when that fails (the call then sees its
+    socket close: a sandbox error)."""
+    if _libc.unshare(CLONE_NEWPID) < 0:
+        return -1
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid != 0 and _libc.setns(own_pid_ns, CLONE_NEWPID) < 0:
+        # Our next child would land in this call's namespace, or nowhere:
+        # better to end and be restarted.
+        os._exit(1)
+    return pid
 
 
 def _read_exact(call, n):
@@ -105,28 +121,21 @@ def _read_exact(call, n):
     return b"".join(chunks)
 
 
-def launcher(call_fd, stdin, stdout, stderr):
+def stub(call_fd, stdin, stdout, stderr):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for fd in (0, 1, 2):
+        os.close(fd)
+    stdio = (stdin, stdout, stderr)
     call = socket.socket(fileno=call_fd)
     (size,) = struct.unpack("=I", _read_exact(call, 4))
     req = json.loads(_read_exact(call, size))
     blobs = _read_exact(call, req["blob_bytes"])
-    try:
-        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWNET), req["steps"]["unshare"])
-        pid = os.fork()
-    except SetupError as e:
-        call.sendall(_message(SETUP_FAILED, e.step, e.err))
-        os._exit(1)
-    if pid == 0:
-        return stub(call, req, blobs, (stdin, stdout, stderr))
-    # The stub is pid 1 of the call; it is reparented to the zygote's init.
-    os._exit(0)
-
-
-def stub(call, req, blobs, stdio):
     steps = req["steps"]
-    for fd in (0, 1, 2):
-        os.close(fd)
+    # The call's own mount, ipc, uts and network namespaces (the payload
+    # inherits them; the pid namespace is already the call's).
+    if _libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET) < 0:
+        call.sendall(_message(SETUP_FAILED, steps["unshare"], ctypes.get_errno()))
+        os._exit(1)
     # Ask pyward to move us into the call's cgroup (it reads our pid from the
     # credentials of this message) and wait until it has.
     call.sendall(b"P")
@@ -327,5 +336,5 @@ def _finalize(status):
 
 
 _request = zygote()
-del zygote, launcher, stub, run_payload, setup_payload
+del zygote, stub, run_payload, setup_payload
 run_program(_request)
