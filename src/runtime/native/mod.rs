@@ -4,6 +4,8 @@
 //! `plan` prepares every byte the sandbox needs, `child` is the sandbox's own
 //! setup (the pid-1 stub and the payload), `supervise` is the parent's watch,
 //! `verdict` turns what was seen into a verdict. Raw syscalls live in `sys`.
+//! `warm` is the opt-in warm path: calls forked from a sandboxed zygote
+//! interpreter (`zygote.py`) instead of a fresh one.
 
 mod child;
 mod plan;

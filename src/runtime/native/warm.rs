@@ -356,7 +356,7 @@ impl Zygote {
         poll(&mut fds, PollTimeout::ZERO).unwrap_or(1) == 0
     }
 
-    /// Asks the zygote to fork a launcher for `call`.
+    /// Asks the zygote to fork the pid 1 of `call`.
     fn fork(&self, call: &Call) -> nix::Result<()> {
         let child = call.child.as_ref().ok_or(nix::Error::EBADF)?;
         let fds = [
@@ -589,7 +589,7 @@ fn read_available(fd: &OwnedFd) -> Vec<u8> {
     bytes
 }
 
-/// The call's request as the launcher reads it: a length, a JSON header,
+/// The call's request as the call's pid 1 reads it: a length, a JSON header,
 /// then the files' contents and the seccomp programs, back to back.
 struct Request {
     bytes: Vec<u8>,
