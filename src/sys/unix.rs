@@ -40,10 +40,15 @@ pub fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result
     .map(drop)
 }
 
-/// Receives into `buf`; returns the bytes read and the sender's pid, as seen
-/// from pyward's pid namespace, when the kernel attached credentials.
-pub fn recv_with_pid(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usize, Option<libc::pid_t>)> {
-    let mut space = nix::cmsg_space!(libc::ucred);
+/// Receives into `buf`; returns the bytes read, the sender's pid as seen
+/// from pyward's pid namespace (when the kernel attached credentials) and
+/// at most one fd the sender passed.
+pub fn recv_with_pid(
+    sock: &OwnedFd,
+    buf: &mut [u8],
+) -> nix::Result<(usize, Option<libc::pid_t>, Option<OwnedFd>)> {
+    use std::os::fd::FromRawFd;
+    let mut space = nix::cmsg_space!(libc::ucred, [RawFd; 1]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         sock.as_raw_fd(),
@@ -51,9 +56,20 @@ pub fn recv_with_pid(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usize, Opti
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
-    let pid = msg.cmsgs()?.find_map(|c| match c {
-        ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
-        _ => None,
-    });
-    Ok((msg.bytes, pid))
+    let (mut pid, mut fds) = (None, Vec::new());
+    for cmsg in msg.cmsgs()? {
+        match cmsg {
+            ControlMessageOwned::ScmCredentials(creds) => pid = Some(creds.pid()),
+            ControlMessageOwned::ScmRights(received) => fds.extend(received),
+            _ => {}
+        }
+    }
+    // SAFETY: the kernel just installed these fds in our table; nothing else owns them.
+    let mut owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    let fd = owned.pop();
+    drop(owned);
+    Ok((msg.bytes, pid, fd))
 }

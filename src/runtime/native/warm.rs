@@ -199,21 +199,42 @@ impl Runtime for WarmRuntime {
         cgroup
             .set_limits(&super::cgroup_limits(&policy.limits))
             .map_err(NativeError::from)?;
+        let loopback = policy.network == Network::Loopback;
         let mut zygote = self.zygote(policy, false)?;
         let mut call = Call::new(&submission.stdin)?;
+        let mut netns = zygote.take_netns(loopback);
         let started = Instant::now();
-        if zygote.fork(&call).is_err() {
-            // The zygote died since its last call: start another, once.
+        if zygote.fork(&call, netns.as_ref()).is_err() {
+            // The zygote died since its last call: start another, once (the
+            // namespace belonged to the old one's user namespace).
+            netns = None;
             zygote = self.zygote(policy, true)?;
-            zygote.fork(&call).map_err(|source| NativeError::Warm {
-                step: "ask the zygote to fork",
-                source,
-            })?;
+            zygote
+                .fork(&call, None)
+                .map_err(|source| NativeError::Warm {
+                    step: "ask the zygote to fork",
+                    source,
+                })?;
         }
         call.close_child_ends();
-        let (outcome, stub) = call.run(&request, &cgroup, &policy.limits, started)?;
-        self.finish(Finished { stub, cgroup });
-        Ok(outcome)
+        let ran = call.run(&request, &cgroup, &policy.limits, started)?;
+        // A network namespace is reused only when the call's pid 1 was in
+        // the cgroup, whose emptiness then proves every user of it gone.
+        let netns = ran
+            .stub
+            .as_ref()
+            .and(netns.or(ran.new_netns))
+            .map(|fd| NetnsReturn {
+                zygote,
+                loopback,
+                fd,
+            });
+        self.finish(Finished {
+            stub: ran.stub,
+            cgroup,
+            netns,
+        });
+        Ok(ran.outcome)
     }
 }
 
@@ -222,6 +243,14 @@ impl Runtime for WarmRuntime {
 struct Finished {
     stub: Option<OwnedFd>,
     cgroup: Cgroup,
+    netns: Option<NetnsReturn>,
+}
+
+/// A call's network namespace, to go back to its zygote's idle list.
+struct NetnsReturn {
+    zygote: Arc<Zygote>,
+    loopback: bool,
+    fd: OwnedFd,
 }
 
 impl Finished {
@@ -232,6 +261,9 @@ impl Finished {
         }
         for _ in 0..500 {
             if self.cgroup.is_empty().unwrap_or(false) {
+                if let Some(netns) = self.netns {
+                    netns.zygote.give_back_netns(netns.loopback, netns.fd);
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -245,6 +277,9 @@ impl Finished {
 /// A running zygote: its control socket, and the stub behind it (pyward's child).
 struct Zygote {
     control: OwnedFd,
+    /// Network namespaces of finished calls (in the zygote's user
+    /// namespace), `lo` down and up: creating is cheap, tearing down is not.
+    idle_netns: Mutex<[Vec<OwnedFd>; 2]>,
     stub: Stub,
     _cgroup: Cgroup,
     _netns: OwnedFd,
@@ -322,6 +357,7 @@ impl Zygote {
         }
         let zygote = Zygote {
             control,
+            idle_netns: Mutex::default(),
             stub,
             _cgroup: cgroup,
             _netns: netns,
@@ -356,16 +392,37 @@ impl Zygote {
         poll(&mut fds, PollTimeout::ZERO).unwrap_or(1) == 0
     }
 
-    /// Asks the zygote to fork the pid 1 of `call`.
-    fn fork(&self, call: &Call) -> nix::Result<()> {
+    /// Asks the zygote to fork the pid 1 of `call`, into `netns` if given.
+    fn fork(&self, call: &Call, netns: Option<&OwnedFd>) -> nix::Result<()> {
         let child = call.child.as_ref().ok_or(nix::Error::EBADF)?;
-        let fds = [
+        let mut fds = vec![
             child.call.as_raw_fd(),
             child.stdin.as_raw_fd(),
             child.stdout.as_raw_fd(),
             child.stderr.as_raw_fd(),
         ];
-        sys::unix::send_with_fds(&self.control, b"F", &fds)
+        let kind = match netns {
+            Some(netns) => {
+                fds.push(netns.as_raw_fd());
+                b"N"
+            }
+            None => b"F",
+        };
+        sys::unix::send_with_fds(&self.control, kind, &fds)
+    }
+
+    fn take_netns(&self, loopback: bool) -> Option<OwnedFd> {
+        self.lock_netns()[usize::from(loopback)].pop()
+    }
+
+    fn give_back_netns(&self, loopback: bool, netns: OwnedFd) {
+        self.lock_netns()[usize::from(loopback)].push(netns);
+    }
+
+    fn lock_netns(&self) -> std::sync::MutexGuard<'_, [Vec<OwnedFd>; 2]> {
+        self.idle_netns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -440,12 +497,12 @@ impl Call {
         cgroup: &Cgroup,
         limits: &crate::policy::Limits,
         started: Instant,
-    ) -> Result<(Outcome, Option<OwnedFd>), NativeError> {
+    ) -> Result<Ran, NativeError> {
         let before = cgroup.counters()?;
         let cpu_before = cgroup.cpu_usage()?;
         let sent = send_all(&self.call, &request.bytes);
-        let stub = match sent.and_then(|()| self.handshake(cgroup, limits, started)) {
-            Ok(Handshake::Released(pidfd)) => pidfd,
+        let (stub, new_netns) = match sent.and_then(|()| self.handshake(cgroup, limits, started)) {
+            Ok(Handshake::Released(pidfd, netns)) => (pidfd, netns),
             Ok(Handshake::Failed(bytes)) => {
                 let watched = Watched {
                     stdout: Default::default(),
@@ -456,7 +513,11 @@ impl Call {
                     exited: true,
                 };
                 let outcome = outcome(watched, cgroup, &before, cpu_before, limits, started)?;
-                return Ok((outcome, None));
+                return Ok(Ran {
+                    outcome,
+                    stub: None,
+                    new_netns: None,
+                });
             }
             Err(source) => {
                 return Err(NativeError::Warm {
@@ -479,7 +540,11 @@ impl Call {
         let cpu_used = || cgroup.cpu_usage().map(|now| now.saturating_sub(cpu_before));
         let watched = supervise::watch(&pipes, &stub, limits, &cpu_used, started);
         let outcome = outcome(watched, cgroup, &before, cpu_before, limits, started)?;
-        Ok((outcome, Some(stub)))
+        Ok(Ran {
+            outcome,
+            stub: Some(stub),
+            new_netns,
+        })
     }
 
     /// Waits for the stub's "P" (with its pid), moves it into the cgroup and
@@ -498,7 +563,7 @@ impl Call {
             return Err(nix::Error::ETIMEDOUT);
         }
         let mut first = [0u8; 1];
-        let (n, pid) = sys::unix::recv_with_pid(&self.call, &mut first)?;
+        let (n, pid, netns) = sys::unix::recv_with_pid(&self.call, &mut first)?;
         match (n, pid) {
             (1, Some(pid)) if first == *b"P" => {
                 let pidfd = sys::process::pidfd_open(pid)?;
@@ -507,7 +572,7 @@ impl Call {
                     return Err(nix::Error::EIO);
                 }
                 send_all(&self.call, b"G")?;
-                Ok(Handshake::Released(pidfd))
+                Ok(Handshake::Released(pidfd, netns))
             }
             (0, _) => Ok(Handshake::Failed(Vec::new())),
             _ => {
@@ -523,8 +588,16 @@ impl Call {
 }
 
 enum Handshake {
-    Released(OwnedFd),
+    /// The stub's pidfd, and the network namespace it made (none when it joined one).
+    Released(OwnedFd, Option<OwnedFd>),
     Failed(Vec<u8>),
+}
+
+/// A watched call: its outcome, its stub's pidfd and any new network namespace.
+struct Ran {
+    outcome: Outcome,
+    stub: Option<OwnedFd>,
+    new_netns: Option<OwnedFd>,
 }
 
 fn outcome(

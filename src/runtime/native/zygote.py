@@ -81,7 +81,9 @@ def zygote():
             continue
         if not msg:
             os._exit(0)
-        if msg != b"F" or len(fds) != 4:
+        # b"F": call socket, stdin, stdout, stderr; b"N": the same and a
+        # network namespace of an earlier call (whose processes are all gone).
+        if (msg, len(fds)) not in ((b"F", 4), (b"N", 5)):
             for fd in fds:
                 os.close(fd)
             continue
@@ -121,7 +123,7 @@ def _read_exact(call, n):
     return b"".join(chunks)
 
 
-def stub(call_fd, stdin, stdout, stderr):
+def stub(call_fd, stdin, stdout, stderr, netns=None):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for fd in (0, 1, 2):
         os.close(fd)
@@ -132,13 +134,23 @@ def stub(call_fd, stdin, stdout, stderr):
     blobs = _read_exact(call, req["blob_bytes"])
     steps = req["steps"]
     # The call's own mount, ipc, uts and network namespaces (the payload
-    # inherits them; the pid namespace is already the call's).
-    if _libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET) < 0:
+    # inherits them; the pid namespace is already the call's). A network
+    # namespace pyward hands back is reused (tearing one down costs the
+    # kernel more than making it); a new one goes to pyward for later calls.
+    flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+    if _libc.unshare(flags | (CLONE_NEWNET if netns is None else 0)) < 0 or (
+        netns is not None and _libc.setns(netns, CLONE_NEWNET) < 0
+    ):
         call.sendall(_message(SETUP_FAILED, steps["unshare"], ctypes.get_errno()))
         os._exit(1)
-    # Ask pyward to move us into the call's cgroup (it reads our pid from the
-    # credentials of this message) and wait until it has.
-    call.sendall(b"P")
+    if netns is None:
+        netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        socket.send_fds(call, [b"P"], [netns])
+    else:
+        call.sendall(b"P")
+    os.close(netns)
+    # pyward moves us into the call's cgroup (it read our pid from the
+    # credentials of the "P" above); wait until it has.
     if call.recv(1) != b"G":
         os._exit(1)
     try:
