@@ -298,3 +298,38 @@ fn parallel_calls_each_get_their_own_sandbox() {
         caller.join().unwrap();
     }
 }
+
+#[test]
+fn the_zygote_preloads_the_configured_modules() {
+    let Some(native) = common::native() else {
+        return;
+    };
+    let modules = vec!["decimal".to_owned(), "fractions".to_owned()];
+    let warm = pyward::WarmRuntime::new(native, pyward::WarmConfig { modules });
+    let code = "import sys\nprint('decimal' in sys.modules, 'fractions' in sys.modules)";
+    assert_eq!(run_ok(&warm, "strict", code), "True True\n");
+    // A fresh interpreter has neither: the check above can fail.
+    let cold = common::native().unwrap();
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    let outcome = cold.run(&policy, &Submission::code(code)).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.stdout.bytes),
+        "False False\n"
+    );
+}
+
+#[test]
+fn a_zygote_that_cannot_start_says_why() {
+    let Some(native) = common::native() else {
+        return;
+    };
+    let modules = vec!["no_such_module_pyward".to_owned()];
+    let warm = pyward::WarmRuntime::new(native, pyward::WarmConfig { modules });
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    let err = warm.run(&policy, &Submission::code("pass")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("No module named 'no_such_module_pyward'"),
+        "{err}"
+    );
+}
