@@ -292,8 +292,10 @@ impl Zygote {
         config: &WarmConfig,
     ) -> Result<Zygote, RunError> {
         let seccomp = native.seccomp(policy)?;
+        let mut args = vec![steps_json()];
+        args.extend(config.modules.iter().cloned());
         let script = Submission {
-            args: config.modules.clone(),
+            args,
             ..Submission::code(ZYGOTE_SCRIPT)
         };
         let mut plan = Plan::new(&native.config, policy, &script, seccomp)?;
@@ -500,9 +502,14 @@ impl Call {
     ) -> Result<Ran, NativeError> {
         let before = cgroup.counters()?;
         let cpu_before = cgroup.cpu_usage()?;
-        let sent = send_all(&self.call, &request.bytes);
-        let (stub, new_netns) = match sent.and_then(|()| self.handshake(cgroup, limits, started)) {
-            Ok(Handshake::Released(pidfd, netns)) => (pidfd, netns),
+        let (stub, new_netns) = match self.handshake(cgroup, limits, started) {
+            Ok(Handshake::Released(pidfd, netns)) => {
+                // The request goes once pid 1 is in the call's cgroup, which
+                // its memory then counts against. A pid 1 that died meanwhile
+                // is seen by the watch below.
+                let _ = send_all(&self.call, &request.bytes);
+                (pidfd, netns)
+            }
             Ok(Handshake::Failed(bytes)) => {
                 let watched = Watched {
                     stdout: Default::default(),
@@ -662,6 +669,30 @@ fn read_available(fd: &OwnedFd) -> Vec<u8> {
     bytes
 }
 
+/// The step numbers the zygote's status messages use, by the zygote's names.
+fn steps_json() -> String {
+    let step = |s: Step| s as u32;
+    serde_json::json!({
+        "unshare": step(Step::WarmUnshare),
+        "unshare_cgroup": step(Step::UnshareCgroup),
+        "fork": step(Step::ForkPayload),
+        "stdio": step(Step::Stdio),
+        "proc": step(Step::MountProc),
+        "tmp": step(Step::MountTmp),
+        "work": step(Step::MountWork),
+        "work_files": step(Step::WorkFiles),
+        "warm": step(Step::WarmSetup),
+        "rlimits": step(Step::Rlimits),
+        "bounding": step(Step::DropBoundingSet),
+        "user": step(Step::SwitchUser),
+        "caps": step(Step::ClearCapabilities),
+        "close_fds": step(Step::CloseFds),
+        "nnp": step(Step::NoNewPrivs),
+        "seccomp": step(Step::Seccomp),
+    })
+    .to_string()
+}
+
 /// The call's request as the call's pid 1 reads it: a length, a JSON header,
 /// then the files' contents and the seccomp programs, back to back.
 struct Request {
@@ -725,27 +756,8 @@ impl Request {
                 serde_json::json!([resource as i32, rlimit(soft), rlimit(hard)])
             })
             .collect();
-        let step = |s: Step| s as u32;
         let header = serde_json::json!({
             "blob_bytes": blobs.len(),
-            "steps": {
-                "unshare": step(Step::WarmUnshare),
-                "unshare_cgroup": step(Step::UnshareCgroup),
-                "fork": step(Step::ForkPayload),
-                "stdio": step(Step::Stdio),
-                "proc": step(Step::MountProc),
-                "tmp": step(Step::MountTmp),
-                "work": step(Step::MountWork),
-                "work_files": step(Step::WorkFiles),
-                "warm": step(Step::WarmSetup),
-                "rlimits": step(Step::Rlimits),
-                "bounding": step(Step::DropBoundingSet),
-                "user": step(Step::SwitchUser),
-                "caps": step(Step::ClearCapabilities),
-                "close_fds": step(Step::CloseFds),
-                "nnp": step(Step::NoNewPrivs),
-                "seccomp": step(Step::Seccomp),
-            },
             "tmp_options": format!("size={tmpfs},mode=1777"),
             "work_options": format!("size={tmpfs},mode=0755,uid={uid},gid={gid}"),
             "work_dir": WORK_DIR,

@@ -8,11 +8,11 @@
 # fds (call socket, stdin, stdout, stderr), forks:
 #
 #   zygote ─unshare(NEWPID), fork, setns back─▶
-#              stub: pid 1 of the call's pid namespace; reads the call's
-#                  request from the call socket, unshares mount/ipc/uts/net
-#                  namespaces, tells pyward its
-#                  pid (SCM_CREDENTIALS), waits to be moved into the call's
-#                  cgroup, unshares the cgroup namespace, forks the payload,
+#              stub: pid 1 of the call's pid namespace; unshares mount,
+#                  ipc, uts and net namespaces (or joins a reused net one),
+#                  tells pyward its pid (SCM_CREDENTIALS), waits to be moved
+#                  into the call's cgroup, reads the call's request from the
+#                  call socket, unshares the cgroup namespace, forks the payload,
 #                  reaps, reports usage and status, exits (killing the rest)
 #              ─▶ payload: fresh /proc, /tmp and work dir, the call's files,
 #                  rlimits, the sandbox uid, no capabilities, no_new_privs,
@@ -23,7 +23,10 @@
 # one call is in the memory the next call's fork copies.
 import ctypes, fcntl, gc, json, os, resource, signal, socket, struct, sys, types
 
-for _module in sys.argv[1:]:
+# Step numbers of pyward's status messages (runtime/native/status.rs), then
+# the modules to preload.
+STEPS = json.loads(sys.argv[1])
+for _module in sys.argv[2:]:
     __import__(_module)
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -129,10 +132,7 @@ def stub(call_fd, stdin, stdout, stderr, netns=None):
         os.close(fd)
     stdio = (stdin, stdout, stderr)
     call = socket.socket(fileno=call_fd)
-    (size,) = struct.unpack("=I", _read_exact(call, 4))
-    req = json.loads(_read_exact(call, size))
-    blobs = _read_exact(call, req["blob_bytes"])
-    steps = req["steps"]
+    steps = STEPS
     # The call's own mount, ipc, uts and network namespaces (the payload
     # inherits them; the pid namespace is already the call's). A network
     # namespace pyward hands back is reused (tearing one down costs the
@@ -153,6 +153,10 @@ def stub(call_fd, stdin, stdout, stderr, netns=None):
     # credentials of the "P" above); wait until it has.
     if call.recv(1) != b"G":
         os._exit(1)
+    # Only now the request: its files count against the call's memory limit.
+    (size,) = struct.unpack("=I", _read_exact(call, 4))
+    req = json.loads(_read_exact(call, size))
+    blobs = _read_exact(call, req["blob_bytes"])
     try:
         _check(_libc.unshare(CLONE_NEWCGROUP), steps["unshare_cgroup"])
         payload = os.fork()
@@ -192,7 +196,7 @@ def run_payload(call, req, blobs, stdio):
         call.sendall(_message(SETUP_FAILED, e.step, e.err))
         os._exit(127)
     except OSError as e:
-        call.sendall(_message(SETUP_FAILED, req["steps"]["warm"], e.errno or 0))
+        call.sendall(_message(SETUP_FAILED, STEPS["warm"], e.errno or 0))
         os._exit(127)
     call.close()
     return req
@@ -206,7 +210,7 @@ def _os_step(step, fn, *args):
 
 
 def setup_payload(call_fd, req, blobs, stdio):
-    steps = req["steps"]
+    steps = STEPS
     # The call's stdin, stdout and stderr.
     for target, fd in enumerate(stdio):
         _os_step(steps["stdio"], os.dup2, fd, target)
