@@ -15,11 +15,12 @@ mod http;
 use super::{exit, run::DEFAULT_POLICY};
 use pyward::{
     DockerConfig, DockerRuntime, NativeConfig, NativeRuntime, Runtime, SandboxPolicy, Submission,
-    Verdict,
+    Verdict, WarmConfig, WarmRuntime,
 };
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -31,6 +32,13 @@ const TARGET_RATIO: f64 = 1.3;
 const DOCKER_TARGET_RATIO: f64 = 0.8;
 const DOCKER_LABEL: &str = "pyward docker, in-process";
 const DOCKER_RUN_LABEL: &str = "docker run --rm (reference)";
+const WARM_LABEL: &str = "pyward native, warm";
+/// The warm path's targets: median per call, and calls per second with parallel callers.
+const WARM_TARGET: Duration = Duration::from_millis(3);
+const WARM_TARGET_RATE: f64 = 400.0;
+/// Parallel callers in the warm throughput measurement, and calls each.
+const WARM_CALLERS: usize = 4;
+const WARM_CALLS_EACH: usize = 150;
 
 /// Flags of `pyward bench`.
 #[derive(Debug, clap::Args)]
@@ -119,6 +127,7 @@ pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
     }
     let _ = std::fs::remove_file(bench_profile_path());
     print_table(&mut paths);
+    warm_throughput()?;
     Ok(exit::OK)
 }
 
@@ -131,6 +140,12 @@ fn paths() -> Result<Vec<BenchPath>, BenchError> {
         ),
         native_path()?,
     ];
+    paths.push(runtime_path(
+        WARM_LABEL,
+        Box::new(warm_runtime()?),
+        default_policy()?,
+    ));
+    paths.push(fork_server_path()?);
     let exe =
         std::env::current_exe().map_err(|e| BenchError::Setup(format!("current_exe: {e}")))?;
     paths.push(process_path(
@@ -250,6 +265,98 @@ fn native_path() -> Result<BenchPath, BenchError> {
     let runtime = NativeRuntime::new(NativeConfig::default())
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     Ok(runtime_path(LABEL, Box::new(runtime), policy))
+}
+
+fn default_policy() -> Result<SandboxPolicy, BenchError> {
+    SandboxPolicy::load(DEFAULT_POLICY).map_err(|e| BenchError::Setup(e.to_string()))
+}
+
+fn warm_runtime() -> Result<WarmRuntime, BenchError> {
+    let native = NativeRuntime::new(NativeConfig::default())
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let warm = WarmRuntime::new(native, WarmConfig::default());
+    warm.prestart(&default_policy()?)
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    Ok(warm)
+}
+
+/// The reference for the warm path: a pre-imported fork server in plain
+/// Python (no sandbox), which forks, runs `pass` with exec and exits per call.
+const FORK_SERVER: &str = "import os, sys\nr, w = sys.stdin.buffer, sys.stdout.buffer\nwhile r.read(1):\n    pid = os.fork()\n    if pid == 0:\n        exec(compile('pass', '<string>', 'exec'), {})\n        os._exit(0)\n    os.waitpid(pid, 0)\n    w.write(b'.')\n    w.flush()\n";
+
+fn fork_server_path() -> Result<BenchPath, BenchError> {
+    const LABEL: &str = "python fork server (reference)";
+    let mut server = Command::new(PYTHON)
+        .args(["-s", "-c", FORK_SERVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|source| BenchError::Spawn {
+            path: LABEL,
+            program: PYTHON.into(),
+            source,
+        })?;
+    let (Some(mut to), Some(mut from)) = (server.stdin.take(), server.stdout.take()) else {
+        return Err(BenchError::Setup("the fork server has no pipes".into()));
+    };
+    let run = move || -> Result<(), BenchError> {
+        use std::io::{Read, Write};
+        let mut byte = [0u8; 1];
+        let _ = &server;
+        to.write_all(b"x")
+            .and_then(|()| to.flush())
+            .and_then(|()| from.read_exact(&mut byte))
+            .map_err(|e| BenchError::PathFailed {
+                path: LABEL,
+                reason: e.to_string(),
+            })
+    };
+    Ok(BenchPath {
+        label: LABEL,
+        run: Box::new(run),
+        samples: Vec::new(),
+    })
+}
+
+/// Calls per second through one warm runtime with parallel callers.
+fn warm_throughput() -> Result<(), BenchError> {
+    let warm = Arc::new(warm_runtime()?);
+    let policy = Arc::new(default_policy()?);
+    let submission = Arc::new(Submission::code("pass"));
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let callers: Vec<_> = (0..WARM_CALLERS)
+        .map(|_| {
+            let (warm, policy, submission) = (warm.clone(), policy.clone(), submission.clone());
+            std::thread::spawn(move || {
+                (0..WARM_CALLS_EACH)
+                    .filter(|_| {
+                        warm.run(&policy, &submission)
+                            .is_ok_and(|o| o.verdict == Verdict::Ok)
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = callers.into_iter().map(|c| c.join().unwrap_or(0)).sum();
+    let elapsed = start.elapsed().as_secs_f64();
+    let total = WARM_CALLERS * WARM_CALLS_EACH;
+    if ok != total {
+        return Err(BenchError::PathFailed {
+            path: WARM_LABEL,
+            reason: format!("{} of {total} parallel calls failed", total - ok),
+        });
+    }
+    let rate = total as f64 / elapsed;
+    let verdict = if rate >= WARM_TARGET_RATE {
+        "met"
+    } else {
+        "MISSED"
+    };
+    outln!(
+        "warm throughput: {total} calls from {WARM_CALLERS} parallel callers in {elapsed:.2}s = {rate:.0} calls/s (target >= {WARM_TARGET_RATE:.0}: {verdict})"
+    );
+    Ok(())
 }
 
 /// A path that spawns `program args…` and waits for a successful exit.
@@ -372,6 +479,14 @@ fn print_table(paths: &mut [BenchPath]) {
             .find(|(label, _)| *label == wanted)
             .map(|(_, s)| s.median)
     };
+    if let Some(warm) = median(WARM_LABEL) {
+        let verdict = if warm <= WARM_TARGET { "met" } else { "MISSED" };
+        outln!(
+            "warm: pyward native warm median = {} per call (target <= {}: {verdict})",
+            ms(warm),
+            ms(WARM_TARGET)
+        );
+    }
     if let (Some(ours), Some(reference)) = (median(DOCKER_LABEL), median(DOCKER_RUN_LABEL)) {
         let ratio = ours.as_secs_f64() / reference.as_secs_f64();
         let verdict = if ratio <= DOCKER_TARGET_RATIO {

@@ -9,3 +9,4 @@ pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod syscall_probe;
+pub mod unix;

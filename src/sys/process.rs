@@ -334,3 +334,15 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` is async-signal-safe and never returns.
     unsafe { libc::_exit(code) }
 }
+
+/// A pidfd for process `pid` (close-on-exec).
+pub fn pidfd_open(pid: libc::pid_t) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
+}

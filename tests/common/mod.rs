@@ -4,7 +4,7 @@
 
 use pyward::{
     DockerConfig, DockerRuntime, LimitOverrides, NativeConfig, NativeRuntime, Outcome, Runtime,
-    SandboxPolicy, Submission, Verdict,
+    SandboxPolicy, Submission, Verdict, WarmConfig, WarmRuntime,
 };
 
 /// Every runtime this machine can test. A runtime that cannot run here fails
@@ -13,6 +13,9 @@ pub fn runtimes() -> Vec<Box<dyn Runtime>> {
     let mut runtimes: Vec<Box<dyn Runtime>> = Vec::new();
     if let Some(native) = native() {
         runtimes.push(Box::new(native));
+    }
+    if let Some(warm) = warm() {
+        runtimes.push(Box::new(warm));
     }
     if let Some(docker) = docker() {
         runtimes.push(Box::new(docker));
@@ -78,6 +81,11 @@ pub fn native() -> Option<NativeRuntime> {
             None
         }
     }
+}
+
+/// The native runtime's warm path (a zygote per policy, started on first use).
+pub fn warm() -> Option<WarmRuntime> {
+    native().map(|native| WarmRuntime::new(native, WarmConfig::default()))
 }
 
 /// Fails under CI, warns loudly elsewhere.

@@ -295,19 +295,17 @@ fn setup_payload(plan: &Plan, fds: ChildFds) -> StepResult {
     for &(resource, soft, hard) in &plan.rlimits {
         setrlimit(resource, soft, hard).at(Step::Rlimits)?;
     }
-    // The bounding set needs CAP_SETPCAP, which the switch of user below takes away.
-    sys::caps::drop_bounding_set().at(Step::DropBoundingSet)?;
-    // The unprivileged sandbox user, with no supplementary groups.
-    switch_user(plan).at(Step::SwitchUser)?;
-    // Nothing left in the ambient, inheritable, permitted or effective sets.
-    sys::caps::clear_all().map_err(|_| (Step::ClearCapabilities, Errno::EPERM))?;
+    // A zygote keeps its privileges: its forks drop them per call (warm.rs).
+    if !plan.zygote {
+        drop_privileges(plan)?;
+    }
     // Only stdin, stdout, stderr and the close-on-exec status pipe stay open.
     sys::process::close_fds_from(STATUS_FD + 1).at(Step::CloseFds)?;
     // Default signal handling and an empty mask, as a fresh process expects.
     sys::process::reset_signals().at(Step::ResetSignals)?;
     // no_new_privs, then the seccomp filters: the last step before execve.
     nix::sys::prctl::set_no_new_privs().at(Step::NoNewPrivs)?;
-    for program in plan.seccomp.programs() {
+    for program in plan.seccomp.programs().iter().filter(|_| !plan.zygote) {
         seccompiler::apply_filter(program).map_err(|_| (Step::Seccomp, Errno::last()))?;
     }
     // The interpreter, with a clean environment.
@@ -315,6 +313,15 @@ fn setup_payload(plan: &Plan, fds: ChildFds) -> StepResult {
         Step::Execve,
         sys::process::execve(&plan.exe, &plan.argv_ptrs, &plan.envp_ptrs),
     ))
+}
+
+fn drop_privileges(plan: &Plan) -> StepResult {
+    // The bounding set needs CAP_SETPCAP, which the switch of user below takes away.
+    sys::caps::drop_bounding_set().at(Step::DropBoundingSet)?;
+    // The unprivileged sandbox user, with no supplementary groups.
+    switch_user(plan).at(Step::SwitchUser)?;
+    // Nothing left in the ambient, inheritable, permitted or effective sets.
+    sys::caps::clear_all().map_err(|_| (Step::ClearCapabilities, Errno::EPERM))
 }
 
 fn set_stdio(fds: ChildFds) -> nix::Result<()> {

@@ -4,12 +4,17 @@
 //! `plan` prepares every byte the sandbox needs, `child` is the sandbox's own
 //! setup (the pid-1 stub and the payload), `supervise` is the parent's watch,
 //! `verdict` turns what was seen into a verdict. Raw syscalls live in `sys`.
+//! `warm` is the opt-in warm path: calls forked from a sandboxed zygote
+//! interpreter (`zygote.py`) instead of a fresh one.
 
 mod child;
 mod plan;
 mod status;
 mod supervise;
 mod verdict;
+mod warm;
+
+pub use warm::{WarmConfig, WarmRuntime};
 
 use super::{Outcome, RunError, Runtime, Submission};
 use crate::arch::Arch;
@@ -125,6 +130,20 @@ pub enum NativeError {
         /// The cause.
         source: nix::Error,
     },
+    /// A warm-path zygote did not start (what it printed, or its setup failure).
+    #[error("the warm-path zygote did not start: {log}")]
+    ZygoteStart {
+        /// The zygote's output, or the failed setup step.
+        log: String,
+    },
+    /// A host-side step of a warm call failed.
+    #[error("warm call: failed to {step}")]
+    Warm {
+        /// The step.
+        step: &'static str,
+        /// The cause.
+        source: nix::Error,
+    },
     /// Reaping the stub failed.
     #[error("failed to reap the sandbox's stub")]
     Wait {
@@ -217,12 +236,7 @@ impl Runtime for NativeRuntime {
         let cgroup = self.cgroups.acquire().map_err(NativeError::from)?;
         let limits = &policy.limits;
         cgroup
-            .set_limits(&CgroupLimits {
-                memory_bytes: limits.memory.bytes(),
-                pids: limits.pids.into(),
-                cpu_quota_us: (limits.cpus * 100_000.0).round().max(1000.0) as u64,
-                cpu_period_us: 100_000,
-            })
+            .set_limits(&cgroup_limits(limits))
             .map_err(NativeError::from)?;
         let ran = supervise::run(&netns, &plan, limits, &cgroup, &submission.stdin, self.ids);
         match ran {
@@ -347,6 +361,16 @@ impl NetnsPool {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A run's cgroup limits, from its policy's.
+fn cgroup_limits(limits: &crate::policy::Limits) -> CgroupLimits {
+    CgroupLimits {
+        memory_bytes: limits.memory.bytes(),
+        pids: limits.pids.into(),
+        cpu_quota_us: (limits.cpus * 100_000.0).round().max(1000.0) as u64,
+        cpu_period_us: 100_000,
     }
 }
 

@@ -53,6 +53,9 @@ pub struct Plan {
     pub uid: u32,
     pub gid: u32,
     pub seccomp: Arc<SeccompProgram>,
+    /// A warm-path zygote: keeps its user namespace's capabilities and runs
+    /// without seccomp (its forks drop both before any program runs).
+    pub zygote: bool,
     pub exe: CString,
     /// Owners of the strings `argv_ptrs` and `envp_ptrs` point into.
     #[allow(dead_code)]
@@ -178,27 +181,11 @@ impl Plan {
             work_dirs,
             work_files,
             cwd: cstring(WORK_DIR),
-            rlimits: vec![
-                (Resource::RLIMIT_CORE, 0, 0),
-                (
-                    Resource::RLIMIT_NOFILE,
-                    limits.open_files.into(),
-                    limits.open_files.into(),
-                ),
-                (
-                    Resource::RLIMIT_FSIZE,
-                    limits.file_size.bytes(),
-                    limits.file_size.bytes(),
-                ),
-                (
-                    Resource::RLIMIT_CPU,
-                    cpu_seconds(limits.cpu_time),
-                    cpu_seconds(limits.cpu_time) + 1,
-                ),
-            ],
+            rlimits: rlimits(limits),
             uid,
             gid,
             seccomp,
+            zygote: false,
             exe: cstring(config.python.display().to_string()),
             argv,
             envp,
@@ -206,6 +193,28 @@ impl Plan {
             envp_ptrs,
         })
     }
+}
+
+/// The run's rlimits: no core dumps, open files, file size, CPU seconds.
+pub(super) fn rlimits(limits: &crate::policy::Limits) -> Vec<(Resource, u64, u64)> {
+    vec![
+        (Resource::RLIMIT_CORE, 0, 0),
+        (
+            Resource::RLIMIT_NOFILE,
+            limits.open_files.into(),
+            limits.open_files.into(),
+        ),
+        (
+            Resource::RLIMIT_FSIZE,
+            limits.file_size.bytes(),
+            limits.file_size.bytes(),
+        ),
+        (
+            Resource::RLIMIT_CPU,
+            cpu_seconds(limits.cpu_time),
+            cpu_seconds(limits.cpu_time) + 1,
+        ),
+    ]
 }
 
 /// RLIMIT_CPU counts whole seconds: round up, so the cgroup check (which is
@@ -296,7 +305,7 @@ fn argv(config: &NativeConfig, submission: &Submission) -> Result<Vec<CString>, 
 
 /// Checks each input path (relative, no `..`, no NUL) and lists the
 /// directories to create and the files to write, under the new root.
-fn work_files(
+pub(super) fn work_files(
     submission: &Submission,
     root: &Path,
     capacity: u64,

@@ -51,6 +51,8 @@ steps! {
     NoNewPrivs => "set no_new_privs",
     Seccomp => "install the seccomp filter",
     Execve => "execute the interpreter",
+    WarmUnshare => "create the call's namespaces in the zygote",
+    WarmSetup => "prepare the warm call",
 }
 
 /// One message on the status pipe.

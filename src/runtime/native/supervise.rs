@@ -117,8 +117,8 @@ pub fn run(
 
 /// The sandbox's pid 1, which must still be reaped once it has exited.
 pub struct Stub {
-    pid: libc::pid_t,
-    pidfd: OwnedFd,
+    pub(super) pid: libc::pid_t,
+    pub(super) pidfd: OwnedFd,
 }
 
 impl Stub {
@@ -131,7 +131,7 @@ impl Stub {
 }
 
 /// Clones the stub; in the child, runs it (it never returns here).
-fn spawn_stub(
+pub(super) fn spawn_stub(
     args: sys::clone::CloneArgs,
     plan: &Plan,
     fds: ChildFds,
@@ -146,7 +146,7 @@ fn spawn_stub(
 }
 
 /// Writes the id maps, joins the cgroup (v1) and lets the stub go on.
-fn release_child(
+pub(super) fn release_child(
     pid: libc::pid_t,
     ids: IdMap,
     cgroup: &Cgroup,
@@ -181,10 +181,10 @@ struct StdioPipes {
     go: (OwnedFd, OwnedFd),
 }
 
-struct ParentSide {
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    status: OwnedFd,
+pub(super) struct ParentSide {
+    pub(super) stdout: OwnedFd,
+    pub(super) stderr: OwnedFd,
+    pub(super) status: OwnedFd,
 }
 
 impl StdioPipes {
@@ -277,22 +277,22 @@ impl Stream {
     }
 }
 
-struct Watched {
-    stdout: Captured,
-    stderr: Captured,
-    message: Option<Message>,
+pub(super) struct Watched {
+    pub(super) stdout: Captured,
+    pub(super) stderr: Captured,
+    pub(super) message: Option<Message>,
     /// The payload's usage, as the stub reported it.
-    usage: Option<(u64, u64)>,
-    killed: Option<KillReason>,
+    pub(super) usage: Option<(u64, u64)>,
+    pub(super) killed: Option<KillReason>,
     /// True when the stub itself has exited (else it is about to).
-    exited: bool,
+    pub(super) exited: bool,
 }
 
 /// Polls the pipes and the pidfd until the payload has ended (the stub said
 /// so, or the stub is gone) and stdout and stderr are at EOF, killing the
 /// sandbox when a limit is passed. Does not wait for the stub's own exit,
 /// whose namespace teardown costs a few hundred microseconds.
-fn watch(
+pub(super) fn watch(
     pipes: &ParentSide,
     pidfd: &OwnedFd,
     limits: &Limits,
@@ -415,7 +415,7 @@ fn read_status(fd: &OwnedFd, into: &mut Vec<u8>) -> bool {
 }
 
 /// The message that decides the run: a setup failure wins over any later status.
-fn last_message(bytes: &[u8]) -> Option<Message> {
+pub(super) fn last_message(bytes: &[u8]) -> Option<Message> {
     let messages: Vec<Message> = messages(bytes)
         .filter(|m| !matches!(m, Message::Usage { .. }))
         .collect();
@@ -449,4 +449,4 @@ fn reported_usage(bytes: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// clone3's flag to start the child in a cgroup (Linux 5.7; libc's constant is deprecated for overflowing c_int).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
