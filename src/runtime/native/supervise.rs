@@ -9,7 +9,7 @@ use super::verdict::{self, KillReason, Observed};
 use crate::policy::Limits;
 use crate::runtime::{Captured, Outcome, Usage};
 use crate::sys;
-use crate::sys::cgroup::{Cgroup, CgroupError};
+use crate::sys::cgroup::{Cgroup, CgroupError, Counters};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::memfd::{MFdFlags, memfd_create};
@@ -84,10 +84,28 @@ pub fn run(
             )
         }
     };
+    let outcome = outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+    Ok((outcome, stub))
+}
+
+/// The outcome of a watched run: `usage` is the (CPU micros, max RSS bytes)
+/// the stub reported or rusage gave; the cgroup's counters, read against
+/// `before` and `cpu_before`, say what the kernel enforced.
+pub(super) fn outcome(
+    watched: Watched,
+    usage: (u64, u64),
+    cgroup: &Cgroup,
+    before: &Counters,
+    cpu_before: Duration,
+    limits: &Limits,
+    wall: Duration,
+) -> Result<Outcome, NativeError> {
     let after = cgroup.counters()?;
     // The cgroup counts every process, including those the kernel reaped when
     // the stub died; the stub's report counts what it reaped itself.
-    let cpu_used = cpu_used()
+    let cpu_used = cgroup
+        .cpu_usage()
+        .map(|now| now.saturating_sub(cpu_before))
         .unwrap_or_default()
         .max(Duration::from_micros(usage.0));
     let observed = Observed {
@@ -99,7 +117,7 @@ pub fn run(
         cpu_limit: limits.cpu_time,
     };
     let (verdict, exit_code, signal, message) = verdict::decide(&observed);
-    let outcome = Outcome {
+    Ok(Outcome {
         verdict,
         exit_code,
         signal,
@@ -111,8 +129,7 @@ pub fn run(
             peak_memory_bytes: usage.1,
         },
         message,
-    };
-    Ok((outcome, stub))
+    })
 }
 
 /// The sandbox's pid 1, which must still be reaped once it has exited.

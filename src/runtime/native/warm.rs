@@ -14,10 +14,9 @@
 use super::plan::{self, Plan, WORK_DIR};
 use super::status::{MESSAGE_LEN, Message, Step};
 use super::supervise::{self, ParentSide, Stub, Watched};
-use super::verdict::{self, Observed};
 use super::{NativeError, NativeRuntime};
 use crate::policy::{Network, SandboxPolicy};
-use crate::runtime::{Entrypoint, Outcome, RunError, Runtime, Submission, Usage};
+use crate::runtime::{Entrypoint, Outcome, RunError, Runtime, Submission};
 use crate::sys;
 use crate::sys::cgroup::{Cgroup, CgroupLimits};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -519,7 +518,16 @@ impl Call {
                     killed: None,
                     exited: true,
                 };
-                let outcome = outcome(watched, cgroup, &before, cpu_before, limits, started)?;
+                let usage = watched.usage.unwrap_or_default();
+                let outcome = supervise::outcome(
+                    watched,
+                    usage,
+                    cgroup,
+                    &before,
+                    cpu_before,
+                    limits,
+                    started.elapsed(),
+                )?;
                 return Ok(Ran {
                     outcome,
                     stub: None,
@@ -546,7 +554,16 @@ impl Call {
         };
         let cpu_used = || cgroup.cpu_usage().map(|now| now.saturating_sub(cpu_before));
         let watched = supervise::watch(&pipes, &stub, limits, &cpu_used, started);
-        let outcome = outcome(watched, cgroup, &before, cpu_before, limits, started)?;
+        let usage = watched.usage.unwrap_or_default();
+        let outcome = supervise::outcome(
+            watched,
+            usage,
+            cgroup,
+            &before,
+            cpu_before,
+            limits,
+            started.elapsed(),
+        )?;
         Ok(Ran {
             outcome,
             stub: Some(stub),
@@ -605,46 +622,6 @@ struct Ran {
     outcome: Outcome,
     stub: Option<OwnedFd>,
     new_netns: Option<OwnedFd>,
-}
-
-fn outcome(
-    watched: Watched,
-    cgroup: &Cgroup,
-    before: &sys::cgroup::Counters,
-    cpu_before: Duration,
-    limits: &crate::policy::Limits,
-    started: Instant,
-) -> Result<Outcome, NativeError> {
-    let wall = started.elapsed();
-    let after = cgroup.counters()?;
-    let (reported_cpu, peak) = watched.usage.unwrap_or_default();
-    let cpu_used = cgroup
-        .cpu_usage()
-        .map(|now| now.saturating_sub(cpu_before))
-        .unwrap_or_default()
-        .max(Duration::from_micros(reported_cpu));
-    let observed = Observed {
-        message: watched.message,
-        killed: watched.killed,
-        oom_kills: after.oom_kills.saturating_sub(before.oom_kills),
-        pids_max_hits: after.pids_max_hits.saturating_sub(before.pids_max_hits),
-        cpu_used,
-        cpu_limit: limits.cpu_time,
-    };
-    let (verdict, exit_code, signal, message) = verdict::decide(&observed);
-    Ok(Outcome {
-        verdict,
-        exit_code,
-        signal,
-        stdout: watched.stdout,
-        stderr: watched.stderr,
-        usage: Usage {
-            wall,
-            cpu: cpu_used,
-            peak_memory_bytes: peak,
-        },
-        message,
-    })
 }
 
 fn send_all(sock: &OwnedFd, mut bytes: &[u8]) -> nix::Result<()> {
