@@ -11,18 +11,7 @@ const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-const VERDICTS: [Verdict; 10] = [
-    Verdict::Ok,
-    Verdict::RuntimeError,
-    Verdict::Signaled,
-    Verdict::Timeout,
-    Verdict::CpuLimit,
-    Verdict::MemoryLimit,
-    Verdict::OutputLimit,
-    Verdict::PidsLimit,
-    Verdict::SecurityViolation,
-    Verdict::SandboxError,
-];
+const VERDICTS: [Verdict; 10] = Verdict::ALL;
 
 /// How a run came in.
 #[derive(Debug, Clone, Copy)]

@@ -260,18 +260,7 @@ mod tests {
 
     #[test]
     fn every_verdict_uses_its_documented_name() {
-        for v in [
-            Verdict::Ok,
-            Verdict::RuntimeError,
-            Verdict::Signaled,
-            Verdict::Timeout,
-            Verdict::CpuLimit,
-            Verdict::MemoryLimit,
-            Verdict::OutputLimit,
-            Verdict::PidsLimit,
-            Verdict::SecurityViolation,
-            Verdict::SandboxError,
-        ] {
+        for v in Verdict::ALL {
             let mut o = outcome(b"", b"");
             o.verdict = v;
             let json: Value = serde_json::from_str(&o.to_json()).unwrap();

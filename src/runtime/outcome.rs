@@ -31,6 +31,20 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict, in the order docs/API.md lists them.
+    pub const ALL: [Verdict; 10] = [
+        Verdict::Ok,
+        Verdict::RuntimeError,
+        Verdict::Signaled,
+        Verdict::Timeout,
+        Verdict::CpuLimit,
+        Verdict::MemoryLimit,
+        Verdict::OutputLimit,
+        Verdict::PidsLimit,
+        Verdict::SecurityViolation,
+        Verdict::SandboxError,
+    ];
+
     /// The snake_case name used in JSON and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
