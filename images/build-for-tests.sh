@@ -14,6 +14,9 @@ command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 [ -e /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
 command -v update-binfmts >/dev/null 2>&1 || missing+=(binfmt-support)
+# mmdebstrap checks that a foreign architecture can run with arch-test (a
+# Recommends, which --no-install-recommends would leave out).
+command -v arch-test >/dev/null 2>&1 || missing+=(arch-test)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "build-for-tests: installing ${missing[*]}"
     apt-get update -qq </dev/null
