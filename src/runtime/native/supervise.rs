@@ -42,15 +42,7 @@ pub fn run(
     // The slot is reused: its CPU counter starts where the last run left it.
     let cpu_before = cgroup.cpu_usage()?;
     let clone_target = cgroup.clone_target()?;
-    let mut flags = (libc::CLONE_NEWUSER
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_PIDFD) as u64;
-    if clone_target.is_some() {
-        flags |= CLONE_INTO_CGROUP;
-    }
+    let flags = sandbox_clone_flags(clone_target.is_some());
     let fds = io.child_fds();
     let started = Instant::now();
     let args = sys::clone::CloneArgs {
@@ -144,6 +136,23 @@ impl Stub {
     pub fn reap(self) -> Result<sys::process::Reaped, NativeError> {
         let _ = &self.pidfd;
         sys::process::wait4(self.pid).map_err(|source| NativeError::Wait { source })
+    }
+}
+
+/// clone3 flags for a sandbox's pid 1: new user, pid, mount, ipc and uts
+/// namespaces (the network namespace is entered beforehand), a pidfd, and on
+/// cgroup v2 the cgroup to start in.
+pub(super) fn sandbox_clone_flags(into_cgroup: bool) -> u64 {
+    let flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_PIDFD) as u64;
+    if into_cgroup {
+        flags | CLONE_INTO_CGROUP
+    } else {
+        flags
     }
 }
 

@@ -334,15 +334,7 @@ impl Zygote {
             parent: parent.as_raw_fd(),
         };
         let clone_target = cgroup.clone_target().map_err(NativeError::from)?;
-        let mut flags = (libc::CLONE_NEWUSER
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_PIDFD) as u64;
-        if clone_target.is_some() {
-            flags |= super::supervise::CLONE_INTO_CGROUP;
-        }
+        let flags = super::supervise::sandbox_clone_flags(clone_target.is_some());
         let args = sys::clone::CloneArgs {
             flags,
             cgroup: clone_target.as_ref().map(|fd| fd.as_raw_fd()),
@@ -501,6 +493,13 @@ impl Call {
     ) -> Result<Ran, NativeError> {
         let before = cgroup.counters()?;
         let cpu_before = cgroup.cpu_usage()?;
+        // The stub's own report is the payload's usage on this path (it is
+        // never reaped here: the zygote is its parent).
+        let finish = |watched: Watched| {
+            let usage = watched.usage.unwrap_or_default();
+            let wall = started.elapsed();
+            supervise::outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)
+        };
         let (stub, new_netns) = match self.handshake(cgroup, limits, started) {
             Ok(Handshake::Released(pidfd, netns)) => {
                 // The request goes once pid 1 is in the call's cgroup, which
@@ -518,16 +517,7 @@ impl Call {
                     killed: None,
                     exited: true,
                 };
-                let usage = watched.usage.unwrap_or_default();
-                let outcome = supervise::outcome(
-                    watched,
-                    usage,
-                    cgroup,
-                    &before,
-                    cpu_before,
-                    limits,
-                    started.elapsed(),
-                )?;
+                let outcome = finish(watched)?;
                 return Ok(Ran {
                     outcome,
                     stub: None,
@@ -554,16 +544,7 @@ impl Call {
         };
         let cpu_used = || cgroup.cpu_usage().map(|now| now.saturating_sub(cpu_before));
         let watched = supervise::watch(&pipes, &stub, limits, &cpu_used, started);
-        let usage = watched.usage.unwrap_or_default();
-        let outcome = supervise::outcome(
-            watched,
-            usage,
-            cgroup,
-            &before,
-            cpu_before,
-            limits,
-            started.elapsed(),
-        )?;
+        let outcome = finish(watched)?;
         Ok(Ran {
             outcome,
             stub: Some(stub),
