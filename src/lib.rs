@@ -24,7 +24,9 @@ pub use image::{
     docker_tags, list as list_images, parse_simulate, remove as remove_image,
 };
 pub use policy::*;
-pub use runtime::docker::{DockerConfig, DockerError, DockerRuntime};
+pub use runtime::docker::{
+    DockerConfig, DockerError, DockerRuntime, DockerWarmConfig, DockerWarmRuntime,
+};
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime, WarmConfig, WarmRuntime};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
 pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};

@@ -22,7 +22,7 @@ fn a_listener_in_the_hosts_network_namespace_is_unreachable() {
     // all. docker: its `none` network has the container's own lo up, where
     // nothing listens. Either way the host's listener (checked below) is unreachable.
     Case::code("strict", &code).expect_stdout_each(|runtime| match runtime {
-        "docker" => "ConnectionRefusedError 111\n".into(),
+        r if common::is_docker(r) => "ConnectionRefusedError 111\n".into(),
         _ => "OSError 101\n".into(),
     });
     listener.set_nonblocking(true).unwrap();
@@ -89,7 +89,7 @@ fn host_files_outside_the_rootfs_are_not_there() {
         .replace("/home False", "/home True")
         .replace("/sys/fs/cgroup False", "/sys/fs/cgroup True");
     Case::code("strict", &code).expect_stdout_each(|runtime| match runtime {
-        "docker" => docker_expected.clone(),
+        r if common::is_docker(r) => docker_expected.clone(),
         _ => expected.clone(),
     });
     prints(
@@ -107,7 +107,7 @@ fn the_root_filesystem_is_read_only() {
     // namespace's root, and the mount check answers (EROFS); under Docker it is
     // owned by the real root and the permission check answers first (EACCES).
     Case::code("strict", code).expect_stdout_each(|runtime| {
-        let passwd = if runtime == "docker" { "EACCES" } else { "EROFS" };
+        let passwd = if common::is_docker(runtime) { "EACCES" } else { "EROFS" };
         format!("/usr/lib/pwned EROFS\n/usr/bin/pwned EROFS\n/etc/pwned EROFS\n/pwned EROFS\n/etc/passwd {passwd}\n")
     });
 }
@@ -133,7 +133,7 @@ fn runs_as_the_unprivileged_sandbox_user() {
     // Docker always lists the primary gid among the supplementary groups: no
     // group beyond the sandbox's own either way.
     Case::code("strict", code).expect_stdout_each(|runtime| match runtime {
-        "docker" => "65534 65534 65534 65534 [65534]\nsandbox\n".into(),
+        r if common::is_docker(r) => "65534 65534 65534 65534 [65534]\nsandbox\n".into(),
         _ => "65534 65534 65534 65534 []\nsandbox\n".into(),
     });
 }
@@ -226,7 +226,7 @@ fn udp_sockets_cannot_reach_the_host_either() {
     // native: no route (lo is down). docker: the datagram goes to the
     // container's own lo, where nothing listens; the host receives nothing (below).
     Case::code("strict", &code).expect_stdout_each(|runtime| match runtime {
-        "docker" => "sent\n".into(),
+        r if common::is_docker(r) => "sent\n".into(),
         _ => "101\n".into(),
     });
     host.set_nonblocking(true).unwrap();
@@ -247,7 +247,7 @@ fn the_stub_behind_pid_1_is_out_of_reach() {
     // there holds only the container's stdio and the policy's environment, and
     // must be as unprivileged as the program, which is checked instead.
     Case::code("strict", code).expect_stdout_each(|runtime| match runtime {
-        "docker" => {
+        r if common::is_docker(r) => {
             "/proc/1/fd READABLE\n/proc/1/environ READABLE\n/proc/1/mem opened Input/output error\n"
                 .into()
         }
@@ -255,7 +255,7 @@ fn the_stub_behind_pid_1_is_out_of_reach() {
     });
     let pid1 = "s = dict(l.split(':\\t') for l in open('/proc/1/status').read().splitlines() if ':\\t' in l)\nprint(s['Uid'].split()[0], s['CapEff'].strip(), s['CapBnd'].strip(), s['NoNewPrivs'].strip())";
     for (runtime, outcome) in Case::code("strict", pid1).expect_each(Verdict::Ok) {
-        if runtime == "docker" {
+        if common::is_docker(runtime) {
             assert_eq!(
                 String::from_utf8_lossy(&outcome.stdout.bytes),
                 "65534 0000000000000000 0000000000000000 1\n",

@@ -42,6 +42,9 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Starts of a job after which a crash marks it `failed` instead of re-queuing it.
     pub max_attempts: u32,
+    /// With the Docker runtime: ready containers kept per policy (`[docker]
+    /// warm_pool`); 0 runs every call in a container created for it.
+    pub docker_warm_pool: usize,
     pub(crate) tenants: Vec<TenantConfig>,
 }
 
@@ -90,9 +93,21 @@ struct RawConfig {
     job_retention: Option<String>,
     shutdown_grace: Option<String>,
     max_attempts: Option<u32>,
+    docker: Option<RawDocker>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    warm_pool: Option<usize>,
+}
+
+/// Ready containers per policy of the Docker runtime's warm pool, by default.
+const DEFAULT_WARM_POOL: usize = 2;
+/// The most `[docker] warm_pool` may keep per policy.
+const MAX_WARM_POOL: usize = 32;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +267,15 @@ impl ServeConfig {
                 .bytes(),
             None => ByteSize::mib(8).bytes(),
         };
+        let docker = raw.docker.unwrap_or_default();
+        let docker_warm_pool = docker.warm_pool.unwrap_or(DEFAULT_WARM_POOL);
+        if docker_warm_pool > MAX_WARM_POOL {
+            return Err(check.invalid(
+                "docker.warm_pool",
+                docker_warm_pool,
+                &format!("0 (a new container per run) to {MAX_WARM_POOL}"),
+            ));
+        }
         let mut tenants = Vec::new();
         for (index, tenant) in raw.tenants.into_iter().enumerate() {
             tenants.push(check.tenant(index, tenant, max_running)?);
@@ -288,6 +312,7 @@ impl ServeConfig {
                 Duration::from_secs(30),
             )?,
             max_attempts: raw.max_attempts.unwrap_or(3).max(1),
+            docker_warm_pool,
             tenants,
         };
         config.check_auth(&check)?;
@@ -370,6 +395,24 @@ mod tests {
                 .to_string();
             assert!(err.contains(field), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_docker_warm_pool_is_on_by_default_and_zero_turns_it_off() {
+        assert_eq!(ServeConfig::local().docker_warm_pool, 2);
+        let cold = ServeConfig::from_toml("[docker]\nwarm_pool = 0", "t.toml").unwrap();
+        assert_eq!(cold.docker_warm_pool, 0);
+        let err = ServeConfig::from_toml("[docker]\nwarm_pool = 33", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("docker.warm_pool") && err.contains("0 (a new container per run) to 32"),
+            "{err}"
+        );
+        let err = ServeConfig::from_toml("[docker]\nwarm = 1", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("warm"), "{err}");
     }
 
     #[test]

@@ -19,9 +19,11 @@ use crate::executor::jobs::JobQueue;
 use crate::executor::metrics::Metrics;
 use crate::executor::store::{JobStore, StoreError};
 use crate::policy::{PolicyError, SandboxPolicy};
-use crate::runtime::Runtime;
-use crate::runtime::docker::{DockerConfig, DockerError, DockerRuntime};
+use crate::runtime::docker::{
+    DockerConfig, DockerError, DockerRuntime, DockerWarmConfig, DockerWarmRuntime,
+};
 use crate::runtime::native::{NativeConfig, NativeError, NativeRuntime};
+use crate::runtime::{RunError, Runtime};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -44,6 +46,14 @@ pub enum ServeError {
     /// The Docker runtime is not usable.
     #[error("cannot start the Docker runtime: {0}")]
     Docker(#[from] DockerError),
+    /// The Docker warm pool of a policy could not be prepared.
+    #[error("cannot prepare the Docker warm pool for policy {policy}: {source}")]
+    WarmPool {
+        /// The policy's name.
+        policy: String,
+        /// Why.
+        source: RunError,
+    },
     /// The job database could not be opened or recovered.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -67,12 +77,15 @@ pub enum ServeError {
 /// running jobs finish for up to `shutdown_grace`, and returns. Jobs still
 /// running after that are re-queued at the next start.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let policies = load_policies(&config)?;
     // The runtime is set up before any async thread exists.
     let runtime: Box<dyn Runtime> = match config.runtime {
         RuntimeKind::Native => Box::new(NativeRuntime::new(NativeConfig::default())?),
-        RuntimeKind::Docker => Box::new(DockerRuntime::new(DockerConfig::default())?),
+        RuntimeKind::Docker if config.docker_warm_pool == 0 => {
+            Box::new(DockerRuntime::new(DockerConfig::default())?)
+        }
+        RuntimeKind::Docker => Box::new(docker_warm(&config, &policies)?),
     };
-    let policies = load_policies(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,6 +95,28 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // die with the process) and re-queued at the next start.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// The Docker runtime with a warm pool for every policy a tenant names,
+/// filling from now on, and room for four shapes of per-call limits.
+fn docker_warm(
+    config: &ServeConfig,
+    policies: &BTreeMap<String, Arc<SandboxPolicy>>,
+) -> Result<DockerWarmRuntime, ServeError> {
+    let warm = DockerWarmConfig {
+        size: config.docker_warm_pool,
+        max_pools: policies.len() + 4,
+    };
+    let runtime = DockerWarmRuntime::new(DockerConfig::default(), warm)?;
+    for (name, policy) in policies {
+        runtime
+            .prewarm(policy)
+            .map_err(|source| ServeError::WarmPool {
+                policy: name.clone(),
+                source,
+            })?;
+    }
+    Ok(runtime)
 }
 
 /// Every policy a tenant names, by the name requests use.

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use pyward::{
-    DockerConfig, DockerRuntime, LimitOverrides, NativeConfig, NativeRuntime, Outcome, Runtime,
-    SandboxPolicy, Submission, Verdict, WarmConfig, WarmRuntime,
+    DockerConfig, DockerRuntime, DockerWarmConfig, DockerWarmRuntime, LimitOverrides, NativeConfig,
+    NativeRuntime, Outcome, Runtime, SandboxPolicy, Submission, Verdict, WarmConfig, WarmRuntime,
 };
 
 /// Every runtime this machine can test. A runtime that cannot run here fails
@@ -20,7 +20,31 @@ pub fn runtimes() -> Vec<Box<dyn Runtime>> {
     if let Some(docker) = docker() {
         runtimes.push(Box::new(docker));
     }
+    if let Some(warm) = docker_warm(1) {
+        runtimes.push(Box::new(warm));
+    }
     runtimes
+}
+
+/// The Docker runtime's warm pool, `size` containers per shape, or None
+/// (with a loud message) where Docker or the test image is missing.
+pub fn docker_warm(size: usize) -> Option<DockerWarmRuntime> {
+    let config = DockerWarmConfig {
+        size,
+        ..DockerWarmConfig::default()
+    };
+    let runtime = match DockerWarmRuntime::new(DockerConfig::default(), config) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            missing(&format!("the Docker warm runtime cannot start here: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = runtime.cold().check_image() {
+        missing(&format!("{e} (run images/build-for-tests.sh)"));
+        return None;
+    }
+    Some(runtime)
 }
 
 /// The Docker runtime, or None (with a loud message) where Docker or the
@@ -86,6 +110,12 @@ pub fn native() -> Option<NativeRuntime> {
 /// The native runtime's warm path (a zygote per policy, started on first use).
 pub fn warm() -> Option<WarmRuntime> {
     native().map(|native| WarmRuntime::new(native, WarmConfig::default()))
+}
+
+/// True for the Docker runtimes (`docker`, `docker-warm`), whose containers
+/// show a few properties differently from the native sandbox.
+pub fn is_docker(runtime: &str) -> bool {
+    runtime == "docker" || runtime == "docker-warm"
 }
 
 /// Fails under CI, warns loudly elsewhere.

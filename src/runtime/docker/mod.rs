@@ -9,27 +9,30 @@
 mod host_config;
 mod usage;
 mod verdict;
+mod warm;
 mod workdir;
 
 pub use host_config::{WORK_DIR, host_config};
+pub use warm::{DockerWarmConfig, DockerWarmRuntime};
 
 use super::{Captured, Outcome, RunError, Runtime, Submission, Usage};
 use crate::arch::Arch;
-use crate::policy::{DeniedAction, SandboxPolicy};
+use crate::policy::{DeniedAction, Limits, SandboxPolicy};
 use crate::seccomp::{self, Allowlist, SeccompError};
 use bollard::Docker;
-use bollard::container::LogOutput;
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 use usage::{CgroupFiles, Sample};
 use verdict::{KillReason, Observed};
@@ -142,6 +145,14 @@ pub enum DockerError {
         /// The binfmt_misc entry looked for.
         path: String,
     },
+    /// A warm pool's new container did not say it was ready for a call.
+    #[error("a pooled container ({id}) did not get ready for its call: {seen}")]
+    PoolContainerNotReady {
+        /// The container.
+        id: String,
+        /// What it did instead.
+        seen: String,
+    },
     /// The policy's seccomp allowlist could not be loaded.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -183,13 +194,22 @@ impl DockerRuntime {
     /// Connects to the daemon, checks that it answers, and removes the
     /// containers that a pyward process which no longer runs left behind.
     pub fn new(config: DockerConfig) -> Result<DockerRuntime, DockerError> {
-        if config.emulated() {
-            check_emulator(config.arch)?;
-        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|source| DockerError::AsyncRuntime { source })?;
+        DockerRuntime::with_async_runtime(config, rt)
+    }
+
+    /// `new`, the client driven by `rt`: the warm pool hands in a runtime
+    /// with a worker thread, which keeps refilling between calls.
+    fn with_async_runtime(
+        config: DockerConfig,
+        rt: tokio::runtime::Runtime,
+    ) -> Result<DockerRuntime, DockerError> {
+        if config.emulated() {
+            check_emulator(config.arch)?;
+        }
         let unreachable = |source| DockerError::Unreachable {
             socket: config.socket.clone(),
             source,
@@ -370,20 +390,7 @@ impl DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), DockerError> {
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        match self.docker.remove_container(id, Some(options)).await {
-            Ok(())
-            | Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(source) => Err(DockerError::Api {
-                step: "remove the container",
-                source,
-            }),
-        }
+        remove(&self.docker, id).await
     }
 
     async fn run_async(
@@ -397,9 +404,9 @@ impl DockerRuntime {
         let filters = self.filters(policy)?;
         let launch = workdir::launch(submission, &filters.native)?;
         self.inspect_image().await?;
-        let id = self
-            .create(policy, &launch.cmd, &filters.profile, submission)
-            .await?;
+        let env = policy.environment(&submission.env);
+        let body = self.container_body(policy, &launch.cmd, &filters.profile, &env);
+        let id = create(&self.docker, &self.platform(), body, self.labels()).await?;
         // Whatever happens from here on, the container goes.
         let result = self.watch(&id, policy, launch).await;
         let removed = self.remove(&id).await;
@@ -408,24 +415,31 @@ impl DockerRuntime {
         Ok(outcome)
     }
 
-    async fn create(
+    /// The labels of a new container: a fresh job id, the runtime, this process.
+    fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_JOB.to_owned(), job_id()),
+            (LABEL_RUNTIME.to_owned(), "docker".to_owned()),
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
+        ])
+    }
+
+    /// `--platform` of every container: the configured architecture.
+    fn platform(&self) -> String {
+        format!("linux/{}", self.config.arch.as_str())
+    }
+
+    /// Everything a container is created with but its labels: the image,
+    /// the command, the environment, the user and `host_config`.
+    fn container_body(
         &self,
         policy: &SandboxPolicy,
         cmd: &[String],
         profile: &str,
-        submission: &Submission,
-    ) -> Result<String, DockerError> {
-        let env = policy
-            .environment(&submission.env)
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let labels = HashMap::from([
-            (LABEL_JOB.to_owned(), job_id()),
-            (LABEL_RUNTIME.to_owned(), "docker".to_owned()),
-            (LABEL_OWNER.to_owned(), self.owner.clone()),
-        ]);
-        let body = ContainerCreateBody {
+        env: &[(String, String)],
+    ) -> ContainerCreateBody {
+        let env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        ContainerCreateBody {
             image: Some(self.config.image.clone()),
             cmd: Some(cmd.to_vec()),
             entrypoint: Some(Vec::new()),
@@ -433,7 +447,6 @@ impl DockerRuntime {
             user: Some(host_config::user(policy)),
             working_dir: Some(WORK_DIR.to_owned()),
             hostname: Some("pyward".to_owned()),
-            labels: Some(labels),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -443,58 +456,58 @@ impl DockerRuntime {
             network_disabled: Some(true),
             host_config: Some(host_config(policy, profile)),
             ..ContainerCreateBody::default()
-        };
-        let options = CreateContainerOptionsBuilder::default()
-            .platform(&format!("linux/{}", self.config.arch.as_str()))
-            .build();
-        let created = self.docker.create_container(Some(options), body).await;
-        match created {
-            Ok(response) => Ok(response.id),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Err(image_missing(&self.config.image)),
-            Err(source) => Err(DockerError::Api {
-                step: "create the container",
-                source,
-            }),
         }
     }
 
-    /// Attaches, starts, feeds stdin, captures output under the caps and the
-    /// wall clock, then reads the exit state. The caller removes the container.
+    /// Attaches, starts, and collects the run (see `collect`). The caller
+    /// removes the container.
     async fn watch(
         &self,
         id: &str,
         policy: &SandboxPolicy,
         launch: workdir::Launch,
     ) -> Result<Outcome, RunError> {
-        let limits = &policy.limits;
-        let attach = AttachContainerOptionsBuilder::default()
-            .stdin(true)
-            .stdout(true)
-            .stderr(true)
-            .stream(true)
-            .build();
-        let mut io = self
-            .docker
-            .attach_container(id, Some(attach))
-            .await
-            .map_err(api("attach to the container"))?;
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(api("start the container"))?;
+        let io = attach_and_start(&self.docker, id).await?;
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + limits.wall_time;
+        self.collect(
+            id,
+            &policy.limits,
+            io,
+            launch.stdin,
+            started,
+            Sample::default(),
+        )
+        .await
+    }
 
+    /// Feeds `stdin` to a started container, captures output under the caps
+    /// and the wall clock (counted from `started`), then reads the exit
+    /// state. The cgroup's CPU time and pids-limit hits count from
+    /// `baseline`, what the container had used before the run was handed to
+    /// it (nothing for a fresh container; a pooled one's bootstrap start).
+    async fn collect(
+        &self,
+        id: &str,
+        limits: &Limits,
+        io: AttachContainerResults,
+        stdin: Vec<u8>,
+        started: Instant,
+        baseline: Sample,
+    ) -> Result<Outcome, RunError> {
+        let deadline = tokio::time::Instant::from_std(started) + limits.wall_time;
         let mut input = io.input;
-        let stdin = launch.stdin;
+        let mut output = io.output;
         let feed = tokio::spawn(async move {
             // A program that exits without reading its stdin breaks the pipe: not an error.
             let _ = input.write_all(&stdin).await;
             let _ = input.shutdown().await;
         });
         let (sampler, samples) = spawn_sampler(id);
+        let exited = {
+            let (docker, id) = (self.docker.clone(), id.to_owned());
+            let since = SystemTime::now();
+            tokio::spawn(async move { exit_status(&docker, &id, since).await })
+        };
 
         let cap = usize::try_from(limits.output.bytes()).unwrap_or(usize::MAX);
         let mut stdout = Captured::default();
@@ -502,7 +515,7 @@ impl DockerRuntime {
         let mut killed = None;
         loop {
             let chunk = tokio::select! {
-                chunk = io.output.next() => chunk,
+                chunk = output.next() => chunk,
                 () = tokio::time::sleep_until(deadline) => {
                     killed = Some(KillReason::WallTime);
                     break;
@@ -523,15 +536,15 @@ impl DockerRuntime {
         }
         // Close the attach connection first: a daemon blocked writing output
         // we no longer read holds the container, and kill and inspect would wait on it.
-        drop(io.output);
+        drop(output);
         if killed.is_some() {
             self.kill(id).await;
         }
         feed.abort();
-        let state = self.finished_state(id).await?;
+        let state = self.finished_state(id, exited).await?;
         let wall = started.elapsed();
         sampler.abort();
-        let sample = sample_after(id, *samples.borrow());
+        let sample = usage::since(baseline, sample_after(id, *samples.borrow()));
 
         let observed = Observed {
             killed,
@@ -566,27 +579,28 @@ impl DockerRuntime {
         let _ = self.docker.kill_container(id, Some(options)).await;
     }
 
-    /// Waits for the container to stop (killing it after a grace period) and inspects it.
+    /// Waits for the container to stop (`exited`, the wait started with the
+    /// run; killing it after a grace period) and reads its exit status; and
+    /// inspects it for `OOMKilled` unless it exited 0, where the OOM killer
+    /// cannot change the verdict: one round trip less on the common path.
     async fn finished_state(
         &self,
         id: &str,
+        mut exited: tokio::task::JoinHandle<Option<i64>>,
     ) -> Result<bollard::models::ContainerState, DockerError> {
-        let options = WaitContainerOptionsBuilder::default()
-            .condition("not-running")
-            .build();
-        let wait = async {
-            // A non-zero exit comes back as an error from bollard; the inspect below reads it.
-            let _ = self.docker.wait_container(id, Some(options)).next().await;
+        let status = match tokio::time::timeout(Duration::from_secs(2), &mut exited).await {
+            Ok(Ok(status)) => status,
+            _ => {
+                exited.abort();
+                self.kill(id).await;
+                exit_status(&self.docker, id, SystemTime::now()).await
+            }
         };
-        if tokio::time::timeout(Duration::from_secs(2), wait)
-            .await
-            .is_err()
-        {
-            self.kill(id).await;
-            let options = WaitContainerOptionsBuilder::default()
-                .condition("not-running")
-                .build();
-            let _ = self.docker.wait_container(id, Some(options)).next().await;
+        if status == Some(0) {
+            return Ok(bollard::models::ContainerState {
+                exit_code: Some(0),
+                ..Default::default()
+            });
         }
         let inspected = self
             .docker
@@ -605,6 +619,110 @@ impl Runtime for DockerRuntime {
     fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
         self.rt.block_on(self.run_async(policy, submission))
     }
+}
+
+/// Creates a container from `body` with `labels`; never pulls (a missing
+/// image is `ImageMissing`).
+async fn create(
+    docker: &Docker,
+    platform: &str,
+    mut body: ContainerCreateBody,
+    labels: HashMap<String, String>,
+) -> Result<String, DockerError> {
+    let image = body.image.clone().unwrap_or_default();
+    body.labels = Some(labels);
+    let options = CreateContainerOptionsBuilder::default()
+        .platform(platform)
+        .build();
+    match docker.create_container(Some(options), body).await {
+        Ok(response) => Ok(response.id),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Err(image_missing(&image)),
+        Err(source) => Err(DockerError::Api {
+            step: "create the container",
+            source,
+        }),
+    }
+}
+
+/// The container's exit status, from its `die` event: the daemon sends it
+/// before it cleans the container up (unmounts, network), while the wait
+/// and inspect endpoints answer only after that cleanup, 5 to 20 ms later
+/// here. `since` (a Unix time before the container could end) makes the
+/// daemon replay the event should it come before the subscription. Falls
+/// back to waiting until the container is not running.
+async fn exit_status(docker: &Docker, id: &str, since: SystemTime) -> Option<i64> {
+    let since = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(1);
+    let filters = HashMap::from([
+        ("container".to_owned(), vec![id.to_owned()]),
+        ("type".to_owned(), vec!["container".to_owned()]),
+        ("event".to_owned(), vec!["die".to_owned()]),
+    ]);
+    let options = EventsOptionsBuilder::default()
+        .since(&since.to_string())
+        .filters(&filters)
+        .build();
+    let died = docker.events(Some(options)).next().await;
+    let status = died
+        .and_then(Result::ok)
+        .and_then(|event| event.actor?.attributes?.get("exitCode")?.parse().ok());
+    if status.is_some() {
+        return status;
+    }
+    let options = WaitContainerOptionsBuilder::default()
+        .condition("not-running")
+        .build();
+    match docker.wait_container(id, Some(options)).next().await {
+        Some(Ok(response)) if response.error.is_none() => Some(response.status_code),
+        // bollard turns a non-zero status into an error that carries it.
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+        _ => None,
+    }
+}
+
+/// Force-removes a container (and its anonymous volumes); one already gone is fine.
+async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(source) => Err(DockerError::Api {
+            step: "remove the container",
+            source,
+        }),
+    }
+}
+
+/// Attaches to the container's stdin, stdout and stderr, then starts it:
+/// attached first, so that not one byte of its output is missed.
+async fn attach_and_start(
+    docker: &Docker,
+    id: &str,
+) -> Result<AttachContainerResults, DockerError> {
+    let attach = AttachContainerOptionsBuilder::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .stream(true)
+        .build();
+    let io = docker
+        .attach_container(id, Some(attach))
+        .await
+        .map_err(api("attach to the container"))?;
+    docker
+        .start_container(id, None)
+        .await
+        .map_err(api("start the container"))?;
+    Ok(io)
 }
 
 /// A BPF program as the kernel's `struct sock_filter` array (8 bytes each, native endian).

@@ -78,6 +78,17 @@ pub fn merge(last: &mut Sample, new: Sample) {
     last.pids_max_hits = last.pids_max_hits.max(new.pids_max_hits);
 }
 
+/// The figures of `now` counted from `baseline`, an earlier sample of the
+/// same cgroup: CPU time and pids-limit hits since then. Peak memory is a
+/// high-water mark of the container's whole life and stays as it is.
+pub fn since(baseline: Sample, now: Sample) -> Sample {
+    Sample {
+        cpu: now.cpu.saturating_sub(baseline.cpu),
+        peak_memory: now.peak_memory,
+        pids_max_hits: now.pids_max_hits.saturating_sub(baseline.pids_max_hits),
+    }
+}
+
 fn read_cpu(path: &Path) -> Option<Duration> {
     if path.ends_with("cpu.stat") {
         read_key(path, "usage_usec").map(Duration::from_micros)
@@ -139,6 +150,30 @@ mod tests {
         assert_eq!(sample.pids_max_hits, 3);
 
         assert_eq!(CgroupFiles::new(root.path(), "gone").sample(), None);
+    }
+
+    #[test]
+    fn cpu_and_pids_hits_count_from_the_baseline_and_peak_memory_does_not() {
+        let baseline = Sample {
+            cpu: Duration::from_millis(40),
+            peak_memory: 9 << 20,
+            pids_max_hits: 0,
+        };
+        let now = Sample {
+            cpu: Duration::from_millis(65),
+            peak_memory: 12 << 20,
+            pids_max_hits: 2,
+        };
+        assert_eq!(
+            since(baseline, now),
+            Sample {
+                cpu: Duration::from_millis(25),
+                peak_memory: 12 << 20,
+                pids_max_hits: 2,
+            }
+        );
+        // A cgroup gone before the last sample reads as zeros: never below zero.
+        assert_eq!(since(baseline, Sample::default()).cpu, Duration::ZERO);
     }
 
     #[test]

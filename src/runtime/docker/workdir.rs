@@ -22,6 +22,12 @@
 //! stdin), unpack the tar into the `/work` tmpfs as the sandbox user, install
 //! the filters with `prctl(PR_SET_SECCOMP)`, and `execv` python3 with the real
 //! command line. No process is forked.
+//!
+//! A warm pool's container is started before its call exists, so its
+//! command carries nothing of a call (`--wait`): its bootstrap imports what
+//! it needs, prints `READY` on stdout and blocks on fd 0, where the call's
+//! `warm_payload` brings a header (the same parameters as the cold command's
+//! argv, and the program's environment) ahead of the same bytes as above.
 
 use super::host_config::WORK_DIR;
 use crate::runtime::{Entrypoint, InputFile, RunError, Submission};
@@ -38,6 +44,37 @@ pub struct Launch {
     pub cmd: Vec<String>,
     /// The tar of the work dir (may be empty), the filters, then the submission's stdin.
     pub stdin: Vec<u8>,
+}
+
+/// What a waiting bootstrap prints on stdout once it is ready for its call.
+pub const READY: &[u8] = b"pyward: ready\n";
+
+/// The command of a warm pool's container: the bootstrap, waiting for its call.
+pub fn warm_cmd() -> Vec<String> {
+    ["python3", "-s", "-c", &bootstrap(), "--wait"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// The bytes a waiting bootstrap reads: a header of ten decimal digits (the
+/// length of the JSON that follows), the JSON `{"argv": [...], "env": {...}}`
+/// (the parameters the cold command carries on its argv, and the program's
+/// whole environment), then what `launch` sends on stdin.
+pub fn warm_payload(
+    submission: &Submission,
+    filters: &[Vec<u8>],
+    env: &[(String, String)],
+) -> Result<Vec<u8>, RunError> {
+    let launch = launch(submission, filters)?;
+    let env: serde_json::Map<String, serde_json::Value> = env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    let header = serde_json::json!({ "argv": launch.cmd[4..], "env": env }).to_string();
+    let mut payload = format!("{:010}", header.len()).into_bytes();
+    payload.extend_from_slice(header.as_bytes());
+    payload.extend_from_slice(&launch.stdin);
+    Ok(payload)
 }
 
 /// The command and stdin for `submission`, the program's process to install
@@ -69,7 +106,10 @@ pub fn launch(submission: &Submission, filters: &[Vec<u8>]) -> Result<Launch, Ru
 
 /// argv[1]: the tar's length; argv[2]: the filters' lengths; argv[3:]: the
 /// program's command line. Reads them from fd 0, unpacks, installs, execs.
+/// With `--wait` alone, imports first, says `READY`, and reads those
+/// parameters and the environment from fd 0 too (see `warm_payload`).
 fn bootstrap() -> String {
+    let ready = String::from_utf8_lossy(READY).escape_default().to_string();
     format!(
         r#"import os, sys
 def take(n):
@@ -79,7 +119,15 @@ def take(n):
         if not chunk: raise EOFError("short input")
         buf += chunk
     return bytes(buf)
+env = os.environ
+warm = sys.argv[1:] == ["--wait"]
+if warm:
+    import ctypes, io, json, tarfile
+    os.write(1, b"{ready}")
 try:
+    if warm:
+        header = json.loads(take(int(take(10))))
+        sys.argv[1:], env = header["argv"], header["env"]
     tar = take(int(sys.argv[1]))
     filters = [take(int(n)) for n in sys.argv[2].split(",") if n]
     if tar:
@@ -96,7 +144,7 @@ try:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
 except BaseException as e:
     os.write(2, b"{UNPACK_MESSAGE}: " + repr(e).encode() + b"\n"); os._exit({UNPACK_FAILED})
-os.execv("/usr/bin/python3", sys.argv[3:])"#
+os.execve("/usr/bin/python3", sys.argv[3:], env)"#
     )
 }
 
@@ -276,6 +324,27 @@ mod tests {
             launch.stdin,
             [tar.as_slice(), &[7u8; 8], b"hello\n"].concat()
         );
+    }
+
+    #[test]
+    fn a_warm_payload_is_a_sized_header_then_what_the_cold_stdin_holds() {
+        let mut submission = Submission::code("print(input())");
+        submission.stdin = b"hi\n".to_vec();
+        let env = [("LANG".to_owned(), "C.UTF-8".to_owned())];
+        let payload = warm_payload(&submission, &[vec![7u8; 8]], &env).unwrap();
+        let len: usize = std::str::from_utf8(&payload[..10])
+            .unwrap()
+            .parse()
+            .unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&payload[10..10 + len]).unwrap();
+        let cold = launch(&submission, &[vec![7u8; 8]]).unwrap();
+        assert_eq!(header["argv"], serde_json::json!(cold.cmd[4..]));
+        assert_eq!(header["env"], serde_json::json!({"LANG": "C.UTF-8"}));
+        assert_eq!(&payload[10 + len..], cold.stdin.as_slice());
+        let wait = warm_cmd();
+        assert_eq!(wait[..3], ["python3", "-s", "-c"]);
+        assert_eq!(wait[3], cold.cmd[3], "one bootstrap for both");
+        assert_eq!(wait[4..], ["--wait"]);
     }
 
     #[test]

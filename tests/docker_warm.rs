@@ -1,0 +1,311 @@
+//! The Docker warm pool: pre-started containers, each used by one call only,
+//! refilled in the background, removed on drop or, after a crash, as orphans;
+//! budgets count from the claim. (The shared suite runs on `docker-warm` too.)
+
+mod common;
+
+use common::describe;
+use pyward::{DockerWarmRuntime, LimitOverrides, Runtime, SandboxPolicy, Submission, Verdict};
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn strict() -> SandboxPolicy {
+    SandboxPolicy::builtin("strict").unwrap()
+}
+
+/// Waits until `policy`'s pool holds `n` ready containers.
+fn wait_ready(warm: &DockerWarmRuntime, policy: &SandboxPolicy, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while warm.ready(policy).unwrap() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not reach {n} ready containers in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The ids of running or stopped containers with `label` (`docker ps --filter`).
+fn containers(label: &str) -> BTreeSet<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label={label}"),
+        ])
+        .output()
+        .expect("docker runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Prints the container's id (from the cgroup and bind mounts it sees) and
+/// how long its pid 1 has been up, in seconds.
+const WHO_AND_AGE: &str = r#"
+import re
+ids = set(re.findall(r"[0-9a-f]{64}", open("/proc/self/mountinfo").read()))
+ticks = int(open("/proc/1/stat").read().rsplit(")", 1)[1].split()[19])
+age = float(open("/proc/uptime").read().split()[0]) - ticks / 100
+print(",".join(sorted(ids)), round(age, 2))
+"#;
+
+fn who_and_age(outcome: &pyward::Outcome) -> (String, f64) {
+    let text = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
+    let line = text.lines().last().unwrap_or_default().to_owned();
+    let (id, age) = line.split_once(' ').expect("the probe printed id and age");
+    assert_eq!(id.len(), 64, "one container id seen: {line}");
+    (id.to_owned(), age.parse().unwrap())
+}
+
+#[test]
+fn a_container_never_runs_two_calls() {
+    let Some(warm) = common::docker_warm(2) else {
+        return;
+    };
+    let policy = strict();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, 2);
+    // Both calls below find a container that has waited at least this long,
+    // which no container created for the call has.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let a = format!(
+        "open('/tmp/left-by-a', 'w').write('a')\nopen('/work/left-by-a', 'w').write('a')\n{WHO_AND_AGE}"
+    );
+    let a = warm.run(&policy, &Submission::code(a)).unwrap();
+    assert_eq!(a.verdict, Verdict::Ok, "{}", describe(&a));
+    let b = format!(
+        "import os\nprint([p for p in ['/tmp/left-by-a', '/work/left-by-a'] if os.path.exists(p)])\n{WHO_AND_AGE}"
+    );
+    let b = warm.run(&policy, &Submission::code(b)).unwrap();
+    assert_eq!(b.verdict, Verdict::Ok, "{}", describe(&b));
+
+    let (id_a, age_a) = who_and_age(&a);
+    let (id_b, age_b) = who_and_age(&b);
+    assert!(
+        age_a >= 1.0 && age_b >= 1.0,
+        "not from the pool: {age_a} s, {age_b} s"
+    );
+    assert_ne!(id_a, id_b, "two calls ran in one container");
+    assert!(
+        String::from_utf8_lossy(&b.stdout.bytes).starts_with("[]\n"),
+        "call B saw call A's files: {}",
+        describe(&b)
+    );
+    // A used container is removed (in the background, soon after its call).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers(&warm.pool_label()).contains(&id_a) {
+        assert!(
+            Instant::now() < deadline,
+            "container {id_a} outlived its call"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_pool_refills_in_the_background_and_is_removed_on_drop() {
+    let Some(warm) = common::docker_warm(2) else {
+        return;
+    };
+    let label = warm.pool_label();
+    let policy = strict();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, 2);
+    let before = containers(&label);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let outcome = warm.run(&policy, &Submission::code(WHO_AND_AGE)).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+    let (used, _) = who_and_age(&outcome);
+    assert!(
+        before.contains(&used),
+        "the call did not run in a pooled container"
+    );
+
+    wait_ready(&warm, &policy, 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let after = containers(&label);
+        if !after.contains(&used) || Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!after.contains(&used), "the used container is still there");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(
+        after.intersection(&before).count(),
+        1,
+        "one container kept waiting, one is new: {before:?} -> {after:?}"
+    );
+
+    drop(warm);
+    assert_eq!(
+        containers(&label),
+        BTreeSet::new(),
+        "the drop left containers behind"
+    );
+}
+
+#[test]
+fn wall_time_counts_from_the_claim() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let policy = strict()
+        .tightened(&LimitOverrides {
+            wall_time: Some(Duration::from_secs(2)),
+            ..LimitOverrides::default()
+        })
+        .unwrap();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, 1);
+    std::thread::sleep(Duration::from_secs(3));
+
+    let code = format!("import time\ntime.sleep(1.5)\n{WHO_AND_AGE}");
+    let outcome = warm.run(&policy, &Submission::code(code)).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+    let (_, age) = who_and_age(&outcome);
+    assert!(
+        age >= 4.5,
+        "the container waited {age} s, not 3 s before its call"
+    );
+    assert!(
+        outcome.usage.wall < Duration::from_secs(2),
+        "{:?}",
+        outcome.usage
+    );
+    // The CPU the waiting bootstrap used to start is not the call's.
+    assert!(
+        outcome.usage.cpu < Duration::from_millis(500),
+        "{:?}",
+        outcome.usage
+    );
+
+    // The same limit still ends a call that outlives it, 2 s after its claim.
+    wait_ready(&warm, &policy, 1);
+    let outcome = warm
+        .run(&policy, &Submission::code("import time\ntime.sleep(3)"))
+        .unwrap();
+    assert_eq!(outcome.verdict, Verdict::Timeout, "{}", describe(&outcome));
+    let wall = outcome.usage.wall;
+    assert!(
+        wall >= Duration::from_secs(2) && wall < Duration::from_millis(2900),
+        "{wall:?}"
+    );
+}
+
+#[test]
+fn tightened_limits_are_the_containers_own() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let base = strict();
+    let tight = base
+        .tightened(&LimitOverrides {
+            memory: Some(pyward::ByteSize::mib(96)),
+            pids: Some(12),
+            ..LimitOverrides::default()
+        })
+        .unwrap();
+    warm.prewarm(&base).unwrap();
+    warm.prewarm(&tight).unwrap();
+    wait_ready(&warm, &base, 1);
+    wait_ready(&warm, &tight, 1);
+    let code = "import os\nfor f in ['memory/memory.limit_in_bytes', 'pids/pids.max']:\n    p = '/sys/fs/cgroup/' + f\n    print(open(p).read().strip() if os.path.exists(p) else 'absent')";
+    let limits = |policy: &SandboxPolicy| {
+        let outcome = warm.run(policy, &Submission::code(code)).unwrap();
+        assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+        String::from_utf8_lossy(&outcome.stdout.bytes).into_owned()
+    };
+    let (base_limits, tight_limits) = (limits(&base), limits(&tight));
+    if base_limits.contains("absent") {
+        common::missing("cgroup v1 memory and pids files inside the container (a v2 host)");
+        return;
+    }
+    assert_eq!(base_limits, format!("{}\n32\n", 256 << 20));
+    assert_eq!(tight_limits, format!("{}\n12\n", 96 << 20));
+}
+
+#[test]
+fn the_containers_of_a_crashed_pool_are_removed_as_orphans() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("pyward.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\nruntime = \"docker\"\n[docker]\nwarm_pool = 2\n",
+            temp.path().join("jobs.sqlite3").display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_pyward"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The server's pool for its one policy (strict): two containers owned by it.
+    let owner = format!("dev.pyward.owner={}-", server.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pooled = loop {
+        let pooled: BTreeSet<String> = containers("dev.pyward.pool")
+            .into_iter()
+            .filter(|id| owner_of(id).starts_with(&owner))
+            .collect();
+        if pooled.len() == 2 {
+            break pooled;
+        }
+        assert!(
+            Instant::now() < deadline && server.try_wait().unwrap().is_none(),
+            "the server did not fill its pool: {pooled:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let left = containers("dev.pyward.pool");
+    assert!(pooled.is_subset(&left), "gone before the orphan removal");
+
+    // Another pyward process's start (here, this test's runtime) may remove them first.
+    warm.cold().remove_orphans().unwrap();
+    let left = containers("dev.pyward.pool");
+    assert!(
+        pooled.is_disjoint(&left),
+        "a crashed server's pool is still there: {:?}",
+        pooled.intersection(&left).collect::<Vec<_>>()
+    );
+}
+
+fn owner_of(id: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "dev.pyward.owner={{index .Config.Labels \"dev.pyward.owner\"}}",
+            id,
+        ])
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
