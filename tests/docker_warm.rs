@@ -171,6 +171,8 @@ fn wall_time_counts_from_the_claim() {
         .unwrap();
     warm.prewarm(&policy).unwrap();
     wait_ready(&warm, &policy, 1);
+    // The wall clock is not the container's: the policy's own pool is this one.
+    assert_eq!(warm.ready(&strict()).unwrap(), 1);
     std::thread::sleep(Duration::from_secs(3));
 
     let code = format!("import time\ntime.sleep(1.5)\n{WHO_AND_AGE}");
@@ -308,4 +310,116 @@ fn owner_of(id: &str) -> String {
         .output()
         .expect("docker runs");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn key(o: &pyward::Outcome) -> impl PartialEq + std::fmt::Debug {
+    (
+        o.verdict,
+        o.exit_code,
+        o.signal,
+        o.stdout.bytes.clone(),
+        without_addresses(&common::stderr(o)),
+    )
+}
+
+/// The warm pool runs the program in its waiting interpreter instead of
+/// starting another: each program must end as in the cold path's fresh
+/// python3, with the same verdict, exit code, signal, stdout and stderr.
+#[test]
+fn programs_run_and_end_as_in_a_fresh_interpreter() {
+    let (Some(cold), Some(warm)) = (common::docker(), common::docker_warm(2)) else {
+        return;
+    };
+    let programs = [
+        "pass",
+        "import sys; sys.exit(3)",
+        "import sys; sys.exit(-1)",
+        "import sys; sys.exit('bye')",
+        "import sys; sys.exit(None)",
+        "raise SystemExit(7)",
+        "import atexit; atexit.register(print, 'at exit'); print('main')",
+        "import atexit\ndef f(): raise ValueError('in atexit')\natexit.register(f)",
+        "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\nprint('main')",
+        "import sys; sys.stdout.write('unflushed'); sys.stderr.write('err')",
+        "raise KeyboardInterrupt",
+        "def f():\n    raise KeyError('k')\nf()",
+        "x = (",
+        "import os; os.kill(os.getpid(), 11)",
+        "import sys; print(sys.argv, repr(sys.path[0]), __name__, __file__ if '__file__' in dir() else None)",
+        "import sys; sys.stdout.close(); print('x')",
+        "import os; print(sorted(os.environ.items()))",
+        "import sys; print(sys.stdin.read())",
+        "print(open('/tmp/f', 'w').write('kept'), open('/tmp/f').read())",
+    ];
+    let policy = strict();
+    for code in programs {
+        let mut submission = Submission::code(code);
+        submission.stdin = b"the program's stdin".to_vec();
+        let a = cold.run(&policy, &submission).unwrap();
+        let b = warm.run(&policy, &submission).unwrap();
+        assert_eq!(
+            key(&a),
+            key(&b),
+            "{code}\ncold: {}\nwarm: {}",
+            describe(&a),
+            describe(&b)
+        );
+    }
+}
+
+#[test]
+fn a_file_entrypoint_runs_with_its_files_arguments_and_environment() {
+    let (Some(cold), Some(warm)) = (common::docker(), common::docker_warm(1)) else {
+        return;
+    };
+    let mut policy = strict();
+    policy.env.allow.push("GREETING".into());
+    let submission = Submission {
+        entrypoint: pyward::Entrypoint::File("pkg/main.py".into()),
+        files: vec![
+            pyward::InputFile {
+                path: "pkg/main.py".into(),
+                contents: b"import os, sys, helper\nprint(sys.argv, sys.path[0], __name__, __file__, helper.X, os.environ['GREETING'])\nprint(open('/work/data.txt').read(), sys.stdin.read())\n1/0".to_vec(),
+            },
+            pyward::InputFile {
+                path: "pkg/helper.py".into(),
+                contents: b"X = 42\n".to_vec(),
+            },
+            pyward::InputFile {
+                path: "data.txt".into(),
+                contents: b"input data".to_vec(),
+            },
+        ],
+        args: vec!["a".into(), "b c".into()],
+        env: [("GREETING".to_owned(), "hello".to_owned())].into(),
+        stdin: b"from stdin".to_vec(),
+        ..Submission::code("")
+    };
+    let a = cold.run(&policy, &submission).unwrap();
+    let b = warm.run(&policy, &submission).unwrap();
+    assert_eq!(a.verdict, Verdict::RuntimeError, "{}", describe(&a));
+    assert!(
+        String::from_utf8_lossy(&a.stdout.bytes).contains("42 hello\ninput data from stdin"),
+        "{}",
+        describe(&a)
+    );
+    assert_eq!(
+        key(&a),
+        key(&b),
+        "cold: {}\nwarm: {}",
+        describe(&a),
+        describe(&b)
+    );
+}
+
+/// Text with every `0x…` address replaced (they differ from run to run).
+fn without_addresses(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        out.push_str("0x?");
+        rest = rest[at + 2..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+    }
+    out + rest
 }

@@ -2,7 +2,8 @@
 //! and as a CLI process) and through bubblewrap in one run, and print ratios
 //! to bare python3. Where Docker and the image are there, also the Docker
 //! runtime (a fresh container per call) against `docker run --rm --pull never`
-//! with the same hardening, and their ratio.
+//! with the same hardening, and their ratio; and the Docker warm pool (a
+//! pre-started container per call) against both.
 //!
 //! Paths run one block after another, not interleaved: a path that creates
 //! and drops a network namespace per call (bwrap, a fresh pyward process)
@@ -14,8 +15,8 @@ mod http;
 
 use super::{exit, run::DEFAULT_POLICY};
 use pyward::{
-    DockerConfig, DockerRuntime, NativeConfig, NativeRuntime, Runtime, SandboxPolicy, Submission,
-    Verdict, WarmConfig, WarmRuntime,
+    DockerConfig, DockerRuntime, DockerWarmConfig, DockerWarmRuntime, NativeConfig, NativeRuntime,
+    Runtime, SandboxPolicy, Submission, Verdict, WarmConfig, WarmRuntime,
 };
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,11 @@ const TARGET_RATIO: f64 = 1.3;
 const DOCKER_TARGET_RATIO: f64 = 0.8;
 const DOCKER_LABEL: &str = "pyward docker, in-process";
 const DOCKER_RUN_LABEL: &str = "docker run --rm (reference)";
+const DOCKER_WARM_LABEL: &str = "pyward docker, warm";
+/// The Docker warm pool's target: median per call.
+const DOCKER_WARM_TARGET: Duration = Duration::from_millis(25);
+/// Ready containers in the benchmark's Docker warm pool.
+const DOCKER_WARM_POOL: usize = 2;
 const WARM_LABEL: &str = "pyward native, warm";
 /// The warm path's targets: median per call, and calls per second with parallel callers.
 const WARM_TARGET: Duration = Duration::from_millis(3);
@@ -97,6 +103,8 @@ pub enum BenchError {
 struct BenchPath {
     label: &'static str,
     run: Box<dyn FnMut() -> Result<(), BenchError>>,
+    /// Untimed, before each call (the warm pool's refill).
+    before: Option<Box<dyn FnMut() -> Result<(), BenchError>>>,
     samples: Vec<Duration>,
 }
 
@@ -117,6 +125,9 @@ pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
     for path in &mut paths {
         std::thread::sleep(Duration::from_millis(500));
         for round in 0..args.warmup + args.runs {
+            if let Some(before) = &mut path.before {
+                before()?;
+            }
             let start = Instant::now();
             (path.run)()?;
             let elapsed = start.elapsed();
@@ -219,10 +230,70 @@ fn docker_paths(image: &str) -> Result<Vec<BenchPath>, BenchError> {
     let docker = find_in_path("docker").unwrap_or_else(|| PathBuf::from("docker"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let reference = process_path(DOCKER_RUN_LABEL, docker, &args);
+    let warm = docker_warm_path(image, &policy)?;
     Ok(vec![
         runtime_path(DOCKER_LABEL, Box::new(runtime), policy),
+        warm,
         reference,
     ])
+}
+
+/// `DockerWarmRuntime::run` with a pool of `DOCKER_WARM_POOL`: each call
+/// claims a container that waits for it. Before each call (untimed) the pool
+/// refills and the last call's container is removed: this times a call that
+/// finds a ready container and a daemon with no pool work in flight, not how
+/// fast Docker creates containers (which bounds the sustained rate).
+fn docker_warm_path(image: &str, policy: &SandboxPolicy) -> Result<BenchPath, BenchError> {
+    let setup = |e: String| BenchError::Setup(format!("the Docker warm pool: {e}"));
+    let config = DockerConfig {
+        image: image.to_owned(),
+        ..DockerConfig::default()
+    };
+    let warm = DockerWarmConfig {
+        size: DOCKER_WARM_POOL,
+        ..DockerWarmConfig::default()
+    };
+    let runtime = Arc::new(DockerWarmRuntime::new(config, warm).map_err(|e| setup(e.to_string()))?);
+    runtime.prewarm(policy).map_err(|e| setup(e.to_string()))?;
+    let mut path = runtime_path(
+        DOCKER_WARM_LABEL,
+        Box::new(SharedWarm(runtime.clone())),
+        policy.clone(),
+    );
+    let policy = policy.clone();
+    path.before = Some(Box::new(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while runtime.ready(&policy).map_err(|e| setup(e.to_string()))? < DOCKER_WARM_POOL
+            || runtime.in_flight() > 0
+        {
+            if Instant::now() > deadline {
+                return Err(BenchError::PathFailed {
+                    path: DOCKER_WARM_LABEL,
+                    reason: "the pool did not refill within 60 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }));
+    Ok(path)
+}
+
+/// The Docker warm runtime, shared by the timed calls and the untimed refill wait.
+struct SharedWarm(Arc<DockerWarmRuntime>);
+
+impl Runtime for SharedWarm {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn run(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+    ) -> Result<pyward::Outcome, pyward::RunError> {
+        self.0.run(policy, submission)
+    }
 }
 
 /// Where the `docker run` reference reads its seccomp profile (removed after the run).
@@ -253,6 +324,7 @@ fn runtime_path(
     BenchPath {
         label,
         run: Box::new(run),
+        before: None,
         samples: Vec::new(),
     }
 }
@@ -314,6 +386,7 @@ fn fork_server_path() -> Result<BenchPath, BenchError> {
     Ok(BenchPath {
         label: LABEL,
         run: Box::new(run),
+        before: None,
         samples: Vec::new(),
     })
 }
@@ -387,6 +460,7 @@ fn process_path(label: &'static str, program: PathBuf, args: &[&str]) -> BenchPa
     BenchPath {
         label,
         run: Box::new(run),
+        before: None,
         samples: Vec::new(),
     }
 }
@@ -485,6 +559,28 @@ fn print_table(paths: &mut [BenchPath]) {
             "warm: pyward native warm median = {} per call (target <= {}: {verdict})",
             ms(warm),
             ms(WARM_TARGET)
+        );
+    }
+    if let Some(warm) = median(DOCKER_WARM_LABEL) {
+        let verdict = if warm <= DOCKER_WARM_TARGET {
+            "met"
+        } else {
+            "MISSED"
+        };
+        let ratio = |other: Option<Duration>| {
+            other.map_or("n/a".to_owned(), |o| {
+                format!("{:.2}x", warm.as_secs_f64() / o.as_secs_f64())
+            })
+        };
+        outln!(
+            "docker warm: pyward docker warm median = {} per call = {} `docker run --rm`, {} pyward docker cold",
+            ms(warm),
+            ratio(median(DOCKER_RUN_LABEL)),
+            ratio(median(DOCKER_LABEL))
+        );
+        outln!(
+            "docker warm median <= {}: {verdict}",
+            ms(DOCKER_WARM_TARGET)
         );
     }
     if let (Some(ours), Some(reference)) = (median(DOCKER_LABEL), median(DOCKER_RUN_LABEL)) {

@@ -7,32 +7,37 @@
 //! policy (tightened by the call's limits) gives, claims a ready container
 //! of that shape, and hands it the call the way the cold path does, on the
 //! container's stdin (see `workdir::warm_payload`); the container's
-//! bootstrap has been waiting there. Output, limits and the verdict are the
-//! cold path's own code (`DockerRuntime::collect`). The container is then
-//! removed in the background, and a refill starts in the background: the
-//! caller never waits for either.
+//! bootstrap has been waiting there, with python started and what it needs
+//! imported, and runs the program in that interpreter as `python3 -s` would.
+//! Output, limits, exit status and the verdict are the cold path's own code
+//! (`DockerRuntime::collect`). The container is then removed in the
+//! background, and a refill starts in the background: the caller never
+//! waits for either. A call costs the payload's trip, the program, and the
+//! daemon's handling of the container's exit (most of the time, here).
 //!
 //! A shape's pool is made at its first call (or by `prewarm`), up to
-//! `max_pools` shapes; calls of another shape, and calls that find their
-//! pool empty with every refill already promised to a waiting call, run
-//! cold. Per-call limits change the shape only where they change the
-//! container (memory, pids, CPU quota and time, open files, file size,
-//! tmpfs size); the wall clock and the output cap are the caller's and do
-//! not. Calls of a shape that is not pooled yet make its pool, so repeated
-//! per-call limits get warm too.
+//! `max_pools` shapes; calls of another shape run cold. A call that finds
+//! its pool empty waits for a container that is starting, if one is not
+//! promised to an earlier call, and otherwise runs cold. Per-call limits
+//! change the shape only where they change the container (memory, pids,
+//! CPU quota and time, open files, file size, tmpfs size); the wall clock
+//! and the output cap are the caller's and do not. Repeated per-call limits
+//! get a pool of their own like a policy.
 //!
 //! Budgets count from the claim, not from the container's start: the wall
 //! clock starts when the call is handed over, and CPU time and pids-limit
 //! hits are read from the container's cgroup as the difference from a
 //! sample taken at the claim. The waiting bootstrap blocks in `read(2)` and
 //! uses no CPU while it waits; what it used to start (python's start and a
-//! few imports, tens of milliseconds) is in that baseline, and also counts
-//! against `RLIMIT_CPU` of the program's process, which inherits the
-//! bootstrap's CPU time across `execve` as on the cold path.
+//! few imports, tens of milliseconds) is in that baseline. The program runs
+//! in the bootstrap's process, so that start also counts against the
+//! program's `RLIMIT_CPU`, as it does on the cold path (where the bootstrap
+//! execs python3 and the CPU time carries across `execve`).
 //!
 //! Pool containers carry the cold path's labels (runtime, owner, job) plus
-//! `dev.pyward.pool` (which runtime's pool): after a crash, the next `DockerRuntime::new` removes
-//! them as orphans. Dropping the runtime removes every container it made.
+//! `dev.pyward.pool` (which runtime's pool): after a crash, the next
+//! `DockerRuntime::new` removes them as orphans. Dropping the runtime
+//! removes every container it made.
 
 use super::usage::CgroupFiles;
 use super::workdir::{self, READY};
@@ -213,6 +218,13 @@ impl DockerWarmRuntime {
             .iter()
             .find(|p| *p.shape == shape)
             .map_or(0, |p| p.ready.len()))
+    }
+
+    /// Containers being started or removed in the background now, all pools together.
+    pub fn in_flight(&self) -> usize {
+        let mut state = self.pools.lock();
+        while state.tasks.try_join_next().is_some() {}
+        state.tasks.len()
     }
 
     fn shape(&self, policy: &SandboxPolicy) -> Result<Shape, RunError> {
@@ -501,5 +513,68 @@ impl Drop for DockerWarmRuntime {
                 drop(docker);
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(id: &str, output: Vec<Result<LogOutput, bollard::errors::Error>>) -> Waiting {
+        let output: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>> =
+            if output.is_empty() {
+                Box::pin(futures_util::stream::pending())
+            } else {
+                Box::pin(futures_util::stream::iter(output))
+            };
+        Waiting {
+            id: id.to_owned(),
+            io: AttachContainerResults {
+                output,
+                input: Box::pin(tokio::io::sink()),
+            },
+        }
+    }
+
+    fn pool() -> Pool {
+        Pool {
+            shape: Arc::new(Shape {
+                body: ContainerCreateBody::default(),
+                platform: "linux/amd64".into(),
+            }),
+            ready: VecDeque::new(),
+            starting: 0,
+            waiters: VecDeque::new(),
+        }
+    }
+
+    #[test]
+    fn a_started_container_goes_to_the_first_call_still_waiting_else_to_the_pool() {
+        let mut pool = pool();
+        let (gone, gave_up) = oneshot::channel();
+        drop(gave_up);
+        let (first, mut first_rx) = oneshot::channel();
+        let (second, mut second_rx) = oneshot::channel();
+        pool.waiters.extend([gone, first, second]);
+        hand_over(&mut pool, waiting("a", vec![]));
+        assert_eq!(first_rx.try_recv().map(|w| w.id).ok().as_deref(), Some("a"));
+        assert!(second_rx.try_recv().is_err(), "one container, one call");
+        assert_eq!(pool.waiters.len(), 1);
+        pool.waiters.clear();
+        hand_over(&mut pool, waiting("b", vec![]));
+        assert_eq!(pool.ready.len(), 1);
+        assert_eq!(pool.ready[0].id, "b");
+    }
+
+    #[test]
+    fn a_container_that_ended_or_wrote_since_ready_is_not_handed_out() {
+        assert!(waiting("quiet", vec![]).is_waiting());
+        let mut ended = waiting("ended", vec![]);
+        ended.io.output = Box::pin(futures_util::stream::empty());
+        assert!(!ended.is_waiting());
+        let wrote = Ok(LogOutput::StdErr {
+            message: "Traceback".into(),
+        });
+        assert!(!waiting("wrote", vec![wrote]).is_waiting());
     }
 }

@@ -28,6 +28,9 @@
 //! it needs, prints `READY` on stdout and blocks on fd 0, where the call's
 //! `warm_payload` brings a header (the same parameters as the cold command's
 //! argv, and the program's environment) ahead of the same bytes as above.
+//! It unpacks and installs the filters the same way, then runs the program
+//! in the interpreter that waited instead of exec'ing a second one, which
+//! saves an interpreter's start (see `bootstrap`).
 
 use super::host_config::WORK_DIR;
 use crate::runtime::{Entrypoint, InputFile, RunError, Submission};
@@ -59,7 +62,8 @@ pub fn warm_cmd() -> Vec<String> {
 /// The bytes a waiting bootstrap reads: a header of ten decimal digits (the
 /// length of the JSON that follows), the JSON `{"argv": [...], "env": {...}}`
 /// (the parameters the cold command carries on its argv, and the program's
-/// whole environment), then what `launch` sends on stdin.
+/// environment, which the bootstrap lays over its own as Docker lays a
+/// container's over the image's), then what `launch` sends on stdin.
 pub fn warm_payload(
     submission: &Submission,
     filters: &[Vec<u8>],
@@ -106,8 +110,14 @@ pub fn launch(submission: &Submission, filters: &[Vec<u8>]) -> Result<Launch, Ru
 
 /// argv[1]: the tar's length; argv[2]: the filters' lengths; argv[3:]: the
 /// program's command line. Reads them from fd 0, unpacks, installs, execs.
+///
 /// With `--wait` alone, imports first, says `READY`, and reads those
-/// parameters and the environment from fd 0 too (see `warm_payload`).
+/// parameters and the environment from fd 0 too (see `warm_payload`); then,
+/// instead of starting a second interpreter, runs the program in its own as
+/// `python3 -s -c CODE` or `python3 -s FILE` would: the call's environment,
+/// a fresh `__main__`, `sys.argv` and `sys.path[0]`, the program's own
+/// traceback, `SystemExit` and `KeyboardInterrupt` as python3 handles them,
+/// and a normal interpreter shutdown (threads joined, atexit, flushes).
 fn bootstrap() -> String {
     let ready = String::from_utf8_lossy(READY).escape_default().to_string();
     format!(
@@ -122,12 +132,13 @@ def take(n):
 env = os.environ
 warm = sys.argv[1:] == ["--wait"]
 if warm:
-    import ctypes, io, json, tarfile
+    import ctypes, io, json, tarfile, types
     os.write(1, b"{ready}")
 try:
     if warm:
         header = json.loads(take(int(take(10))))
-        sys.argv[1:], env = header["argv"], header["env"]
+        sys.argv[1:] = header["argv"]
+        env = dict(os.environ, **header["env"])
     tar = take(int(sys.argv[1]))
     filters = [take(int(n)) for n in sys.argv[2].split(",") if n]
     if tar:
@@ -144,7 +155,37 @@ try:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
 except BaseException as e:
     os.write(2, b"{UNPACK_MESSAGE}: " + repr(e).encode() + b"\n"); os._exit({UNPACK_FAILED})
-os.execve("/usr/bin/python3", sys.argv[3:], env)"#
+if not warm:
+    os.execve("/usr/bin/python3", sys.argv[3:], env)
+del tar, filters
+os.environ.clear(); os.environ.update(env)
+def run(argv):
+    main = types.ModuleType("__main__")
+    main.__builtins__ = __builtins__
+    sys.modules["__main__"] = main
+    if argv[0] == "-c":
+        sys.argv, source, filename = ["-c"] + argv[2:], argv[1], "<string>"
+    else:
+        filename = os.path.join("{WORK_DIR}", argv[0])
+        sys.argv, sys.path[0] = argv, os.path.dirname(filename)
+        main.__file__, main.__cached__ = filename, None
+        with open(filename, "rb") as f: source = f.read()
+    try:
+        exec(compile(source, filename, "exec"), main.__dict__)
+    except SystemExit:
+        raise
+    except BaseException as e:
+        tb = e.__traceback__.tb_next
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
+        if isinstance(e, KeyboardInterrupt):
+            import atexit, signal
+            atexit._run_exitfuncs()
+            for stream in (sys.stdout, sys.stderr):
+                try: stream.flush()
+                except Exception: pass
+            signal.signal(signal.SIGINT, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGINT)
+        sys.exit(1)
+run(sys.argv[5:])"#
     )
 }
 
