@@ -423,3 +423,39 @@ fn without_addresses(text: &str) -> String {
     }
     out + rest
 }
+
+/// More callers than ready containers: some wait for a refill, some run
+/// cold; every call gets a container of its own and the right output.
+#[test]
+fn parallel_calls_each_get_their_own_container() {
+    let Some(warm) = common::docker_warm(2) else {
+        return;
+    };
+    let warm = std::sync::Arc::new(warm);
+    let policy = strict();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, 2);
+    let callers: Vec<_> = (0..4)
+        .map(|caller| {
+            let (warm, policy) = (warm.clone(), policy.clone());
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|call| {
+                        let code = format!("print('{caller}-{call}')\n{WHO_AND_AGE}");
+                        let outcome = warm.run(&policy, &Submission::code(code)).unwrap();
+                        assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+                        let out = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
+                        assert!(out.starts_with(&format!("{caller}-{call}\n")), "{out}");
+                        who_and_age(&outcome).0
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let ids: Vec<String> = callers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 12, "a container ran two calls: {ids:?}");
+}
