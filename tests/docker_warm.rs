@@ -459,3 +459,38 @@ fn parallel_calls_each_get_their_own_container() {
     let distinct: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), 12, "a container ran two calls: {ids:?}");
 }
+
+/// The other architecture's image (under qemu-user) runs warm too: its
+/// bootstrap starts slowly, but before the call.
+#[test]
+fn the_other_architecture_runs_warm_too() {
+    if common::foreign_docker().is_none() {
+        return;
+    }
+    let arch = common::foreign_arch();
+    let warm = DockerWarmRuntime::new(
+        pyward::DockerConfig::for_arch(arch),
+        pyward::DockerWarmConfig {
+            size: 1,
+            ..pyward::DockerWarmConfig::default()
+        },
+    )
+    .unwrap();
+    let policy = strict();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, 1);
+    let code = "import platform, sys; print(platform.machine()); sys.exit(3)";
+    let outcome = warm.run(&policy, &Submission::code(code)).unwrap();
+    assert_eq!(
+        outcome.verdict,
+        Verdict::RuntimeError,
+        "{}",
+        describe(&outcome)
+    );
+    assert_eq!(outcome.exit_code, Some(3));
+    let machine = match arch {
+        pyward::Arch::Arm64 => "aarch64\n",
+        pyward::Arch::Amd64 => "x86_64\n",
+    };
+    assert_eq!(String::from_utf8_lossy(&outcome.stdout.bytes), machine);
+}

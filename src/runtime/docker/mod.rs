@@ -648,10 +648,11 @@ async fn create(
 
 /// The container's exit status, from its `die` event: the daemon sends it
 /// before it cleans the container up (unmounts, network), while the wait
-/// and inspect endpoints answer only after that cleanup, 5 to 20 ms later
-/// here. `since` (a Unix time before the container could end) makes the
-/// daemon replay the event should it come before the subscription. Falls
-/// back to waiting until the container is not running.
+/// endpoint answers only after that cleanup, 5 to 20 ms later here. `since`
+/// (a time before the container could end) makes the daemon replay the
+/// event should it come before the subscription. The wait runs alongside,
+/// and answers should the event be missed (the daemon keeps only its last
+/// 256 events) or the events endpoint fail.
 async fn exit_status(docker: &Docker, id: &str, since: SystemTime) -> Option<i64> {
     let since = since
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -666,21 +667,29 @@ async fn exit_status(docker: &Docker, id: &str, since: SystemTime) -> Option<i64
         .since(&since.to_string())
         .filters(&filters)
         .build();
-    let died = docker.events(Some(options)).next().await;
-    let status = died
-        .and_then(Result::ok)
-        .and_then(|event| event.actor?.attributes?.get("exitCode")?.parse().ok());
-    if status.is_some() {
-        return status;
-    }
+    let died = async {
+        let event = docker.events(Some(options)).next().await?.ok()?;
+        event
+            .actor?
+            .attributes?
+            .get("exitCode")?
+            .parse::<i64>()
+            .ok()
+    };
     let options = WaitContainerOptionsBuilder::default()
         .condition("not-running")
         .build();
-    match docker.wait_container(id, Some(options)).next().await {
-        Some(Ok(response)) if response.error.is_none() => Some(response.status_code),
-        // bollard turns a non-zero status into an error that carries it.
-        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
-        _ => None,
+    let waited = async {
+        match docker.wait_container(id, Some(options)).next().await {
+            Some(Ok(response)) if response.error.is_none() => Some(response.status_code),
+            // bollard turns a non-zero status into an error that carries it.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+            _ => None,
+        }
+    };
+    tokio::select! {
+        Some(status) = died => Some(status),
+        status = waited => status,
     }
 }
 
