@@ -494,3 +494,28 @@ fn the_other_architecture_runs_warm_too() {
     };
     assert_eq!(String::from_utf8_lossy(&outcome.stdout.bytes), machine);
 }
+
+/// A pooled container that ends while it waits (killed from outside here)
+/// is discarded at the claim, and the call runs in another.
+#[test]
+fn a_container_that_died_in_the_pool_is_not_handed_out() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let policy = strict();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, 1);
+    let pooled: Vec<String> = containers(&warm.pool_label()).into_iter().collect();
+    assert_eq!(pooled.len(), 1, "{pooled:?}");
+    let killed = Command::new("docker")
+        .args(["kill", &pooled[0]])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let outcome = warm.run(&policy, &Submission::code(WHO_AND_AGE)).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+    let (id, _) = who_and_age(&outcome);
+    assert_ne!(id, pooled[0], "the dead container ran the call");
+}
