@@ -57,7 +57,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 /// Label on a warm pool's containers, naming the `DockerWarmRuntime` that made them.
-pub const LABEL_POOL: &str = "dev.pyward.pool";
+const LABEL_POOL: &str = "dev.pyward.pool";
 
 /// How long a new container may take to say it is ready (python's start
 /// under qemu-user takes seconds; natively, tens of milliseconds).
