@@ -2,11 +2,11 @@
 //! executor (sync runs) or the job store (async jobs).
 
 use super::error::ApiError;
-use super::wire::{JobJson, PolicyJson, RunRequest, RunResponse};
+use super::wire::{ChunkEvent, JobJson, LaggedEvent, PolicyJson, RunRequest, RunResponse};
 use crate::executor::admission::{Refusal, Tenant};
-use crate::executor::jobs::JobQueue;
+use crate::executor::jobs::{JobQueue, OutputChunk};
 use crate::executor::metrics::{Rejection, RunKind};
-use crate::executor::store::{CancelResult, JobStatus};
+use crate::executor::store::{CancelResult, JobRecord, JobStatus};
 use crate::executor::{ExecError, Executor};
 use crate::policy::SandboxPolicy;
 use crate::runtime::{OutcomeJson, RunError, Submission};
@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// What every handler shares.
 pub struct AppState {
@@ -314,28 +315,26 @@ pub async fn get_job(
         .ok_or_else(|| no_job(&id))
 }
 
-/// DELETE /v1/jobs/{id}: cancel a queued job; a running one cannot be cancelled yet.
+/// DELETE /v1/jobs/{id}: cancel a queued job (200) or a running one (202:
+/// it is `cancelled` now, its sandbox is being killed and the outcome of
+/// what ran is attached when that is done).
 pub async fn delete_job(
     State(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<JobJson>, ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
     let result = state
         .queue
-        .store
-        .cancel(id.clone(), tenant.config.name.clone())
+        .cancel(&id, &tenant.config.name)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     match result {
-        CancelResult::Cancelled(job) => {
-            state.queue.announce(&id, JobStatus::Cancelled);
-            Ok(Json(JobJson::from(&job)))
+        CancelResult::Cancelled(job) => Ok(Json(JobJson::from(&job)).into_response()),
+        CancelResult::Stopping(job) => {
+            tracing::info!(job = %id, "cancelling a running job");
+            Ok((StatusCode::ACCEPTED, Json(JobJson::from(&job))).into_response())
         }
-        CancelResult::NotCancellable(job) if job.status == JobStatus::Running => Err(ApiError::Conflict {
-            code: "cancel_running_unsupported",
-            message: "the job is already running; cancelling a running job is not supported yet (it ends at its wall-time limit)".into(),
-        }),
         CancelResult::NotCancellable(job) => Err(ApiError::Conflict {
             code: "job_finished",
             message: format!("the job is already {}", job.status.as_str()),
@@ -344,70 +343,36 @@ pub async fn delete_job(
     }
 }
 
-/// GET /v1/jobs/{id}/events: `status` on each state change, then `outcome` (or `error`).
+/// GET /v1/jobs/{id}/events: `status` on each state change; while the job
+/// runs, `stdout` and `stderr` chunks from the time the stream saw it running
+/// (and `lagged` when this client fell behind); then `outcome` (or `error`).
 pub async fn job_events(
     State(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
-    let mut changes = state.queue.events.subscribe();
-    let store = state.queue.store.clone();
+    let changes = state.queue.events.subscribe();
     let tenant_name = tenant.config.name.clone();
-    if store
+    let first = state
+        .queue
+        .store
         .get(id.clone(), tenant_name.clone())
         .await
-        .map_err(|e| ApiError::internal(&e))?
-        .is_none()
-    {
+        .map_err(|e| ApiError::internal(&e))?;
+    if first.is_none() {
         return Err(no_job(&id));
     }
     let (tx, rx) = mpsc::channel::<Event>(8);
-    let mut shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let Ok(Some(job)) = store.get(id.clone(), tenant_name.clone()).await else {
-                return;
-            };
-            if last != Some(job.status) {
-                last = Some(job.status);
-                let event = Event::default()
-                    .event("status")
-                    .json_data(job.status.event(&job.id));
-                if tx.send(event.unwrap_or_default()).await.is_err() {
-                    return;
-                }
-            }
-            if job.status.is_terminal() {
-                let final_event = match (&job.outcome, &job.error) {
-                    (Some(outcome), _) => Event::default().event("outcome").data(outcome.as_str()),
-                    (None, Some((code, message))) => Event::default()
-                        .event("error")
-                        .json_data(serde_json::json!({"code": code, "message": message}))
-                        .unwrap_or_default(),
-                    (None, None) => return,
-                };
-                let _ = tx.send(final_event).await;
-                return;
-            }
-            // Wait for a change to this job; a lagging receiver or a quiet second just re-reads.
-            let wait_for_change = async {
-                loop {
-                    match changes.recv().await {
-                        Ok(event) if event.id == id => return,
-                        Ok(_) => {}
-                        Err(_) => return,
-                    }
-                }
-            };
-            tokio::select! {
-                () = wait_for_change => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    });
+    let follow = FollowJob {
+        queue: state.queue.clone(),
+        id,
+        tenant: tenant_name,
+        changes,
+        output: None,
+        tx,
+    };
+    tokio::spawn(follow.run(state.shutdown.clone()));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -416,6 +381,138 @@ pub async fn job_events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The task behind one event stream: it follows one job until it is
+/// terminal, or the client leaves, or the server shuts down.
+struct FollowJob {
+    queue: Arc<JobQueue>,
+    id: String,
+    tenant: String,
+    /// Every job's state changes (subscribed before the first read).
+    changes: broadcast::Receiver<crate::executor::jobs::JobEvent>,
+    /// The job's output, once the job was seen running.
+    output: Option<broadcast::Receiver<OutputChunk>>,
+    tx: mpsc::Sender<Event>,
+}
+
+/// The client has gone: stop following.
+struct Gone;
+
+impl FollowJob {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut last = None;
+        loop {
+            let Ok(Some(job)) = self
+                .queue
+                .store
+                .get(self.id.clone(), self.tenant.clone())
+                .await
+            else {
+                return;
+            };
+            if job.status == JobStatus::Running && self.output.is_none() {
+                self.output = self.queue.subscribe_output(&self.id);
+            }
+            if last != Some(job.status) {
+                last = Some(job.status);
+                let event = Event::default()
+                    .event("status")
+                    .json_data(job.status.event(&job.id));
+                if self.send(event.unwrap_or_default()).await.is_err() {
+                    return;
+                }
+            }
+            // A job cancelled while it ran is terminal before its run has
+            // ended: follow its last output until the worker lets go of it.
+            let run_over = job.outcome.is_some() || !self.queue.is_live(&self.id);
+            if job.status.is_terminal() && run_over {
+                let _ = self.finish(&job).await;
+                return;
+            }
+            // Wait for a change to this job or a chunk; a lagging change
+            // receiver or a quiet second just re-reads.
+            tokio::select! {
+                () = wait_for_change(&mut self.changes, &self.id) => {}
+                chunk = next_chunk(&mut self.output) => {
+                    if self.forward(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Sends the output still buffered (all of it was produced before the
+    /// result was stored), then the outcome or the error.
+    async fn finish(&mut self, job: &JobRecord) -> Result<(), Gone> {
+        while let Some(receiver) = &mut self.output {
+            let chunk = match receiver.try_recv() {
+                Ok(chunk) => Ok(chunk),
+                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            };
+            self.forward(chunk).await?;
+        }
+        let final_event = match (&job.outcome, &job.error) {
+            (Some(outcome), _) => Event::default().event("outcome").data(outcome.as_str()),
+            (None, Some((code, message))) => Event::default()
+                .event("error")
+                .json_data(serde_json::json!({"code": code, "message": message}))
+                .unwrap_or_default(),
+            (None, None) => return Ok(()),
+        };
+        self.send(final_event).await
+    }
+
+    /// Sends a chunk as a `stdout` or `stderr` event, or says how many were lost.
+    async fn forward(&mut self, chunk: Result<OutputChunk, RecvError>) -> Result<(), Gone> {
+        let event = match chunk {
+            Ok(chunk) => Event::default()
+                .event(chunk.stream.as_str())
+                .json_data(ChunkEvent::new(&chunk.bytes)),
+            Err(RecvError::Lagged(missed)) => {
+                Event::default().event("lagged").json_data(LaggedEvent {
+                    missed_chunks: missed,
+                })
+            }
+            Err(RecvError::Closed) => {
+                self.output = None;
+                return Ok(());
+            }
+        };
+        self.send(event.unwrap_or_default()).await
+    }
+
+    async fn send(&self, event: Event) -> Result<(), Gone> {
+        self.tx.send(event).await.map_err(|_| Gone)
+    }
+}
+
+/// Returns once job `id` changed state (or changes were missed).
+async fn wait_for_change(
+    changes: &mut broadcast::Receiver<crate::executor::jobs::JobEvent>,
+    id: &str,
+) {
+    loop {
+        match changes.recv().await {
+            Ok(event) if event.id == id => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The next chunk of output; never, when there is no output to follow.
+async fn next_chunk(
+    output: &mut Option<broadcast::Receiver<OutputChunk>>,
+) -> Result<OutputChunk, RecvError> {
+    match output {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// GET /v1/policies: the policies this tenant may use.

@@ -144,6 +144,7 @@ async fn serve_async(
         events: broadcast::channel(1024).0,
         wake: Notify::new(),
         prepare: handlers::prepare(policies.clone(), admission),
+        live: Default::default(),
     });
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -6,7 +6,9 @@
 
 use crate::executor::store::{JobRecord, JobStatus};
 use crate::policy::{ByteSize, LimitOverrides, parse_duration};
-use crate::runtime::{Entrypoint, InputFile, OutcomeJson, Submission};
+use crate::runtime::{
+    Entrypoint, InputFile, OutcomeJson, StreamEncoding, Submission, encode_stream,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -235,6 +237,34 @@ impl JobStatus {
     }
 }
 
+/// The data of a `stdout` or `stderr` server-sent event: one chunk of a
+/// running job's output, encoded as the outcome encodes a stream. Each chunk
+/// is encoded on its own: one that is not valid UTF-8 by itself (a character
+/// split between two chunks) is base64.
+#[derive(Debug, Serialize)]
+pub struct ChunkEvent {
+    /// The chunk, as `encoding` says.
+    pub data: String,
+    /// `utf-8` or `base64`.
+    pub encoding: StreamEncoding,
+}
+
+impl ChunkEvent {
+    /// The event data for `bytes`.
+    pub fn new(bytes: &[u8]) -> ChunkEvent {
+        let (data, encoding) = encode_stream(bytes);
+        ChunkEvent { data, encoding }
+    }
+}
+
+/// The data of a `lagged` server-sent event: the client read too slowly and
+/// this many chunks of output were dropped for it (the outcome has them all).
+#[derive(Debug, Serialize)]
+pub struct LaggedEvent {
+    /// How many chunks were dropped.
+    pub missed_chunks: u64,
+}
+
 /// One entry of GET /v1/policies.
 #[derive(Debug, Serialize)]
 pub struct PolicyJson {
@@ -268,6 +298,21 @@ mod tests {
         let s = parse(r#"{"files":[{"path":"m.py","base64":"cHJpbnQoMik="}],"entrypoint":"m.py","stdin_base64":"/w=="}"#).unwrap();
         assert_eq!(s.files[0].contents, b"print(2)");
         assert_eq!(s.stdin, [0xff]);
+    }
+
+    #[test]
+    fn chunks_are_text_when_utf8_and_base64_otherwise() {
+        let text = serde_json::to_value(ChunkEvent::new("héllo\n".as_bytes())).unwrap();
+        assert_eq!(
+            text,
+            serde_json::json!({"data": "héllo\n", "encoding": "utf-8"})
+        );
+        // The first byte of "é" alone, as when a character is split between chunks.
+        let split = serde_json::to_value(ChunkEvent::new(&[b'h', 0xc3])).unwrap();
+        assert_eq!(
+            split,
+            serde_json::json!({"data": "aMM=", "encoding": "base64"})
+        );
     }
 
     #[test]

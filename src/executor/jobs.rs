@@ -1,6 +1,9 @@
 //! Job workers: take queued jobs from the store, run them through the
 //! executor on the blocking pool, store the outcome, and announce each state
-//! change. Also the purger that drops results older than the retention time.
+//! change. While a job runs, its output goes out on a bounded per-job
+//! broadcast ([`JobQueue::subscribe_output`]) and a cancel token can stop it
+//! ([`JobQueue::cancel`]). Also the purger that drops results older than the
+//! retention time.
 //!
 //! How a stored request becomes a policy and a submission is the front end's
 //! business: it hands the workers a [`Prepare`] function.
@@ -8,10 +11,11 @@
 use super::Executor;
 use super::admission::{Admission, TenantSlot};
 use super::metrics::{Metrics, RunKind};
-use super::store::{JobRecord, JobStatus, JobStore, now_ms};
+use super::store::{CancelResult, JobRecord, JobStatus, JobStore, StoreError, now_ms};
 use crate::policy::SandboxPolicy;
-use crate::runtime::{RunError, Submission};
-use std::sync::Arc;
+use crate::runtime::{CancelToken, RunError, RunWatch, Stream, Submission};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, watch};
 use tokio::task::JoinHandle;
@@ -53,6 +57,83 @@ pub struct JobQueue {
     pub wake: Notify,
     /// Decodes stored requests.
     pub prepare: Prepare,
+    /// The output channel and cancel token of each job a worker holds.
+    pub live: LiveJobs,
+}
+
+/// A chunk of a running job's output, as its run produced it.
+#[derive(Debug, Clone)]
+pub struct OutputChunk {
+    /// stdout or stderr.
+    pub stream: Stream,
+    /// The bytes, in order after the stream's previous chunk; never past the output cap.
+    pub bytes: Arc<[u8]>,
+}
+
+/// How many chunks a subscriber may fall behind before it loses the oldest
+/// (it is told how many, as `RecvError::Lagged`). The run never waits for a
+/// subscriber, and a job's channel holds at most this many chunks.
+pub const OUTPUT_BACKLOG: usize = 256;
+
+/// What the server holds for a job that a worker has taken: its output
+/// channel and its cancel token.
+struct Live {
+    output: broadcast::Sender<OutputChunk>,
+    cancel: CancelToken,
+}
+
+impl Live {
+    fn new() -> Live {
+        Live {
+            output: broadcast::channel(OUTPUT_BACKLOG).0,
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+/// The jobs workers hold, by id: from just after a worker takes one (or a
+/// cancel comes for one just taken) until its result is stored.
+#[derive(Default)]
+pub struct LiveJobs(Mutex<HashMap<String, Live>>);
+
+impl LiveJobs {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Live>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The job's output sender and cancel token, made now unless a cancel came first.
+    fn start(&self, id: &str) -> (broadcast::Sender<OutputChunk>, CancelToken) {
+        let mut live = self.lock();
+        let entry = live.entry(id.to_owned()).or_insert_with(Live::new);
+        (entry.output.clone(), entry.cancel.clone())
+    }
+
+    /// Cancels the job's run; a job a worker has taken but not started yet
+    /// gets a cancelled token to find when it starts.
+    fn cancel(&self, id: &str) {
+        let token = self
+            .lock()
+            .entry(id.to_owned())
+            .or_insert_with(Live::new)
+            .cancel
+            .clone();
+        token.cancel();
+    }
+
+    /// Forgets the job: its subscribers get what is left, then the end.
+    fn finish(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<OutputChunk>> {
+        self.lock().get(id).map(|live| live.output.subscribe())
+    }
 }
 
 /// How long an idle worker sleeps before looking at the queue again even
@@ -64,6 +145,37 @@ impl JobQueue {
     pub fn announce(&self, id: &str, status: JobStatus) {
         tracing::debug!(job = %id, status = status.as_str(), "job state changed");
         let _ = self.events.send(JobEvent { id: id.to_owned() });
+    }
+
+    /// The output of job `id` from now on, while a worker runs it (`None`
+    /// otherwise). Chunks come in order per stream; a receiver that falls
+    /// more than [`OUTPUT_BACKLOG`] chunks behind loses the oldest and is
+    /// told so. The channel closes once the job's result is stored. The
+    /// caller checks that the job belongs to the tenant asking.
+    pub fn subscribe_output(&self, id: &str) -> Option<broadcast::Receiver<OutputChunk>> {
+        self.live.subscribe(id)
+    }
+
+    /// True while a worker holds job `id`: its result is not stored yet.
+    pub fn is_live(&self, id: &str) -> bool {
+        self.live.contains(id)
+    }
+
+    /// Cancels job `id` of `tenant`: a queued job never runs; a running one
+    /// is `cancelled` in the store first (durably: no crash or racing end
+    /// makes it `finished` or runs it again), then its sandbox is killed and
+    /// the outcome of what ran is attached when the run ends.
+    pub async fn cancel(&self, id: &str, tenant: &str) -> Result<CancelResult, StoreError> {
+        let result = self.store.cancel(id.to_owned(), tenant.to_owned()).await?;
+        match &result {
+            CancelResult::Cancelled(_) => self.announce(id, JobStatus::Cancelled),
+            CancelResult::Stopping(_) => {
+                self.live.cancel(id);
+                self.announce(id, JobStatus::Cancelled);
+            }
+            CancelResult::NotCancellable(_) | CancelResult::NotFound => {}
+        }
+        Ok(result)
     }
 
     /// Starts `count` workers; they stop taking jobs once `shutdown` turns true
@@ -119,13 +231,17 @@ impl JobQueue {
             // A tenant no longer configured cannot run; one at its cap since the query waits.
             None if self.admission.tenant(&job.tenant).is_none() => {
                 let message = format!("tenant {:?} is no longer configured", job.tenant);
-                self.fail(&job.id, "unknown_tenant", message).await;
+                let status = self.fail(&job.id, "unknown_tenant", message).await;
+                // A cancel that came meanwhile may have left a token.
+                self.live.finish(&job.id);
+                self.announce(&job.id, status);
                 None
             }
             None => {
                 if let Err(e) = self.store.unclaim(job.id.clone()).await {
                     tracing::error!(job = %job.id, error = %e, "cannot put a job back in the queue");
                 }
+                self.live.finish(&job.id);
                 None
             }
         }
@@ -134,11 +250,27 @@ impl JobQueue {
     async fn run(&self, job: JobRecord, permit: OwnedSemaphorePermit, slot: TenantSlot) {
         let span = tracing::info_span!("job", id = %job.id, tenant = %job.tenant, trace_id = %job.trace_id);
         async move {
+            let (output, cancel) = self.live.start(&job.id);
             self.announce(&job.id, JobStatus::Running);
-            match (self.prepare)(&job) {
-                Ok((policy, submission)) => self.execute(&job.id, policy, submission).await,
+            let prepared = (self.prepare)(&job);
+            let status = match prepared {
+                // A cancel came between the claim and now: nothing to run.
+                _ if cancel.is_cancelled() => JobStatus::Cancelled,
+                Ok((policy, submission)) => {
+                    let watch = RunWatch::new()
+                        .on_output(move |stream, bytes| {
+                            // Nobody listening is fine; a full channel drops its oldest chunk.
+                            let bytes = Arc::from(bytes);
+                            let _ = output.send(OutputChunk { stream, bytes });
+                        })
+                        .cancel_with(cancel);
+                    self.execute(&job.id, policy, submission, watch).await
+                }
                 Err(failure) => self.fail(&job.id, failure.code, failure.message).await,
-            }
+            };
+            // Subscribers see the end of the output before the final state.
+            self.live.finish(&job.id);
+            self.announce(&job.id, status);
             drop((permit, slot));
             self.wake.notify_one();
         }
@@ -146,30 +278,45 @@ impl JobQueue {
         .await;
     }
 
-    async fn execute(&self, id: &str, policy: SandboxPolicy, submission: Submission) {
+    /// Runs the job and stores its result; returns the job's new status.
+    async fn execute(
+        &self,
+        id: &str,
+        policy: SandboxPolicy,
+        submission: Submission,
+        watch: RunWatch,
+    ) -> JobStatus {
         let executor = self.executor.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || executor.run(&policy, &submission)).await;
+        let result =
+            tokio::task::spawn_blocking(move || executor.run_watched(&policy, &submission, &watch))
+                .await;
         match result {
             Ok(Ok(outcome)) => {
                 self.metrics
                     .record(RunKind::Job, outcome.verdict, started.elapsed());
-                tracing::info!(verdict = %outcome.verdict, "job finished");
                 match self.store.finish(id.to_owned(), outcome.to_json()).await {
-                    Ok(()) => self.announce(id, JobStatus::Finished),
-                    Err(e) => tracing::error!(error = %e, "cannot store a job's outcome"),
+                    Ok(Some(status)) => {
+                        tracing::info!(verdict = %outcome.verdict, status = status.as_str(), "job ended");
+                        status
+                    }
+                    Ok(None) => JobStatus::Failed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot store a job's outcome");
+                        JobStatus::Running
+                    }
                 }
             }
             Ok(Err(super::ExecError::Policy(e))) => {
-                self.fail(id, "invalid_request", e.to_string()).await;
+                self.fail(id, "invalid_request", e.to_string()).await
             }
             Ok(Err(super::ExecError::Run(RunError::InvalidSubmission(e)))) => {
-                self.fail(id, "invalid_submission", e).await;
+                self.fail(id, "invalid_submission", e).await
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "the runtime could not start a job");
                 let message = "the runtime could not start the run (see the server log)";
-                self.fail(id, "run_failed", message.to_owned()).await;
+                self.fail(id, "run_failed", message.to_owned()).await
             }
             Err(e) => {
                 tracing::error!(error = %e, "a job's run panicked");
@@ -178,19 +325,25 @@ impl JobQueue {
                     "internal",
                     "the run failed inside the server".to_owned(),
                 )
-                .await;
+                .await
             }
         }
     }
 
-    async fn fail(&self, id: &str, code: &str, message: String) {
+    /// Marks a running job failed; returns its status (`cancelled` when a
+    /// cancel came first, which the store keeps).
+    async fn fail(&self, id: &str, code: &str, message: String) -> JobStatus {
         match self
             .store
             .fail(id.to_owned(), code.to_owned(), message)
             .await
         {
-            Ok(()) => self.announce(id, JobStatus::Failed),
-            Err(e) => tracing::error!(job = %id, error = %e, "cannot mark a job failed"),
+            Ok(true) => JobStatus::Failed,
+            Ok(false) => JobStatus::Cancelled,
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "cannot mark a job failed");
+                JobStatus::Running
+            }
         }
     }
 

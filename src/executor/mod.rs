@@ -14,7 +14,7 @@ pub(crate) mod metrics;
 pub(crate) mod store;
 
 use crate::policy::{PolicyError, SandboxPolicy};
-use crate::runtime::{Outcome, RunError, Runtime, Submission};
+use crate::runtime::{Outcome, RunError, RunWatch, Runtime, Submission};
 
 /// Why the executor refused or could not start a run.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +67,20 @@ impl Executor {
         policy: &SandboxPolicy,
         submission: &Submission,
     ) -> Result<Outcome, ExecError> {
+        self.run_watched(policy, submission, &RunWatch::default())
+    }
+
+    /// [`Executor::run`], with `watch` seeing the output as it comes and
+    /// able to cancel the run (see [`Runtime::run_watched`]).
+    pub fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, ExecError> {
         let policy = Executor::resolve_policy(policy, submission)?;
         tracing::debug!(policy = %policy.name, runtime = self.runtime.name(), "starting run");
-        let outcome = self.runtime.run(&policy, submission)?;
+        let outcome = self.runtime.run_watched(&policy, submission, watch)?;
         tracing::debug!(verdict = %outcome.verdict, "run finished");
         Ok(outcome)
     }
@@ -90,7 +101,12 @@ mod tests {
             "recorder"
         }
 
-        fn run(&self, policy: &SandboxPolicy, _: &Submission) -> Result<Outcome, RunError> {
+        fn run_watched(
+            &self,
+            policy: &SandboxPolicy,
+            _: &Submission,
+            _: &RunWatch,
+        ) -> Result<Outcome, RunError> {
             self.0.lock().unwrap().push(policy.clone());
             Ok(Outcome {
                 verdict: Verdict::Ok,

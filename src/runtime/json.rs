@@ -93,7 +93,7 @@ pub enum OutcomeJsonError {
 }
 
 /// Encodes bytes as text when they are UTF-8, as base64 otherwise: never lossy.
-fn encode_stream(bytes: &[u8]) -> (String, StreamEncoding) {
+pub(crate) fn encode_stream(bytes: &[u8]) -> (String, StreamEncoding) {
     match std::str::from_utf8(bytes) {
         Ok(text) => (text.to_owned(), StreamEncoding::Utf8),
         Err(_) => (BASE64.encode(bytes), StreamEncoding::Base64),
