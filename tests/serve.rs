@@ -1,13 +1,15 @@
 //! `pyward serve` end to end: the real binary on a free loopback port with a
 //! temporary database, driven by a minimal HTTP/1.1 client. Auth and
 //! admission (401, 403, 429), malformed bodies, sync runs and a limit
-//! verdict, jobs and their events, metrics, graceful shutdown, and a SIGKILL
-//! while jobs are queued and running.
+//! verdict, jobs and their events (output streamed while the job runs),
+//! cancelling queued and running jobs, metrics, graceful shutdown, and a
+//! SIGKILL while jobs are queued and running.
 
 mod common;
 
+use base64::Engine as _;
 use serde_json::Value;
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -147,6 +149,36 @@ impl Server {
         Response::parse(&raw)
     }
 
+    /// Opens GET /v1/jobs/{id}/events and returns its events as they come.
+    fn events(&self, id: &str) -> Events {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let head = format!(
+            "GET /v1/jobs/{id}/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        );
+        (&stream).write_all(head.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        let mut chunked = false;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            chunked |= line.to_ascii_lowercase() == "transfer-encoding: chunked\r\n";
+        }
+        Events {
+            reader,
+            chunked,
+            pending: String::new(),
+        }
+    }
+
     fn post(&self, path: &str, body: &str) -> Response {
         self.request("POST", path, &[], body.as_bytes())
     }
@@ -179,6 +211,108 @@ impl Drop for Server {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// A server-sent event stream read as it comes (HTTP/1.1, chunked or not).
+struct Events {
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+    /// Text received but not yet split into events.
+    pending: String,
+}
+
+/// One server-sent event: its type and its data.
+#[derive(Debug)]
+struct Sse {
+    kind: String,
+    data: String,
+}
+
+impl Sse {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    /// The bytes of a `stdout` or `stderr` event.
+    fn chunk_bytes(&self) -> Vec<u8> {
+        let data = self.json();
+        let text = data["data"].as_str().unwrap();
+        match data["encoding"].as_str().unwrap() {
+            "utf-8" => text.as_bytes().to_vec(),
+            "base64" => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .unwrap(),
+            other => panic!("unknown encoding {other}"),
+        }
+    }
+}
+
+impl Events {
+    /// The next event, or None when the server ended the stream.
+    fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut event = Sse {
+                    kind: "message".into(),
+                    data: String::new(),
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(kind) = line.strip_prefix("event:") {
+                        event.kind = kind.trim().to_owned();
+                    } else if let Some(data) = line.strip_prefix("data:") {
+                        if has_data {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(data.strip_prefix(' ').unwrap_or(data));
+                        has_data = true;
+                    }
+                }
+                if has_data {
+                    return Some(event);
+                }
+                continue; // a keep-alive comment
+            }
+            let more = self.read_more()?;
+            self.pending.push_str(&more);
+        }
+    }
+
+    fn read_more(&mut self) -> Option<String> {
+        let mut bytes = Vec::new();
+        if self.chunked {
+            let mut size = String::new();
+            self.reader.read_line(&mut size).ok()?;
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            if size == 0 {
+                return None;
+            }
+            bytes.resize(size + 2, 0);
+            self.reader.read_exact(&mut bytes).ok()?;
+            bytes.truncate(size);
+        } else {
+            let mut buf = [0u8; 4096];
+            let n = self.reader.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        Some(String::from_utf8(bytes).unwrap())
+    }
+
+    /// Reads events until one of `kind`; returns it and the events before it.
+    fn until(&mut self, kind: &str) -> (Sse, Vec<Sse>) {
+        let mut before = Vec::new();
+        loop {
+            match self.next() {
+                Some(event) if event.kind == kind => return (event, before),
+                Some(event) => before.push(event),
+                None => panic!("the stream ended before an event {kind:?}: {before:?}"),
+            }
         }
     }
 }
@@ -458,7 +592,7 @@ fn submit(server: &Server, code: &str) -> String {
 }
 
 #[test]
-fn jobs_run_stream_events_and_cancel_only_while_queued() {
+fn jobs_run_stream_events_and_a_queued_job_is_cancelled() {
     if !can_serve() {
         return;
     }
@@ -471,9 +605,8 @@ fn jobs_run_stream_events_and_cancel_only_while_queued() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let cancelled = server.request("DELETE", &format!("/v1/jobs/{queued}"), &[], b"");
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
     assert_eq!(cancelled.json()["status"], "cancelled");
-    let busy = server.request("DELETE", &format!("/v1/jobs/{running}"), &[], b"");
-    assert_eq!(busy.error(409), "cancel_running_unsupported");
 
     let events = server.get(&format!("/v1/jobs/{running}/events"));
     assert_eq!(events.status, 200);
@@ -511,6 +644,129 @@ fn jobs_run_stream_events_and_cancel_only_while_queued() {
     );
     let done = server.request("DELETE", &format!("/v1/jobs/{running}"), &[], b"");
     assert_eq!(done.error(409), "job_finished");
+}
+
+/// Host processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == std::process::id().to_string() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            found.push(name);
+        }
+    }
+    found
+}
+
+#[test]
+fn output_streams_while_the_job_runs_and_cancel_kills_its_sandbox() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start("max_running = 1\n");
+    // The program re-executes itself with a marker in its command line, to
+    // find its process on the host; it prints, then sleeps past the strict
+    // policy's 10 s wall time (a cancel that did nothing ends as `timeout`).
+    let marker = format!("pyward-serve-cancel-{}", std::process::id());
+    let program = "import time\nprint('first', flush=True)\ntime.sleep(30)\nprint('never')\n";
+    let code = format!(
+        "import os, sys\nos.execv(sys.executable, [sys.executable, '-c', {program:?}, {marker:?}])\n"
+    );
+    let id = submit(&server, &code);
+    let mut events = server.events(&id);
+    let (chunk, before) = events.until("stdout");
+    assert_eq!(
+        chunk.json(),
+        serde_json::json!({"data": "first\n", "encoding": "utf-8"})
+    );
+    assert!(
+        before
+            .iter()
+            .any(|e| e.data.contains(r#""status":"running""#)),
+        "{before:?}"
+    );
+    // Live: the job is still running, its program asleep.
+    let job = server.get(&format!("/v1/jobs/{id}")).json();
+    assert_eq!(job["status"], "running", "{job}");
+    assert_eq!(processes_with(&marker).len(), 1, "the program runs");
+
+    let cancel = server.request("DELETE", &format!("/v1/jobs/{id}"), &[], b"");
+    assert_eq!(cancel.status, 202, "{}", cancel.body);
+    assert_eq!(cancel.json()["status"], "cancelled");
+    let (outcome, before) = events.until("outcome");
+    assert!(
+        before
+            .iter()
+            .any(|e| e.data.contains(r#""status":"cancelled""#)),
+        "{before:?}"
+    );
+    let outcome = outcome.json();
+    assert_eq!(
+        (
+            &outcome["verdict"],
+            &outcome["signal_name"],
+            &outcome["message"]
+        ),
+        (
+            &Value::from("signaled"),
+            &Value::from("SIGKILL"),
+            &Value::from("cancelled by the client; the sandbox was killed")
+        ),
+        "{outcome}"
+    );
+    assert_eq!(outcome["stdout"], "first\n");
+    assert!(events.next().is_none(), "the stream ends after the outcome");
+
+    let job = server.wait_job(&id, Duration::from_secs(1));
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["outcome"], outcome);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox outlived the cancel: {:?}",
+            processes_with(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = server.request("DELETE", &format!("/v1/jobs/{id}"), &[], b"");
+    assert_eq!(again.error(409), "job_finished");
+    // The next job runs: the cancel freed the worker.
+    let next = submit(&server, "print('next')");
+    let job = server.wait_job(&next, Duration::from_secs(10));
+    assert_eq!(job["outcome"]["stdout"], "next\n", "{job}");
+}
+
+#[test]
+fn streamed_chunks_stop_at_the_output_cap() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start("max_running = 1\n");
+    // The program waits a moment before writing, so that the stream is
+    // following it from its first byte.
+    let code = "import sys, time\ntime.sleep(0.5)\n\
+                for _ in range(40):\n    sys.stdout.write('y' * 100); sys.stdout.flush()\n";
+    let body = serde_json::json!({"code": code, "limits": {"output": "1KiB"}});
+    let response = server.post("/v1/jobs", &body.to_string());
+    assert_eq!(response.status, 202, "{}", response.body);
+    let id = response.json()["id"].as_str().unwrap().to_owned();
+    let mut events = server.events(&id);
+    let (outcome, before) = events.until("outcome");
+    let outcome = outcome.json();
+    assert_eq!(outcome["verdict"], "output_limit", "{outcome}");
+    let streamed: Vec<u8> = before
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .flat_map(Sse::chunk_bytes)
+        .collect();
+    assert_eq!(streamed.len(), 1024, "{before:?}");
+    assert_eq!(streamed, vec![b'y'; 1024]);
+    assert_eq!(outcome["stdout"].as_str().unwrap().as_bytes(), streamed);
 }
 
 #[test]
