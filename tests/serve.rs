@@ -170,7 +170,7 @@ impl Server {
             if line == "\r\n" {
                 break;
             }
-            chunked |= line.to_ascii_lowercase() == "transfer-encoding: chunked\r\n";
+            chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked\r\n");
         }
         Events {
             reader,
