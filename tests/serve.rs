@@ -678,16 +678,19 @@ fn output_streams_while_the_job_runs_and_cancel_kills_its_sandbox() {
     );
     let id = submit(&server, &code);
     let mut events = server.events(&id);
-    let (chunk, before) = events.until("stdout");
-    assert_eq!(
-        chunk.json(),
-        serde_json::json!({"data": "first\n", "encoding": "utf-8"})
-    );
+    // The line may come in pieces (the sandbox's Python is unbuffered).
+    let mut streamed = Vec::new();
+    let mut statuses = Vec::new();
+    while streamed != b"first\n" {
+        let (chunk, before) = events.until("stdout");
+        assert_eq!(chunk.json()["encoding"], "utf-8");
+        streamed.extend(chunk.chunk_bytes());
+        assert!(b"first\n".starts_with(&streamed), "{streamed:?}");
+        statuses.extend(before.into_iter().map(|e| e.data));
+    }
     assert!(
-        before
-            .iter()
-            .any(|e| e.data.contains(r#""status":"running""#)),
-        "{before:?}"
+        statuses.iter().any(|s| s.contains(r#""status":"running""#)),
+        "{statuses:?}"
     );
     // Live: the job is still running, its program asleep.
     let job = server.get(&format!("/v1/jobs/{id}")).json();
@@ -765,6 +768,13 @@ fn streamed_chunks_stop_at_the_output_cap() {
         .flat_map(Sse::chunk_bytes)
         .collect();
     assert_eq!(streamed.len(), 1024, "{before:?}");
+    // All of the output comes before the final status.
+    let last_chunk = before.iter().rposition(|e| e.kind == "stdout").unwrap();
+    let finished = before
+        .iter()
+        .position(|e| e.data.contains(r#""status":"finished""#))
+        .unwrap();
+    assert!(last_chunk < finished, "{before:?}");
     assert_eq!(streamed, vec![b'y'; 1024]);
     assert_eq!(outcome["stdout"].as_str().unwrap().as_bytes(), streamed);
 }

@@ -170,14 +170,35 @@ type JobError struct {
 func (e *JobError) Error() string { return "pyward: job failed: " + e.Code + ": " + e.Message }
 
 // Event is one server-sent event of GET /v1/jobs/{id}/events. Type is
-// "status", "outcome" or "error"; the matching field is set. Data is the
+// "status", "stdout", "stderr", "lagged", "outcome" or "error"; the
+// matching field is set (Chunk for both "stdout" and "stderr"). Data is the
 // raw JSON, for event types this client does not know.
 type Event struct {
 	Type    string
 	Status  *StatusEvent
+	Chunk   *Chunk
+	Lagged  *LaggedEvent
 	Outcome *Outcome
 	Error   *JobError
 	Data    []byte
+}
+
+// Chunk is the data of a "stdout" or "stderr" event: a piece of a running
+// job's output, in order after the stream's previous chunk. The chunks a
+// client sees start when its stream saw the job running; the outcome holds
+// the whole output.
+type Chunk struct {
+	Data     string `json:"data"`
+	Encoding string `json:"encoding"`
+}
+
+// Bytes is the chunk's exact bytes (Data is base64 when they are not UTF-8).
+func (c *Chunk) Bytes() ([]byte, error) { return decodeStream(c.Data, c.Encoding) }
+
+// LaggedEvent is the data of a "lagged" event: the client read too slowly
+// and the server dropped this many chunks for it (the outcome has them).
+type LaggedEvent struct {
+	MissedChunks int64 `json:"missed_chunks"`
 }
 
 // StatusEvent is the data of a "status" event.

@@ -414,6 +414,13 @@ impl FollowJob {
             if job.status == JobStatus::Running && self.output.is_none() {
                 self.output = self.queue.subscribe_output(&self.id);
             }
+            // A job cancelled while it ran is terminal before its run has
+            // ended: its status goes out at once, then its last output.
+            let run_over = job.outcome.is_some() || !self.queue.is_live(&self.id);
+            let done = job.status.is_terminal() && run_over;
+            if done && self.drain().await.is_err() {
+                return;
+            }
             if last != Some(job.status) {
                 last = Some(job.status);
                 let event = Event::default()
@@ -423,10 +430,7 @@ impl FollowJob {
                     return;
                 }
             }
-            // A job cancelled while it ran is terminal before its run has
-            // ended: follow its last output until the worker lets go of it.
-            let run_over = job.outcome.is_some() || !self.queue.is_live(&self.id);
-            if job.status.is_terminal() && run_over {
+            if done {
                 let _ = self.finish(&job).await;
                 return;
             }
@@ -445,9 +449,9 @@ impl FollowJob {
         }
     }
 
-    /// Sends the output still buffered (all of it was produced before the
-    /// result was stored), then the outcome or the error.
-    async fn finish(&mut self, job: &JobRecord) -> Result<(), Gone> {
+    /// Sends the output still buffered: all of it, since the run produced
+    /// it before its result was stored.
+    async fn drain(&mut self) -> Result<(), Gone> {
         while let Some(receiver) = &mut self.output {
             let chunk = match receiver.try_recv() {
                 Ok(chunk) => Ok(chunk),
@@ -456,6 +460,12 @@ impl FollowJob {
             };
             self.forward(chunk).await?;
         }
+        self.output = None;
+        Ok(())
+    }
+
+    /// Sends the outcome or the error of a terminal job.
+    async fn finish(&self, job: &JobRecord) -> Result<(), Gone> {
         let final_event = match (&job.outcome, &job.error) {
             (Some(outcome), _) => Event::default().event("outcome").data(outcome.as_str()),
             (None, Some((code, message))) => Event::default()
