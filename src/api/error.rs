@@ -44,7 +44,7 @@ pub enum ApiError {
     /// The job is not in a state that allows this.
     #[error("{message}")]
     Conflict {
-        /// `cancel_running_unsupported`, `job_finished`.
+        /// `job_finished`.
         code: &'static str,
         /// What state it is in.
         message: String,
