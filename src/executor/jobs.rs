@@ -371,3 +371,175 @@ impl JobQueue {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::admission::TenantConfig;
+    use crate::runtime::{Captured, Outcome, Runtime, Usage, Verdict};
+
+    /// Waits for the test's go, then writes `chunks` numbered lines, or
+    /// waits for a cancel when `chunks` is 0.
+    struct Chatty {
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+        chunks: usize,
+    }
+
+    impl Runtime for Chatty {
+        fn name(&self) -> &'static str {
+            "chatty"
+        }
+
+        fn run_watched(
+            &self,
+            _: &SandboxPolicy,
+            _: &Submission,
+            watch: &RunWatch,
+        ) -> Result<Outcome, RunError> {
+            let _ = self.go.lock().unwrap().recv();
+            let mut stdout = Captured::default();
+            for i in 0..self.chunks {
+                let line = format!("{i}\n");
+                stdout.bytes.extend_from_slice(line.as_bytes());
+                watch.emit(Stream::Stdout, line.as_bytes());
+            }
+            let token = watch.cancel_token().expect("jobs always run with a token");
+            let (tx, rx) = std::sync::mpsc::channel();
+            let _guard = token.on_cancel(move || {
+                let _ = tx.send(());
+            });
+            let cancelled = self.chunks == 0 && rx.recv().is_ok();
+            Ok(Outcome {
+                verdict: Verdict::Ok,
+                exit_code: Some(0),
+                signal: None,
+                stdout,
+                stderr: Captured::default(),
+                usage: Usage::default(),
+                message: cancelled.then(|| "cancelled".to_owned()),
+            })
+        }
+    }
+
+    async fn queue(
+        chunks: usize,
+    ) -> (
+        Arc<JobQueue>,
+        std::sync::mpsc::Sender<()>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(&dir.path().join("jobs.sqlite3")).unwrap();
+        let tenant = TenantConfig {
+            name: "t".into(),
+            token_hashes: Vec::new(),
+            policies: vec!["strict".into()],
+            max_concurrent: 1,
+            runs_per_minute: 60,
+            burst: 10,
+        };
+        let (go, wait) = std::sync::mpsc::channel();
+        let runtime = Chatty {
+            go: Mutex::new(wait),
+            chunks,
+        };
+        let queue = Arc::new(JobQueue {
+            store,
+            admission: Arc::new(Admission::new(vec![tenant], 1, 10)),
+            executor: Arc::new(Executor::new(Box::new(runtime))),
+            metrics: Arc::default(),
+            events: broadcast::channel(16).0,
+            wake: Notify::new(),
+            prepare: Arc::new(|_| {
+                let policy = SandboxPolicy::builtin("strict").unwrap();
+                Ok((policy, Submission::code("pass")))
+            }),
+            live: LiveJobs::default(),
+        });
+        (queue, go, dir)
+    }
+
+    /// Submits job `id` and returns its output receiver once a worker runs it.
+    async fn running(queue: &Arc<JobQueue>, id: &str) -> broadcast::Receiver<OutputChunk> {
+        queue
+            .store
+            .insert(id.into(), "t".into(), "{}".into(), "tr".into())
+            .await
+            .unwrap();
+        loop {
+            if let Some(output) = queue.subscribe_output(id) {
+                return output;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn ended(queue: &JobQueue, id: &str) -> JobRecord {
+        loop {
+            let job = queue
+                .store
+                .get(id.into(), "t".into())
+                .await
+                .unwrap()
+                .unwrap();
+            if job.status.is_terminal() && !queue.is_live(id) {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_never_reads_lags_and_the_run_never_waits() {
+        let chunks = OUTPUT_BACKLOG * 3;
+        let (queue, go, _dir) = queue(chunks).await;
+        let (_tx, shutdown) = watch::channel(false);
+        let workers = queue.spawn_workers(1, &shutdown);
+        let mut output = running(&queue, "a").await;
+        go.send(()).unwrap();
+        // The run ends although nobody has read a single chunk.
+        let job = ended(&queue, "a").await;
+        assert_eq!(job.status, JobStatus::Finished);
+        // The subscriber is told how many it lost, then gets the newest
+        // chunks in order, then the end.
+        let missed = chunks - OUTPUT_BACKLOG;
+        assert!(matches!(
+            output.recv().await,
+            Err(broadcast::error::RecvError::Lagged(n)) if n == missed as u64
+        ));
+        for i in missed..chunks {
+            let chunk = output.recv().await.unwrap();
+            assert_eq!(chunk.stream, Stream::Stdout);
+            assert_eq!(&*chunk.bytes, format!("{i}\n").as_bytes());
+        }
+        assert!(matches!(
+            output.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+        assert!(queue.subscribe_output("a").is_none());
+        workers.into_iter().for_each(|w| w.abort());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelling_a_running_job_stops_its_run_and_keeps_its_outcome() {
+        let (queue, go, _dir) = queue(0).await;
+        let (_tx, shutdown) = watch::channel(false);
+        let workers = queue.spawn_workers(1, &shutdown);
+        let _output = running(&queue, "a").await;
+        go.send(()).unwrap();
+        let result = queue.cancel("a", "t").await.unwrap();
+        assert!(
+            matches!(result, CancelResult::Stopping(ref j) if j.status == JobStatus::Cancelled)
+        );
+        let job = ended(&queue, "a").await;
+        assert_eq!(job.status, JobStatus::Cancelled);
+        let outcome: serde_json::Value =
+            serde_json::from_str(job.outcome.as_deref().unwrap()).unwrap();
+        assert_eq!(outcome["message"], "cancelled", "the run saw the cancel");
+        assert!(matches!(
+            queue.cancel("a", "t").await.unwrap(),
+            CancelResult::NotCancellable(_)
+        ));
+        workers.into_iter().for_each(|w| w.abort());
+    }
+}
