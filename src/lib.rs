@@ -26,7 +26,7 @@ pub use image::{
 pub use policy::*;
 pub use runtime::docker::{DockerConfig, DockerError, DockerRuntime};
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime, WarmConfig, WarmRuntime};
-pub use runtime::{CancelToken, OutputFn, RunError, RunWatch, Runtime, Stream};
+pub use runtime::{CancelToken, RunError, RunWatch, Runtime, Stream};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
 pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
 pub use seccomp::{

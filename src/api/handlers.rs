@@ -391,7 +391,7 @@ struct FollowJob {
     tenant: String,
     /// Every job's state changes (subscribed before the first read).
     changes: broadcast::Receiver<crate::executor::jobs::JobEvent>,
-    /// The job's output, once the job was seen running.
+    /// The job's output, from when the job was seen running until its end.
     output: Option<broadcast::Receiver<OutputChunk>>,
     tx: mpsc::Sender<Event>,
 }
@@ -411,7 +411,8 @@ impl FollowJob {
             else {
                 return;
             };
-            if job.status == JobStatus::Running && self.output.is_none() {
+            // From when it is seen running (or cancelled while it runs).
+            if job.status != JobStatus::Queued && self.output.is_none() {
                 self.output = self.queue.subscribe_output(&self.id);
             }
             // A job cancelled while it ran is terminal before its run has

@@ -259,9 +259,11 @@ impl JobQueue {
                 Ok((policy, submission)) => {
                     let watch = RunWatch::new()
                         .on_output(move |stream, bytes| {
-                            // Nobody listening is fine; a full channel drops its oldest chunk.
-                            let bytes = Arc::from(bytes);
-                            let _ = output.send(OutputChunk { stream, bytes });
+                            // A full channel drops its oldest chunk; nobody listening is fine.
+                            if output.receiver_count() > 0 {
+                                let bytes = Arc::from(bytes);
+                                let _ = output.send(OutputChunk { stream, bytes });
+                            }
                         })
                         .cancel_with(cancel);
                     self.execute(&job.id, policy, submission, watch).await
@@ -300,7 +302,9 @@ impl JobQueue {
                         tracing::info!(verdict = %outcome.verdict, status = status.as_str(), "job ended");
                         status
                     }
+                    // The row is gone: nothing to announce but its end.
                     Ok(None) => JobStatus::Failed,
+                    // It stays `running` in the store, and is run again after a restart.
                     Err(e) => {
                         tracing::error!(error = %e, "cannot store a job's outcome");
                         JobStatus::Running

@@ -14,7 +14,7 @@ pub(crate) use json::encode_stream;
 pub use json::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
 pub use outcome::{Captured, Outcome, Usage, Verdict};
 pub use submission::{Entrypoint, InputFile, Submission};
-pub use watch::{CancelToken, OutputFn, RunWatch, Stream};
+pub use watch::{CancelToken, RunWatch, Stream};
 
 pub mod docker;
 pub mod native;

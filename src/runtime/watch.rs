@@ -24,7 +24,7 @@ impl Stream {
 }
 
 /// Called with each chunk of output as the runtime reads it.
-pub type OutputFn = dyn Fn(Stream, &[u8]) + Send + Sync;
+type OutputFn = dyn Fn(Stream, &[u8]) + Send + Sync;
 
 /// An observer of one run: an output callback and a cancel token, both optional.
 ///
