@@ -91,8 +91,8 @@ impl Live {
     }
 }
 
-/// The jobs workers hold, by id: from just after a worker takes one (or a
-/// cancel comes for one just taken) until its result is stored.
+/// The jobs workers hold, by id: from just after a worker takes one until
+/// its result is stored.
 #[derive(Default)]
 pub struct LiveJobs(Mutex<HashMap<String, Live>>);
 
@@ -103,23 +103,20 @@ impl LiveJobs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The job's output sender and cancel token, made now unless a cancel came first.
+    /// Makes the job's output sender and cancel token.
     fn start(&self, id: &str) -> (broadcast::Sender<OutputChunk>, CancelToken) {
-        let mut live = self.lock();
-        let entry = live.entry(id.to_owned()).or_insert_with(Live::new);
-        (entry.output.clone(), entry.cancel.clone())
+        let live = Live::new();
+        let taken = (live.output.clone(), live.cancel.clone());
+        self.lock().insert(id.to_owned(), live);
+        taken
     }
 
-    /// Cancels the job's run; a job a worker has taken but not started yet
-    /// gets a cancelled token to find when it starts.
+    /// Cancels the job's run, if a worker holds it.
     fn cancel(&self, id: &str) {
-        let token = self
-            .lock()
-            .entry(id.to_owned())
-            .or_insert_with(Live::new)
-            .cancel
-            .clone();
-        token.cancel();
+        let token = self.lock().get(id).map(|live| live.cancel.clone());
+        if let Some(token) = token {
+            token.cancel();
+        }
     }
 
     /// Forgets the job: its subscribers get what is left, then the end.
@@ -232,8 +229,6 @@ impl JobQueue {
             None if self.admission.tenant(&job.tenant).is_none() => {
                 let message = format!("tenant {:?} is no longer configured", job.tenant);
                 let status = self.fail(&job.id, "unknown_tenant", message).await;
-                // A cancel that came meanwhile may have left a token.
-                self.live.finish(&job.id);
                 self.announce(&job.id, status);
                 None
             }
@@ -241,7 +236,6 @@ impl JobQueue {
                 if let Err(e) = self.store.unclaim(job.id.clone()).await {
                     tracing::error!(job = %job.id, error = %e, "cannot put a job back in the queue");
                 }
-                self.live.finish(&job.id);
                 None
             }
         }
@@ -254,8 +248,8 @@ impl JobQueue {
             self.announce(&job.id, JobStatus::Running);
             let prepared = (self.prepare)(&job);
             let status = match prepared {
-                // A cancel came between the claim and now: nothing to run.
-                _ if cancel.is_cancelled() => JobStatus::Cancelled,
+                // A cancel stored before the token existed: nothing to run.
+                _ if self.cancelled_since_claim(&job).await => JobStatus::Cancelled,
                 Ok((policy, submission)) => {
                     let watch = RunWatch::new()
                         .on_output(move |stream, bytes| {
@@ -278,6 +272,14 @@ impl JobQueue {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Whether the job was cancelled since it was claimed. A cancel stores
+    /// `cancelled` before it fires the token, so once the token exists one
+    /// of the two always tells.
+    async fn cancelled_since_claim(&self, job: &JobRecord) -> bool {
+        let stored = self.store.get(job.id.clone(), job.tenant.clone()).await;
+        matches!(stored, Ok(Some(now)) if now.status == JobStatus::Cancelled)
     }
 
     /// Runs the job and stores its result; returns the job's new status.
