@@ -396,7 +396,7 @@ struct FollowJob {
     tx: mpsc::Sender<Event>,
 }
 
-/// The client has gone: stop following.
+/// The client has gone or the server is shutting down: stop following.
 struct Gone;
 
 impl FollowJob {
@@ -435,17 +435,29 @@ impl FollowJob {
                 let _ = self.finish(&job).await;
                 return;
             }
-            // Wait for a change to this job or a chunk; a lagging change
-            // receiver or a quiet second just re-reads.
+            if self.wait(&mut shutdown).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Forwards the job's output until the job changes state, its output
+    /// ends or a second passes (then the job is read again). A lagging
+    /// change receiver also just re-reads.
+    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Gone> {
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(tick);
+        loop {
             tokio::select! {
-                () = wait_for_change(&mut self.changes, &self.id) => {}
+                () = wait_for_change(&mut self.changes, &self.id) => return Ok(()),
                 chunk = next_chunk(&mut self.output) => {
-                    if self.forward(chunk).await.is_err() {
-                        return;
+                    self.forward(chunk).await?;
+                    if self.output.is_none() {
+                        return Ok(());
                     }
                 }
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
+                () = &mut tick => return Ok(()),
+                _ = shutdown.changed() => return Err(Gone),
             }
         }
     }
