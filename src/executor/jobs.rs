@@ -136,7 +136,9 @@ impl JobQueue {
         async move {
             self.announce(&job.id, JobStatus::Running);
             match (self.prepare)(&job) {
-                Ok((policy, submission)) => self.execute(&job.id, policy, submission).await,
+                Ok((policy, submission)) => {
+                    self.execute(&job.id, policy, submission, &slot).await;
+                }
                 Err(failure) => self.fail(&job.id, failure.code, failure.message).await,
             }
             drop((permit, slot));
@@ -146,12 +148,20 @@ impl JobQueue {
         .await;
     }
 
-    async fn execute(&self, id: &str, policy: SandboxPolicy, submission: Submission) {
+    /// Runs the job and stores its outcome; its CPU time is charged to `slot`'s tenant.
+    async fn execute(
+        &self,
+        id: &str,
+        policy: SandboxPolicy,
+        submission: Submission,
+        slot: &TenantSlot,
+    ) {
         let executor = self.executor.clone();
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || executor.run(&policy, &submission)).await;
         match result {
             Ok(Ok(outcome)) => {
+                slot.charge_cpu(outcome.usage.cpu);
                 self.metrics
                     .record(RunKind::Job, outcome.verdict, started.elapsed());
                 tracing::info!(verdict = %outcome.verdict, "job finished");
@@ -161,6 +171,9 @@ impl JobQueue {
                 }
             }
             Ok(Err(super::ExecError::Policy(e))) => {
+                self.fail(id, "invalid_request", e.to_string()).await;
+            }
+            Ok(Err(super::ExecError::Route(e))) => {
                 self.fail(id, "invalid_request", e.to_string()).await;
             }
             Ok(Err(super::ExecError::Run(RunError::InvalidSubmission(e)))) => {

@@ -121,6 +121,8 @@ pub(super) fn outcome(
             peak_memory_bytes: usage.1,
         },
         message,
+        image: None,
+        arch: None,
     })
 }
 
