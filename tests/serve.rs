@@ -839,3 +839,69 @@ fn runs_go_to_the_image_and_arch_they_name_and_tenants_only_to_their_images() {
     );
     assert_eq!(only_host["images"][0]["name"], "host");
 }
+
+/// Starts `pyward serve` with `config` and expects it to exit within 30 s;
+/// returns its exit code and stderr.
+fn serve_fails(config: &str) -> (i32, String) {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("pyward.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{}\"\ndatabase = \"{}\"\n{config}",
+        free_port(),
+        temp.path().join("jobs.sqlite3").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pyward"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        // An empty image cache: nothing is built in it.
+        .env("PYWARD_IMAGE_CACHE", temp.path().join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started despite {config:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn images_that_are_not_there_stop_the_server_at_start_saying_how_to_build_them() {
+    let host = pyward::Arch::host();
+    let (code, stderr) = serve_fails("[[image]]\nname = \"not-built\"\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "image not-built is not built for {host} (nothing in the image cache"
+        )) && stderr.contains(&format!("run `pyward image build not-built --arch {host}`")),
+        "{stderr}"
+    );
+    if common::docker().is_none() {
+        return;
+    }
+    let (code, stderr) = serve_fails("[[image]]\nname = \"not-built\"\nruntime = \"docker\"\n");
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "image not-built ({host}): image pyward/not-built:{host} is not in the Docker daemon"
+        )) && stderr.contains(&format!("run `pyward image build not-built --arch {host}`")),
+        "{stderr}"
+    );
+}
