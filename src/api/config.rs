@@ -686,5 +686,9 @@ mod tests {
         let config =
             ServeConfig::from_toml(include_str!("../../pyward.example.toml"), "example").unwrap();
         assert!(config.requires_auth());
+        let names: Vec<&str> = config.images.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["host", "python3.11-bookworm"]);
+        assert_eq!(config.tenants[1].images, ["host"]);
+        assert!(config.tenants.iter().all(|t| t.cpu.is_some()));
     }
 }
