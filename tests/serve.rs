@@ -905,3 +905,47 @@ fn images_that_are_not_there_stop_the_server_at_start_saying_how_to_build_them()
         "{stderr}"
     );
 }
+
+#[test]
+fn a_native_image_runs_on_its_rootfs_and_host_on_the_hosts_usr() {
+    if !can_serve() {
+        return;
+    }
+    let arch = pyward::Arch::host();
+    let built = pyward::ImageCache::from_env()
+        .load_meta("python3.11-bookworm", arch)
+        .unwrap();
+    if built.is_none() {
+        common::missing(&format!(
+            "the python3.11-bookworm rootfs for {arch} is not in the image cache (run images/build-for-tests.sh)"
+        ));
+        return;
+    }
+    assert!(
+        std::path::Path::new("/usr/bin/dpkg").exists(),
+        "this test tells the host's /usr by its dpkg, which the image removes"
+    );
+    let server = Server::start(
+        "[[image]]\nname = \"python3.11-bookworm\"\nruntime = \"native\"\n[[image]]\nname = \"host\"\n",
+    );
+    let code = "import os; print(os.path.exists('/usr/bin/dpkg'))";
+    let run = |image: Option<&str>| {
+        let body = serde_json::json!({"code": code, "image": image});
+        let response = server.post("/v1/runs", &body.to_string());
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.json()
+    };
+    // The first image is the default.
+    let image = run(None);
+    assert_eq!(
+        (image["image"].as_str(), image["stdout"].as_str()),
+        (Some("python3.11-bookworm"), Some("False\n")),
+        "{image}"
+    );
+    let host = run(Some("host"));
+    assert_eq!(
+        (host["image"].as_str(), host["stdout"].as_str()),
+        (Some("host"), Some("True\n")),
+        "{host}"
+    );
+}
