@@ -71,7 +71,7 @@ impl OfferedImage {
         self.runtimes.first().map_or("none", |(_, r)| r.name())
     }
 
-    pub(super) fn runtime(&self, arch: Arch) -> Option<&dyn Runtime> {
+    fn runtime(&self, arch: Arch) -> Option<&dyn Runtime> {
         self.runtimes
             .iter()
             .find(|(a, _)| *a == arch)
@@ -137,6 +137,20 @@ pub fn route(
     image: Option<&str>,
     arch: Option<&str>,
 ) -> Result<Target, RouteError> {
+    let (image, arch, _) = resolve(offered, allowed, image, arch)?;
+    Ok(Target {
+        image: image.name.clone(),
+        arch,
+    })
+}
+
+/// [`route`], answering with the image and the runtime of the architecture.
+pub(super) fn resolve<'a>(
+    offered: &'a [OfferedImage],
+    allowed: &[String],
+    image: Option<&str>,
+    arch: Option<&str>,
+) -> Result<(&'a OfferedImage, Arch, &'a dyn Runtime), RouteError> {
     let name = image.or(allowed.first().map(String::as_str)).unwrap_or("");
     let may_use = || {
         allowed
@@ -162,18 +176,15 @@ pub fn route(
         arch: arch.to_owned(),
         offered: found.arches(),
     };
-    let arch = match arch {
-        Some(text) => text
-            .parse::<Arch>()
-            .ok()
-            .filter(|a| found.runtime(*a).is_some())
-            .ok_or_else(|| unknown_arch(text))?,
-        None => found.default_arch().ok_or_else(|| unknown_arch(""))?,
+    let (arch, asked) = match arch {
+        Some(text) => (text.parse::<Arch>().map_err(|_| unknown_arch(text))?, text),
+        None => {
+            let default = found.default_arch().ok_or_else(|| unknown_arch(""))?;
+            (default, default.as_str())
+        }
     };
-    Ok(Target {
-        image: name.to_owned(),
-        arch,
-    })
+    let runtime = found.runtime(arch).ok_or_else(|| unknown_arch(asked))?;
+    Ok((found, arch, runtime))
 }
 
 #[cfg(test)]

@@ -87,29 +87,13 @@ impl Executor {
         &self,
         submission: &Submission,
     ) -> Result<(&OfferedImage, Arch, &dyn Runtime), RouteError> {
-        let names: Vec<String> = self.images.iter().map(|i| i.name.clone()).collect();
-        let target = images::route(
+        let all: Vec<String> = self.images.iter().map(|i| i.name.clone()).collect();
+        images::resolve(
             &self.images,
-            &names,
+            &all,
             submission.image.as_deref(),
             submission.arch.map(Arch::as_str),
-        )?;
-        let image = self
-            .images
-            .iter()
-            .find(|i| i.name == target.image)
-            .ok_or_else(|| RouteError::UnknownImage {
-                image: target.image.clone(),
-                allowed: names.clone(),
-            })?;
-        let runtime = image
-            .runtime(target.arch)
-            .ok_or_else(|| RouteError::UnknownArch {
-                image: target.image.clone(),
-                arch: target.arch.to_string(),
-                offered: image.arches(),
-            })?;
-        Ok((image, target.arch, runtime))
+        )
     }
 
     /// The policy a run of `submission` gets: `policy` tightened with
