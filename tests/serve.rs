@@ -898,3 +898,320 @@ fn a_full_queue_is_503_and_finished_jobs_are_purged_after_retention() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// This machine's Python version, as `python3 --version` prints it.
+fn host_python_version() -> String {
+    let output = Command::new("/usr/bin/python3")
+        .arg("--version")
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .strip_prefix("Python ")
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn unknown_images_and_arches_are_400_and_a_cpu_quota_refuses_after_a_burning_run() {
+    if !can_serve() {
+        return;
+    }
+    // 0.06 CPU seconds a minute is 1 ms per second; the bucket holds 50 ms.
+    let server = Server::start(&format!(
+        "[[tenant]]\nname = \"a\"\ntokens_sha256 = [\"{HASH_A}\"]\n\
+         cpu_seconds_per_minute = 0.06\ncpu_seconds_burst = 0.05\n"
+    ));
+    let bearer = format!("Bearer {TOKEN_A}");
+    let auth = [("Authorization", bearer.as_str())];
+    let run = |body: &str| server.request("POST", "/v1/runs", &auth, body.as_bytes());
+    let host = pyward::Arch::host();
+
+    let images = server.request("GET", "/v1/images", &auth, b"");
+    assert_eq!(images.status, 200, "{}", images.body);
+    assert_eq!(
+        images.json(),
+        serde_json::json!({"images": [{
+            "name": "host", "default": true, "runtime": "native",
+            "arches": [host.as_str()], "default_arch": host.as_str(),
+            "python": host_python_version(),
+        }]})
+    );
+    let unknown = run(r#"{"code":"pass","image":"nope"}"#);
+    assert_eq!(unknown.error(400), "unknown_image");
+    assert!(unknown.body.contains("may use: host"), "{}", unknown.body);
+    let riscv = run(r#"{"code":"pass","arch":"riscv64"}"#);
+    assert_eq!(riscv.error(400), "unknown_arch");
+    assert!(
+        riscv.body.contains(&format!("it runs on: {host}")),
+        "{}",
+        riscv.body
+    );
+    // The native runtime has no emulation: the other arch is not offered.
+    let foreign = common::foreign_arch();
+    let body = format!(r#"{{"code":"pass","arch":"{foreign}"}}"#);
+    assert_eq!(run(&body).error(400), "unknown_arch");
+    let job = server.request(
+        "POST",
+        "/v1/jobs",
+        &auth,
+        br#"{"code":"pass","image":"nope"}"#,
+    );
+    assert_eq!(job.error(400), "unknown_image");
+
+    // Burn 300 ms of CPU: within the bucket when it starts, 250 ms in debt after.
+    let burn = run(
+        "{\"code\":\"import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.3: pass\"}",
+    );
+    assert_eq!(burn.status, 200, "{}", burn.body);
+    let burn = burn.json();
+    assert_eq!(burn["verdict"], "ok", "{burn}");
+    assert_eq!(
+        (burn["image"].as_str(), burn["arch"].as_str()),
+        (Some("host"), Some(host.as_str()))
+    );
+    let cpu = burn["usage"]["cpu_ms"].as_u64().unwrap() as f64 / 1000.0;
+    assert!(cpu >= 0.3, "{burn}");
+    // The debt, paid back at 1 ms of CPU per second of waiting.
+    let expected = (cpu - 0.05) / 0.001;
+    let refused = run(r#"{"code":"pass"}"#);
+    assert_eq!(refused.error(429), "cpu_quota");
+    assert!(
+        refused.body.contains("0.06 CPU seconds per minute"),
+        "{}",
+        refused.body
+    );
+    let retry: f64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (expected - 2.0..=expected + 12.0).contains(&retry),
+        "Retry-After {retry}, expected about {expected} for {cpu} s of CPU"
+    );
+    let job = server.request("POST", "/v1/jobs", &auth, br#"{"code":"pass"}"#);
+    assert_eq!(job.error(429), "cpu_quota");
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains("pyward_rejections_total{reason=\"cpu\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn runs_go_to_the_image_and_arch_they_name_and_tenants_only_to_their_images() {
+    if !can_serve() || common::docker().is_none() || common::foreign_docker().is_none() {
+        return;
+    }
+    let server = Server::start(&format!(
+        "max_running = 2\n\
+         [[image]]\nname = \"host\"\n\
+         [[image]]\nname = \"python3.11-bookworm\"\nruntime = \"docker\"\narch = [\"amd64\", \"arm64\"]\n\
+         [[tenant]]\nname = \"a\"\ntokens_sha256 = [\"{HASH_A}\"]\n\
+         [[tenant]]\nname = \"b\"\ntokens_sha256 = [\"{HASH_B}\"]\nimages = [\"host\"]\n"
+    ));
+    let bearer = format!("Bearer {TOKEN_A}");
+    let a = [("Authorization", bearer.as_str())];
+    let b = [("Authorization", "Bearer other")];
+    let machine = "import platform; print(platform.machine())";
+    let run = |auth: &[(&str, &str)], image: Option<&str>, arch: Option<&str>| {
+        let body = serde_json::json!({"code": machine, "image": image, "arch": arch});
+        server.request("POST", "/v1/runs", auth, body.to_string().as_bytes())
+    };
+
+    for (arch, kernel) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
+        let response = run(&a, Some("python3.11-bookworm"), Some(arch));
+        assert_eq!(response.status, 200, "{arch}: {}", response.body);
+        let outcome = response.json();
+        assert_eq!(outcome["verdict"], "ok", "{arch}: {outcome}");
+        assert_eq!(
+            outcome["stdout"],
+            format!("{kernel}\n"),
+            "{arch}: {outcome}"
+        );
+        assert_eq!(
+            (outcome["image"].as_str(), outcome["arch"].as_str()),
+            (Some("python3.11-bookworm"), Some(arch))
+        );
+    }
+    // Without image or arch: the tenant's first image on the host's arch.
+    let host = pyward::Arch::host();
+    let default = run(&a, None, None).json();
+    assert_eq!(
+        (default["image"].as_str(), default["arch"].as_str()),
+        (Some("host"), Some(host.as_str()))
+    );
+    assert_eq!(default["stdout"], format!("{}\n", host.kernel_name()));
+
+    // A job keeps its image and arch through the store.
+    let body =
+        serde_json::json!({"code": machine, "image": "python3.11-bookworm", "arch": "arm64"});
+    let job = server.request("POST", "/v1/jobs", &a, body.to_string().as_bytes());
+    assert_eq!(job.status, 202, "{}", job.body);
+    let id = job.json()["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job = server
+            .request("GET", &format!("/v1/jobs/{id}"), &a, b"")
+            .json();
+        if job["status"] == "finished" || job["status"] == "failed" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "job still {}", job["status"]);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["outcome"]["stdout"], "aarch64\n", "{job}");
+    assert_eq!(job["outcome"]["arch"], "arm64", "{job}");
+
+    // Tenant b may use host only: the Docker image is forbidden, not unknown.
+    let forbidden = run(&b, Some("python3.11-bookworm"), None);
+    assert_eq!(forbidden.error(403), "image_not_allowed");
+    assert!(
+        forbidden.body.contains("allowed: host"),
+        "{}",
+        forbidden.body
+    );
+    assert_eq!(run(&b, None, None).json()["image"], "host");
+
+    // Each tenant lists the images it may use, its default first.
+    let listed = server.request("GET", "/v1/images", &a, b"").json();
+    let names: Vec<&str> = listed["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["host", "python3.11-bookworm"], "{listed}");
+    let docker = &listed["images"][1];
+    assert_eq!(
+        (&docker["runtime"], &docker["arches"], &docker["default"]),
+        (
+            &serde_json::json!("docker"),
+            &serde_json::json!(["amd64", "arm64"]),
+            &serde_json::json!(false)
+        ),
+        "{listed}"
+    );
+    assert_eq!(docker["default_arch"], host.as_str());
+    // The version the image cache recorded when the image was built, if it was built here.
+    let recorded = pyward::ImageCache::from_env()
+        .load_meta("python3.11-bookworm", pyward::Arch::Amd64)
+        .unwrap()
+        .and_then(|built| built.python_version());
+    assert_eq!(docker["python"].as_str(), recorded.as_deref(), "{listed}");
+    let only_host = server.request("GET", "/v1/images", &b, b"").json();
+    assert_eq!(
+        only_host["images"].as_array().unwrap().len(),
+        1,
+        "{only_host}"
+    );
+    assert_eq!(only_host["images"][0]["name"], "host");
+}
+
+/// Starts `pyward serve` with `config` and expects it to exit within 30 s;
+/// returns its exit code and stderr.
+fn serve_fails(config: &str) -> (i32, String) {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("pyward.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{}\"\ndatabase = \"{}\"\n{config}",
+        free_port(),
+        temp.path().join("jobs.sqlite3").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pyward"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        // An empty image cache: nothing is built in it.
+        .env("PYWARD_IMAGE_CACHE", temp.path().join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started despite {config:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn images_that_are_not_there_stop_the_server_at_start_saying_how_to_build_them() {
+    let host = pyward::Arch::host();
+    let (code, stderr) = serve_fails("[[image]]\nname = \"not-built\"\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "image not-built is not built for {host} (nothing in the image cache"
+        )) && stderr.contains(&format!("run `pyward image build not-built --arch {host}`")),
+        "{stderr}"
+    );
+    if common::docker().is_none() {
+        return;
+    }
+    let (code, stderr) = serve_fails("[[image]]\nname = \"not-built\"\nruntime = \"docker\"\n");
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "image not-built ({host}): image pyward/not-built:{host} is not in the Docker daemon"
+        )) && stderr.contains(&format!("run `pyward image build not-built --arch {host}`")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_native_image_runs_on_its_rootfs_and_host_on_the_hosts_usr() {
+    if !can_serve() {
+        return;
+    }
+    let arch = pyward::Arch::host();
+    let built = pyward::ImageCache::from_env()
+        .load_meta("python3.11-bookworm", arch)
+        .unwrap();
+    if built.is_none() {
+        common::missing(&format!(
+            "the python3.11-bookworm rootfs for {arch} is not in the image cache (run images/build-for-tests.sh)"
+        ));
+        return;
+    }
+    assert!(
+        std::path::Path::new("/usr/bin/dpkg").exists(),
+        "this test tells the host's /usr by its dpkg, which the image removes"
+    );
+    let server = Server::start(
+        "[[image]]\nname = \"python3.11-bookworm\"\nruntime = \"native\"\n[[image]]\nname = \"host\"\n",
+    );
+    let code = "import os; print(os.path.exists('/usr/bin/dpkg'))";
+    let run = |image: Option<&str>| {
+        let body = serde_json::json!({"code": code, "image": image});
+        let response = server.post("/v1/runs", &body.to_string());
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.json()
+    };
+    // The first image is the default.
+    let image = run(None);
+    assert_eq!(
+        (image["image"].as_str(), image["stdout"].as_str()),
+        (Some("python3.11-bookworm"), Some("False\n")),
+        "{image}"
+    );
+    let host = run(Some("host"));
+    assert_eq!(
+        (host["image"].as_str(), host["stdout"].as_str()),
+        (Some("host"), Some("True\n")),
+        "{host}"
+    );
+}

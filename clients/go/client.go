@@ -85,6 +85,18 @@ func (c *Client) Run(ctx context.Context, req Request) (*Outcome, error) {
 	return &out, nil
 }
 
+// Images lists the images this tenant may use, its default first
+// (GET /v1/images).
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	var out struct {
+		Images []Image `json:"images"`
+	}
+	if err := c.do(ctx, http.MethodGet, "/v1/images", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Images, nil
+}
+
 // Submit stores req as an async job and returns it at once (POST /v1/jobs).
 func (c *Client) Submit(ctx context.Context, req Request) (*Job, error) {
 	var job Job

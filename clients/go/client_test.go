@@ -358,6 +358,29 @@ func TestAgainstServer(t *testing.T) {
 		}
 	})
 
+	t.Run("ImagesAndRouting", func(t *testing.T) {
+		images, err := c.Images(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(images) != 1 || images[0].Name != "host" || !images[0].Default || images[0].Runtime != "native" ||
+			len(images[0].Arches) != 1 || images[0].DefaultArch != images[0].Arches[0] || images[0].Python == nil {
+			t.Fatalf("want the one native image host, got %+v", images)
+		}
+		out, err := c.Run(ctx(t), Request{Code: "pass", Image: "host", Arch: images[0].DefaultArch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Image == nil || *out.Image != "host" || out.Arch == nil || *out.Arch != images[0].DefaultArch {
+			t.Fatalf("want the outcome to name host and %s, got %+v", images[0].DefaultArch, out)
+		}
+		_, err = c.Run(ctx(t), Request{Code: "pass", Image: "nope"})
+		var apiErr *APIError
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Code != "unknown_image" {
+			t.Fatalf("want 400 unknown_image, got %v", err)
+		}
+	})
+
 	t.Run("Unauthorized", func(t *testing.T) {
 		bad := newClient(t, s, "wrong")
 		_, err := bad.Run(ctx(t), Request{Code: "pass"})

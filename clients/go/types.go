@@ -18,6 +18,28 @@ type Request struct {
 	Env         map[string]string `json:"env,omitempty"`
 	Policy      string            `json:"policy,omitempty"`
 	Limits      *Limits           `json:"limits,omitempty"`
+	// Image is a name from Images(); empty for the tenant's default.
+	Image string `json:"image,omitempty"`
+	// Arch is ArchAMD64 or ArchARM64, one of the image's Arches; empty for
+	// the image's DefaultArch.
+	Arch string `json:"arch,omitempty"`
+}
+
+// Architectures.
+const (
+	ArchAMD64 = "amd64"
+	ArchARM64 = "arm64"
+)
+
+// Image is one entry of GET /v1/images (docs/API.md, "Images").
+type Image struct {
+	Name        string   `json:"name"`
+	Default     bool     `json:"default"`
+	Runtime     string   `json:"runtime"`
+	Arches      []string `json:"arches"`
+	DefaultArch string   `json:"default_arch"`
+	// Python is the interpreter's version ("3.11.2"), nil when unknown.
+	Python *string `json:"python"`
 }
 
 // File is one file of the work dir: Text or Base64, never both. Use
@@ -106,6 +128,10 @@ type Outcome struct {
 	StderrTruncated bool    `json:"stderr_truncated"`
 	Usage           Usage   `json:"usage"`
 	Message         *string `json:"message"`
+	// Image and Arch say where the run ran; nil in outcomes stored by an
+	// older server.
+	Image *string `json:"image"`
+	Arch  *string `json:"arch"`
 	// TraceID is set on the answer of POST /v1/runs only.
 	TraceID string `json:"trace_id,omitempty"`
 }

@@ -2,7 +2,9 @@
 //! executor (sync runs) or the job store (async jobs).
 
 use super::error::ApiError;
-use super::wire::{ChunkEvent, JobJson, LaggedEvent, PolicyJson, RunRequest, RunResponse};
+use super::wire::{
+    ChunkEvent, ImageJson, JobJson, LaggedEvent, PolicyJson, RunRequest, RunResponse,
+};
 use crate::executor::admission::{Refusal, Tenant};
 use crate::executor::jobs::{JobQueue, OutputChunk};
 use crate::executor::metrics::{Rejection, RunKind};
@@ -77,10 +79,11 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
     })
 }
 
-/// Decodes `body` and checks it against `tenant`'s policies; shared by sync
-/// runs, job submission and (through [`prepare`]) job workers.
+/// Decodes `body` and checks it against `tenant`'s policies and images;
+/// shared by sync runs, job submission and (through [`prepare`]) job workers.
 fn admit(
     policies: &BTreeMap<String, Arc<SandboxPolicy>>,
+    executor: &Executor,
     tenant: &Tenant,
     body: &[u8],
 ) -> Result<Admitted, ApiError> {
@@ -88,10 +91,17 @@ fn admit(
         code: "invalid_json",
         message: format!("the body is not a valid run request: {e}"),
     })?;
-    let submission = request.submission().map_err(|e| ApiError::BadRequest {
+    let mut submission = request.submission().map_err(|e| ApiError::BadRequest {
         code: "invalid_request",
         message: e.0,
     })?;
+    let target = executor.route(
+        &tenant.config.images,
+        request.image.as_deref(),
+        request.arch.as_deref(),
+    )?;
+    submission.image = Some(target.image);
+    submission.arch = Some(target.arch);
     let name = request
         .policy
         .clone()
@@ -126,6 +136,7 @@ fn admit(
 pub fn prepare(
     policies: BTreeMap<String, Arc<SandboxPolicy>>,
     admission: Arc<crate::executor::admission::Admission>,
+    executor: Arc<Executor>,
 ) -> crate::executor::jobs::Prepare {
     Arc::new(move |job| {
         let failure = |code, message| crate::executor::jobs::JobFailure { code, message };
@@ -135,7 +146,7 @@ pub fn prepare(
                 format!("tenant {:?} is no longer configured", job.tenant),
             )
         })?;
-        admit(&policies, &tenant, job.request.as_bytes())
+        admit(&policies, &executor, &tenant, job.request.as_bytes())
             .map(|a| (a.policy, a.submission))
             .map_err(|e| {
                 failure(
@@ -165,6 +176,14 @@ fn refused(state: &AppState, refusal: Refusal) -> ApiError {
                 retry_after,
             }
         }
+        Refusal::Cpu { retry_after, .. } => {
+            state.queue.metrics.reject(Rejection::Cpu);
+            ApiError::TooManyRequests {
+                code: "cpu_quota",
+                message,
+                retry_after,
+            }
+        }
     }
 }
 
@@ -188,8 +207,10 @@ pub async fn post_run(
 ) -> Result<Json<RunResponse>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
     let body = body_bytes(&state, body)?;
-    let Admitted { policy, submission } = admit(&state.policies, &tenant, &body)?;
+    let executor = state.queue.executor.clone();
+    let Admitted { policy, submission } = admit(&state.policies, &executor, &tenant, &body)?;
     let slot = tenant.try_slot().map_err(|r| refused(&state, r))?;
+    tenant.check_cpu().map_err(|r| refused(&state, r))?;
     tenant.take_rate().map_err(|r| refused(&state, r))?;
     let admission = &state.queue.admission;
     let queued = state
@@ -209,12 +230,15 @@ pub async fn post_run(
         .map_err(|e| ApiError::internal(&e))?;
     drop(wait);
     let started = Instant::now();
-    let executor = state.queue.executor.clone();
     // The runtime is synchronous: run on the blocking pool, never on a reactor thread.
     // The permit and the slot travel with the run: a client that hangs up
-    // does not stop the run, so it must not free its place either.
+    // does not stop the run, so it must not free its place either, nor
+    // escape its CPU charge.
     let result = tokio::task::spawn_blocking(move || {
         let outcome = executor.run(&policy, &submission);
+        if let Ok(outcome) = &outcome {
+            slot.charge_cpu(outcome.usage.cpu);
+        }
         drop((permit, slot));
         outcome
     })
@@ -237,6 +261,7 @@ pub async fn post_run(
             code: "invalid_request",
             message,
         }),
+        Err(ExecError::Route(e)) => Err(e.into()),
         Err(e) => Err(ApiError::internal(&e)),
     }
 }
@@ -249,7 +274,7 @@ pub async fn post_job(
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
     let body = body_bytes(&state, body)?;
-    admit(&state.policies, &tenant, &body)?;
+    admit(&state.policies, &state.queue.executor, &tenant, &body)?;
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable {
             code: "shutting_down",
@@ -266,6 +291,7 @@ pub async fn post_job(
     if queued >= state.queue.admission.queue_bound {
         return Err(queue_full(&state));
     }
+    tenant.check_cpu().map_err(|r| refused(&state, r))?;
     tenant.take_rate().map_err(|r| refused(&state, r))?;
     let request = String::from_utf8(body.to_vec()).map_err(|e| ApiError::internal(&e))?;
     let id = super::trace::random_hex(16);
@@ -561,6 +587,31 @@ pub async fn policies(
         })
         .collect();
     Ok(Json(serde_json::json!({ "policies": list })))
+}
+
+/// GET /v1/images: the images this tenant may use, its default first.
+pub async fn images(
+    State(state): Shared,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = authenticate(&state, &headers)?;
+    let offered = state.queue.executor.images();
+    let list: Vec<ImageJson> = tenant
+        .config
+        .images
+        .iter()
+        .filter_map(|name| offered.iter().find(|i| &i.name == name))
+        .enumerate()
+        .map(|(i, image)| ImageJson {
+            name: image.name.clone(),
+            default: i == 0,
+            runtime: image.runtime_name(),
+            arches: image.arches(),
+            default_arch: image.default_arch(),
+            python: image.python.clone(),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "images": list })))
 }
 
 /// GET /healthz: the process is up.

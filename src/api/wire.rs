@@ -31,6 +31,10 @@ pub struct RunRequest {
     /// The policy's name; the tenant's first policy when absent.
     pub policy: Option<String>,
     limits: Option<LimitsJson>,
+    /// The image's name; the tenant's first image when absent.
+    pub image: Option<String>,
+    /// The architecture (`amd64`, `arm64`); the image's default when absent.
+    pub arch: Option<String>,
 }
 
 /// One input file: `text` or `base64` contents.
@@ -161,6 +165,9 @@ impl RunRequest {
             stdin,
             env: self.env.clone(),
             limits,
+            // Routed by the front end (tenant defaults, allowed images), then set.
+            image: None,
+            arch: None,
         })
     }
 }
@@ -265,6 +272,23 @@ pub struct LaggedEvent {
     pub missed_chunks: u64,
 }
 
+/// One entry of GET /v1/images.
+#[derive(Debug, Serialize)]
+pub struct ImageJson {
+    /// The name to give as `image`.
+    pub name: String,
+    /// Whether it is used when a request names none.
+    pub default: bool,
+    /// `native` or `docker`.
+    pub runtime: &'static str,
+    /// The architectures it runs on.
+    pub arches: Vec<crate::arch::Arch>,
+    /// The architecture used when a request names none.
+    pub default_arch: Option<crate::arch::Arch>,
+    /// The Python version (`3.11.2`), or `null` when unknown.
+    pub python: Option<String>,
+}
+
 /// One entry of GET /v1/policies.
 #[derive(Debug, Serialize)]
 pub struct PolicyJson {
@@ -296,6 +320,12 @@ mod tests {
         assert_eq!(s.stdin, b"x");
         assert_eq!(s.limits.memory, Some(ByteSize::mib(64)));
         let s = parse(r#"{"files":[{"path":"m.py","base64":"cHJpbnQoMik="}],"entrypoint":"m.py","stdin_base64":"/w=="}"#).unwrap();
+        let routed: RunRequest =
+            serde_json::from_str(r#"{"code":"1","image":"py","arch":"arm64"}"#).unwrap();
+        assert_eq!(
+            (routed.image.as_deref(), routed.arch.as_deref()),
+            (Some("py"), Some("arm64"))
+        );
         assert_eq!(s.files[0].contents, b"print(2)");
         assert_eq!(s.stdin, [0xff]);
     }

@@ -260,7 +260,8 @@ impl JobQueue {
                             }
                         })
                         .cancel_with(cancel);
-                    self.execute(&job.id, policy, submission, watch).await
+                    self.execute(&job.id, policy, submission, watch, &slot)
+                        .await
                 }
                 Err(failure) => self.fail(&job.id, failure.code, failure.message).await,
             };
@@ -282,13 +283,15 @@ impl JobQueue {
         matches!(stored, Ok(Some(now)) if now.status == JobStatus::Cancelled)
     }
 
-    /// Runs the job and stores its result; returns the job's new status.
+    /// Runs the job and stores its result, its CPU time charged to `slot`'s
+    /// tenant; returns the job's new status.
     async fn execute(
         &self,
         id: &str,
         policy: SandboxPolicy,
         submission: Submission,
         watch: RunWatch,
+        slot: &TenantSlot,
     ) -> JobStatus {
         let executor = self.executor.clone();
         let started = Instant::now();
@@ -297,6 +300,7 @@ impl JobQueue {
                 .await;
         match result {
             Ok(Ok(outcome)) => {
+                slot.charge_cpu(outcome.usage.cpu);
                 self.metrics
                     .record(RunKind::Job, outcome.verdict, started.elapsed());
                 match self.store.finish(id.to_owned(), outcome.to_json()).await {
@@ -314,6 +318,9 @@ impl JobQueue {
                 }
             }
             Ok(Err(super::ExecError::Policy(e))) => {
+                self.fail(id, "invalid_request", e.to_string()).await
+            }
+            Ok(Err(super::ExecError::Route(e))) => {
                 self.fail(id, "invalid_request", e.to_string()).await
             }
             Ok(Err(super::ExecError::Run(RunError::InvalidSubmission(e)))) => {
@@ -423,6 +430,8 @@ mod tests {
                 stderr: Captured::default(),
                 usage: Usage::default(),
                 message: cancelled.then(|| "cancelled".to_owned()),
+                image: None,
+                arch: None,
             })
         }
     }
@@ -440,9 +449,11 @@ mod tests {
             name: "t".into(),
             token_hashes: Vec::new(),
             policies: vec!["strict".into()],
+            images: Vec::new(),
             max_concurrent: 1,
             runs_per_minute: 60,
             burst: 10,
+            cpu: None,
         };
         let (go, wait) = std::sync::mpsc::channel();
         let runtime = Chatty {

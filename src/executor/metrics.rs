@@ -34,7 +34,7 @@ struct Histogram {
 pub struct Metrics {
     runs: [[AtomicU64; VERDICTS.len()]; 2],
     latency: Histogram,
-    rejected: [AtomicU64; 4],
+    rejected: [AtomicU64; REJECTION_NAMES.len()],
 }
 
 /// Why admission turned a request away, for `pyward_rejections_total`.
@@ -48,9 +48,11 @@ pub enum Rejection {
     QueueFull = 2,
     /// 401/403.
     Auth = 3,
+    /// 429: tenant out of its CPU-seconds quota.
+    Cpu = 4,
 }
 
-const REJECTION_NAMES: [&str; 4] = ["concurrency", "rate", "queue_full", "auth"];
+const REJECTION_NAMES: [&str; 5] = ["concurrency", "rate", "queue_full", "auth", "cpu"];
 
 impl Metrics {
     /// Counts a run that ended with `verdict` after `wall` (measured by the server).

@@ -34,6 +34,9 @@ use tokio::io::AsyncWriteExt;
 use usage::{CgroupFiles, Sample};
 use verdict::{KillReason, Observed};
 
+/// The image recipe the Docker runtime runs when none is named.
+pub const DEFAULT_IMAGE: &str = "python3.11-bookworm";
+
 /// Label on every container pyward creates: the job's id.
 pub const LABEL_JOB: &str = "dev.pyward.job";
 /// Label on every container pyward creates: `docker`.
@@ -72,8 +75,18 @@ impl Default for DockerConfig {
 impl DockerConfig {
     /// The default settings for `arch`: the image `pyward/python3.11-bookworm:ARCH`.
     pub fn for_arch(arch: Arch) -> DockerConfig {
+        DockerConfig::for_image(DEFAULT_IMAGE, arch)
+    }
+
+    /// The default settings for the image built from recipe `name` for
+    /// `arch`: its tag `pyward/NAME:ARCH`.
+    pub fn for_image(name: &str, arch: Arch) -> DockerConfig {
         DockerConfig {
-            image: format!("pyward/python3.11-bookworm:{}", arch.as_str()),
+            image: format!(
+                "{}:{}",
+                crate::image::docker_repository(name),
+                arch.as_str()
+            ),
             arch,
             socket: "/var/run/docker.sock".into(),
             api_timeout_secs: 30,
@@ -579,6 +592,8 @@ impl DockerRuntime {
                 peak_memory_bytes: sample.peak_memory,
             },
             message,
+            image: None,
+            arch: None,
         })
     }
 

@@ -125,6 +125,8 @@ pub(super) fn outcome(
             peak_memory_bytes: usage.1,
         },
         message,
+        image: None,
+        arch: None,
     })
 }
 
