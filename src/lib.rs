@@ -27,7 +27,11 @@ pub use policy::*;
 pub use runtime::docker::{DockerConfig, DockerError, DockerRuntime};
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime, WarmConfig, WarmRuntime};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
-pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
+pub use runtime::{MAX_OUTPUT_PATH, MAX_OUTPUTS, OutputFile, OutputStatus};
+pub use runtime::{
+    OutcomeJson, OutcomeJsonError, OutputFileJson, OutputStatusJson, StreamEncoding, UsageJson,
+    signal_name,
+};
 pub use runtime::{RunError, Runtime};
 pub use seccomp::{
     Allowlist, ArgCondition, ArgOp, ArgProblem, BUILTIN_ALLOWLISTS, SeccompError, SeccompProgram,

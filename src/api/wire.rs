@@ -29,6 +29,9 @@ pub struct RunRequest {
     /// The policy's name; the tenant's first policy when absent.
     pub policy: Option<String>,
     limits: Option<LimitsJson>,
+    /// Paths in the work dir to bring back after the run.
+    #[serde(default)]
+    outputs: Vec<String>,
 }
 
 /// One input file: `text` or `base64` contents.
@@ -152,6 +155,7 @@ impl RunRequest {
             Some(limits) => limits.overrides()?,
             None => LimitOverrides::default(),
         };
+        crate::runtime::output_files::check_paths(&self.outputs).map_err(InvalidRequest)?;
         Ok(Submission {
             entrypoint,
             files,
@@ -159,6 +163,7 @@ impl RunRequest {
             stdin,
             env: self.env.clone(),
             limits,
+            outputs: self.outputs.clone(),
         })
     }
 }
@@ -268,6 +273,9 @@ mod tests {
         let s = parse(r#"{"files":[{"path":"m.py","base64":"cHJpbnQoMik="}],"entrypoint":"m.py","stdin_base64":"/w=="}"#).unwrap();
         assert_eq!(s.files[0].contents, b"print(2)");
         assert_eq!(s.stdin, [0xff]);
+        assert!(s.outputs.is_empty());
+        let s = parse(r#"{"code":"1","outputs":["result.json","out/plot.png"]}"#).unwrap();
+        assert_eq!(s.outputs, ["result.json", "out/plot.png"]);
     }
 
     #[test]
@@ -295,6 +303,12 @@ mod tests {
                 "exactly one",
             ),
             ("[", "EOF"),
+            (
+                r#"{"code":"1","outputs":["../etc/passwd"]}"#,
+                "output path \"../etc/passwd\"",
+            ),
+            (r#"{"code":"1","outputs":["a","a"]}"#, "declared twice"),
+            (r#"{"code":"1","outputs":"a"}"#, "invalid type"),
         ] {
             let err = parse(body).unwrap_err();
             assert!(err.contains(expect), "{body}: {err}");

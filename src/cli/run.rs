@@ -370,6 +370,7 @@ mod tests {
                 peak_memory_bytes: 8_500_000,
             },
             message: Some("wall-time limit of 2s reached".into()),
+            files: Vec::new(),
         };
         assert_eq!(
             summary(&outcome),

@@ -100,6 +100,7 @@ mod tests {
                 stderr: Captured::default(),
                 usage: Usage::default(),
                 message: None,
+                files: Vec::new(),
             })
         }
     }

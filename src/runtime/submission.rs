@@ -36,6 +36,10 @@ pub struct Submission {
     pub env: BTreeMap<String, String>,
     /// Limits that tighten the policy's.
     pub limits: LimitOverrides,
+    /// Paths in the work dir to bring back after the run (relative, no `..`,
+    /// no NUL, at most [`MAX_OUTPUTS`](crate::runtime::MAX_OUTPUTS)); they come
+    /// back in [`Outcome::files`](crate::runtime::Outcome::files), in this order.
+    pub outputs: Vec<String>,
 }
 
 impl Submission {
@@ -48,6 +52,7 @@ impl Submission {
             stdin: Vec::new(),
             env: BTreeMap::new(),
             limits: LimitOverrides::default(),
+            outputs: Vec::new(),
         }
     }
 }

@@ -555,6 +555,7 @@ impl DockerRuntime {
                 peak_memory_bytes: sample.peak_memory,
             },
             message,
+            files: Vec::new(),
         })
     }
 

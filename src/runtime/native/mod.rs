@@ -3,11 +3,13 @@
 //!
 //! `plan` prepares every byte the sandbox needs, `child` is the sandbox's own
 //! setup (the pid-1 stub and the payload), `supervise` is the parent's watch,
-//! `verdict` turns what was seen into a verdict. Raw syscalls live in `sys`.
+//! `verdict` turns what was seen into a verdict, `outputs` brings the
+//! declared output files back. Raw syscalls live in `sys`.
 //! `warm` is the opt-in warm path: calls forked from a sandboxed zygote
 //! interpreter (`zygote.py`) instead of a fresh one.
 
 mod child;
+mod outputs;
 mod plan;
 mod status;
 mod supervise;
@@ -238,7 +240,15 @@ impl Runtime for NativeRuntime {
         cgroup
             .set_limits(&cgroup_limits(limits))
             .map_err(NativeError::from)?;
-        let ran = supervise::run(&netns, &plan, limits, &cgroup, &submission.stdin, self.ids);
+        let ran = supervise::run(
+            &netns,
+            &plan,
+            limits,
+            &cgroup,
+            &submission.stdin,
+            &submission.outputs,
+            self.ids,
+        );
         match ran {
             Ok((outcome, Some(stub))) => {
                 self.reaper.finish(Leftover {

@@ -3,10 +3,12 @@
 
 use super::NativeError;
 use super::child::{self, ChildFds};
+use super::outputs;
 use super::plan::Plan;
 use super::status::{MESSAGE_LEN, Message};
 use super::verdict::{self, KillReason, Observed};
 use crate::policy::Limits;
+use crate::runtime::output_files::OutputCaps;
 use crate::runtime::{Captured, Outcome, Usage};
 use crate::sys;
 use crate::sys::cgroup::{Cgroup, CgroupError, Counters};
@@ -35,15 +37,20 @@ pub fn run(
     limits: &Limits,
     cgroup: &Cgroup,
     stdin: &[u8],
+    declared: &[String],
     ids: IdMap,
 ) -> Result<(Outcome, Option<Stub>), NativeError> {
     let io = StdioPipes::new(stdin)?;
+    let files = outputs::records_memfd(plan)?;
     let before = cgroup.counters()?;
     // The slot is reused: its CPU counter starts where the last run left it.
     let cpu_before = cgroup.cpu_usage()?;
     let clone_target = cgroup.clone_target()?;
     let flags = sandbox_clone_flags(clone_target.is_some());
-    let fds = io.child_fds();
+    let fds = ChildFds {
+        files: files.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        ..io.child_fds()
+    };
     let started = Instant::now();
     let args = sys::clone::CloneArgs {
         flags,
@@ -76,7 +83,8 @@ pub fn run(
             )
         }
     };
-    let outcome = outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+    let mut outcome = outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+    outcome.files = outputs::read_records(files.as_ref(), declared, OutputCaps::of(limits));
     Ok((outcome, stub))
 }
 
@@ -121,6 +129,7 @@ pub(super) fn outcome(
             peak_memory_bytes: usage.1,
         },
         message,
+        files: Vec::new(),
     })
 }
 
@@ -246,6 +255,7 @@ impl StdioPipes {
             status: self.status.1.as_raw_fd(),
             go: self.go.0.as_raw_fd(),
             parent: self.parent.as_raw_fd(),
+            files: -1,
         }
     }
 
