@@ -3,9 +3,11 @@
 //!
 //! `host_config` is the only place a policy becomes Docker settings,
 //! `workdir` gets the files in (on stdin, since the rootfs is read-only),
+//! `files` gets the declared output files out (on stdout, after a marker),
 //! `usage` samples the container's cgroup, `verdict` decides. This module owns
 //! the container's life: create, attach, start, watch, and always remove.
 
+mod files;
 mod host_config;
 mod usage;
 mod verdict;
@@ -13,6 +15,7 @@ mod workdir;
 
 pub use host_config::{WORK_DIR, host_config};
 
+use super::output_files::OutputCaps;
 use super::{Captured, Outcome, RunError, Runtime, Submission, Usage};
 use crate::arch::Arch;
 use crate::policy::{DeniedAction, SandboxPolicy};
@@ -145,6 +148,12 @@ pub enum DockerError {
     /// The policy's seccomp allowlist could not be loaded.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The random marker of the output files could not be made.
+    #[error("failed to read random bytes for the output files' marker from /dev/urandom")]
+    Random {
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 fn api(step: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
@@ -395,7 +404,8 @@ impl DockerRuntime {
             .check_env(&submission.env)
             .map_err(|e| RunError::InvalidSubmission(e.to_string()))?;
         let filters = self.filters(policy)?;
-        let launch = workdir::launch(submission, &filters.native)?;
+        let caps = OutputCaps::of(&policy.limits);
+        let launch = workdir::launch(submission, &filters.native, caps)?;
         self.inspect_image().await?;
         let id = self
             .create(policy, &launch.cmd, &filters.profile, submission)
@@ -500,6 +510,7 @@ impl DockerRuntime {
         let mut stdout = Captured::default();
         let mut stderr = Captured::default();
         let mut killed = None;
+        let mut splitter = launch.outputs.as_ref().map(files::Splitter::new);
         loop {
             let chunk = tokio::select! {
                 chunk = io.output.next() => chunk,
@@ -512,7 +523,16 @@ impl DockerRuntime {
                 None => break,
                 // The attach stream breaking mid-run ends the capture; the state below still tells.
                 Some(Err(_)) => break,
-                Some(Ok(LogOutput::StdOut { message })) => (&mut stdout, message),
+                Some(Ok(LogOutput::StdOut { message })) => match &mut splitter {
+                    None => (&mut stdout, message),
+                    Some(splitter) => match splitter.feed(&message) {
+                        (program, true) => (&mut stdout, program.into()),
+                        (_, false) => {
+                            killed = Some(KillReason::Output);
+                            break;
+                        }
+                    },
+                },
                 Some(Ok(LogOutput::StdErr { message })) => (&mut stderr, message),
                 Some(Ok(_)) => continue,
             };
@@ -520,6 +540,10 @@ impl DockerRuntime {
                 killed = Some(KillReason::Output);
                 break;
             }
+        }
+        let tail = splitter.as_mut().map(files::Splitter::finish);
+        if tail.is_some_and(|tail| !keep(&mut stdout, &tail, cap)) {
+            killed.get_or_insert(KillReason::Output);
         }
         // Close the attach connection first: a daemon blocked writing output
         // we no longer read holds the container, and kill and inspect would wait on it.
@@ -555,7 +579,10 @@ impl DockerRuntime {
                 peak_memory_bytes: sample.peak_memory,
             },
             message,
-            files: Vec::new(),
+            files: match (&launch.outputs, &splitter) {
+                (Some(spec), Some(splitter)) => splitter.files(spec),
+                _ => Vec::new(),
+            },
         })
     }
 
