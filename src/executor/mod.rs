@@ -68,6 +68,7 @@ impl Executor {
         submission: &Submission,
     ) -> Result<Outcome, ExecError> {
         let policy = Executor::resolve_policy(policy, submission)?;
+        submission.check_outputs()?;
         tracing::debug!(policy = %policy.name, runtime = self.runtime.name(), "starting run");
         let outcome = self.runtime.run(&policy, submission)?;
         tracing::debug!(verdict = %outcome.verdict, "run finished");

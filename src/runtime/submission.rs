@@ -43,6 +43,12 @@ pub struct Submission {
 }
 
 impl Submission {
+    /// Checks the declared output paths (see [`Submission::outputs`]); the
+    /// error names the path and what is allowed.
+    pub fn check_outputs(&self) -> Result<(), super::RunError> {
+        super::output_files::check_paths(&self.outputs).map_err(super::RunError::InvalidSubmission)
+    }
+
     /// A submission that runs `code` with `python3 -c` and nothing else.
     pub fn code(code: impl Into<String>) -> Submission {
         Submission {
