@@ -13,6 +13,7 @@
 //! share a mount namespace), and it checks that it did before reading.
 
 use super::plan::Plan;
+use super::status::Message;
 use crate::runtime::output_files::{self, OutputCaps, kind, record_header};
 use crate::runtime::{OutputFile, RunError};
 use crate::sys;
@@ -51,14 +52,19 @@ pub fn records_memfd(plan: &Plan) -> Result<Option<OwnedFd>, super::NativeError>
         .map_err(|source| super::NativeError::Pipe { source })
 }
 
-/// Reads back what the stub wrote: one entry per declared path, in order
-/// (`not_collected` for every path the stub did not get to).
+/// Reads back what the stub wrote: one entry per declared path, in order.
+/// The stub writes the records before it reports how the payload ended, so
+/// they are complete only when `last` (the last status message) is that
+/// report; otherwise (pyward killed the sandbox first, or its setup failed)
+/// every path is `not_collected`.
 pub fn read_records(
     memfd: Option<&OwnedFd>,
+    last: Option<Message>,
     paths: &[String],
     caps: OutputCaps,
 ) -> Vec<OutputFile> {
-    let Some(memfd) = memfd else {
+    let complete = matches!(last, Some(Message::Exited(_) | Message::Signaled(_)));
+    let Some(memfd) = memfd.filter(|_| complete) else {
         return output_files::not_collected(paths);
     };
     let most = caps

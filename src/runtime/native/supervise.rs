@@ -83,8 +83,9 @@ pub fn run(
             )
         }
     };
+    let last = watched.message;
     let mut outcome = outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
-    outcome.files = outputs::read_records(files.as_ref(), declared, OutputCaps::of(limits));
+    outcome.files = outputs::read_records(files.as_ref(), last, declared, OutputCaps::of(limits));
     Ok((outcome, stub))
 }
 

@@ -512,9 +512,11 @@ impl Call {
         let finish = |watched: Watched| {
             let usage = watched.usage.unwrap_or_default();
             let wall = started.elapsed();
+            let last = watched.message;
             let mut outcome =
                 supervise::outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
-            outcome.files = outputs::read_records(files.as_ref(), &request.outputs, request.caps);
+            outcome.files =
+                outputs::read_records(files.as_ref(), last, &request.outputs, request.caps);
             Ok::<_, NativeError>(outcome)
         };
         let (stub, new_netns) = match self.handshake(cgroup, limits, started) {
