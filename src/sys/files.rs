@@ -12,7 +12,7 @@ fn check(ret: libc::c_long) -> nix::Result<libc::c_long> {
     }
 }
 
-/// The (device, inode) of `path`, following nothing but what stat follows.
+/// The (device, inode) of `path` (stat(2): a final symbolic link is followed).
 pub fn identity(path: &CStr) -> nix::Result<(u64, u64)> {
     // SAFETY: a zeroed stat is a valid out-parameter.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

@@ -580,6 +580,10 @@ impl DockerRuntime {
             },
             message,
             files: match (&launch.outputs, &splitter) {
+                // The setup failed: whatever the bootstrap found, the program never ran.
+                (Some(spec), _) if verdict == super::Verdict::SandboxError => {
+                    super::output_files::not_collected(&spec.paths)
+                }
                 (Some(spec), Some(splitter)) => splitter.files(spec),
                 _ => Vec::new(),
             },
