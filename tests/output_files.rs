@@ -137,16 +137,18 @@ fn hard_links_cannot_multiply_what_comes_back_past_the_work_dirs_size() {
 #[test]
 fn missing_files_are_reported_missing() {
     let code = "open('file.txt', 'w').write('x')";
+    let too_long = "n".repeat(300);
     let outputs = [
         "nope.txt",
         "no/such/dir.txt",
         "file.txt/under_a_file",
+        &too_long,
         "file.txt",
     ];
     let case = case(code, &outputs);
     let outputs = case.submission.outputs.clone();
     for (runtime, outcome) in case.expect_each(Verdict::Ok) {
-        for path in &outputs[..3] {
+        for path in &outputs[..4] {
             assert_eq!(
                 status(&outcome, &outputs, path),
                 &OutputStatus::Missing,

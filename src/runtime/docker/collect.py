@@ -4,7 +4,7 @@
 # work dir; `install_filters` and `fail` are its own. Instead of exec'ing the
 # program, it forks it, waits, and then, as the container's last process but
 # docker-init, writes the marker and one record per path on stdout.
-import json, signal, stat, struct, time
+import errno, json, signal, stat, struct, time
 spec = json.loads(spec)
 pid = os.fork()
 if pid == 0:
@@ -58,8 +58,10 @@ def open_regular(work, work_dev, path):
             last = i == len(parts) - 1
             try:
                 fd = os.open(part, O_PATH, dir_fd=d)
-            except (FileNotFoundError, NotADirectoryError):
-                return MISSING, None
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+                    return MISSING, None
+                raise
             st = os.fstat(fd)
             if stat.S_ISLNK(st.st_mode) or st.st_dev != work_dev:
                 kind = NOT_REGULAR

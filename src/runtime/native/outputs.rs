@@ -131,8 +131,11 @@ fn collect_one(
 ) -> nix::Result<()> {
     let file = match sys::files::open_beneath(work, path) {
         Ok(fd) => fd,
-        // Nothing there, or a component on the way is not a directory.
-        Err(Errno::ENOENT | Errno::ENOTDIR) => return write_record(out, kind::MISSING),
+        // Nothing there, a component on the way is not a directory, or a
+        // name longer than any file can have.
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG) => {
+            return write_record(out, kind::MISSING);
+        }
         // A symbolic link (ELOOP), a socket (ENXIO), a mount (EXDEV), a device on a nodev mount (EACCES).
         Err(Errno::ELOOP | Errno::ENXIO | Errno::EXDEV | Errno::EACCES) => {
             return write_record(out, kind::NOT_REGULAR);

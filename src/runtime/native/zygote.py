@@ -240,7 +240,7 @@ def _collect_one(work, path, room, out):
     fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_long(work), path.encode(), how, ctypes.c_long(len(how)))
     if fd < 0:
         err = ctypes.get_errno()
-        if err in (errno.ENOENT, errno.ENOTDIR):
+        if err in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
             kind = MISSING
         elif err in (errno.ELOOP, errno.ENXIO, errno.EXDEV, errno.EACCES):
             kind = NOT_REGULAR
