@@ -37,8 +37,8 @@ pub struct Submission {
     /// Limits that tighten the policy's.
     pub limits: LimitOverrides,
     /// Paths in the work dir to bring back after the run (relative, no `..`,
-    /// no NUL, at most [`MAX_OUTPUTS`](crate::runtime::MAX_OUTPUTS)); they come
-    /// back in [`Outcome::files`](crate::runtime::Outcome::files), in this order.
+    /// no NUL, at most [`MAX_OUTPUTS`](crate::MAX_OUTPUTS)); they come
+    /// back in [`Outcome::files`](crate::Outcome::files), in this order.
     pub outputs: Vec<String>,
 }
 
