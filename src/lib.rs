@@ -31,7 +31,11 @@ pub use runtime::docker::{
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime, WarmConfig, WarmRuntime};
 pub use runtime::{CancelToken, RunError, RunWatch, Runtime, Stream};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
-pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
+pub use runtime::{MAX_OUTPUT_PATH, MAX_OUTPUTS, OutputFile, OutputStatus};
+pub use runtime::{
+    OutcomeJson, OutcomeJsonError, OutputFileJson, OutputStatusJson, StreamEncoding, UsageJson,
+    signal_name,
+};
 pub use seccomp::{
     Allowlist, ArgCondition, ArgOp, ArgProblem, BUILTIN_ALLOWLISTS, SeccompError, SeccompProgram,
     SyscallRule, compile as compile_seccomp, dangerous_syscalls,

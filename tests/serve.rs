@@ -579,6 +579,52 @@ fn sync_runs_return_the_outcome_and_count_in_metrics() {
     }
 }
 
+#[test]
+fn output_files_come_back_from_sync_runs_and_jobs() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start("");
+    let code = "import os\n\
+        open('result.json', 'w').write('{\"n\": 1}')\n\
+        os.makedirs('out'); open('out/raw.bin', 'wb').write(bytes([0, 0xff]))\n\
+        os.symlink('/etc/passwd', 'link')";
+    let body = serde_json::json!({
+        "code": code,
+        "outputs": ["result.json", "out/raw.bin", "link", "gone"],
+    })
+    .to_string();
+    let run = server.post("/v1/runs", &body);
+    assert_eq!(run.status, 200, "{}", run.body);
+    let expected = serde_json::json!([
+        {"path": "result.json", "status": "ok", "content": "{\"n\": 1}", "encoding": "utf-8", "size": 8, "truncated": false},
+        {"path": "out/raw.bin", "status": "ok", "content": "AP8=", "encoding": "base64", "size": 2, "truncated": false},
+        {"path": "link", "status": "not_regular", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+        {"path": "gone", "status": "missing", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+    ]);
+    assert_eq!(run.json()["files"], expected, "{}", run.body);
+
+    // Through the job store: the stored outcome keeps them.
+    let response = server.post("/v1/jobs", &body);
+    assert_eq!(response.status, 202, "{}", response.body);
+    let id = response.json()["id"].as_str().unwrap().to_owned();
+    let job = server.wait_job(&id, Duration::from_secs(30));
+    assert_eq!(job["outcome"]["files"], expected, "{job}");
+
+    // A path out of the work dir is refused before anything runs.
+    for outputs in [r#"["../etc/passwd"]"#, r#"["a", "a"]"#, r#""a""#] {
+        let bad = server.post(
+            "/v1/runs",
+            &format!(r#"{{"code":"pass","outputs":{outputs}}}"#),
+        );
+        let code = bad.error(400);
+        assert!(
+            ["invalid_request", "invalid_json"].contains(&code.as_str()),
+            "{outputs}: {code}"
+        );
+    }
+}
+
 fn submit(server: &Server, code: &str) -> String {
     let response = server.post("/v1/jobs", &serde_json::json!({ "code": code }).to_string());
     assert_eq!(response.status, 202, "{}", response.body);

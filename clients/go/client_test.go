@@ -186,6 +186,36 @@ func TestAgainstServer(t *testing.T) {
 		}
 	})
 
+	t.Run("RunOutputFiles", func(t *testing.T) {
+		code := "import os\nopen('r.json', 'w').write('{}')\nopen('raw', 'wb').write(b'\\xff\\x00')\nos.symlink('/etc/passwd', 'link')"
+		out, err := c.Run(ctx(t), Request{Code: code, Outputs: []string{"r.json", "raw", "link", "gone"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Verdict != VerdictOK || len(out.Files) != 4 {
+			t.Fatalf("want ok with four files, got %+v", out)
+		}
+		r := out.File("r.json")
+		if data, err := r.Bytes(); err != nil || r.Status != FileOK || string(data) != "{}" || r.Size == nil || *r.Size != 2 {
+			t.Fatalf("r.json: %+v", r)
+		}
+		raw := out.File("raw")
+		if data, err := raw.Bytes(); err != nil || raw.Encoding != EncodingBase64 || !bytes.Equal(data, []byte{0xff, 0}) {
+			t.Fatalf("raw: %+v", raw)
+		}
+		if f := out.File("link"); f.Status != FileNotRegular || f.Content != "" || f.Size != nil {
+			t.Fatalf("link: %+v", f)
+		}
+		if f := out.File("gone"); f.Status != FileMissing {
+			t.Fatalf("gone: %+v", f)
+		}
+		_, err = c.Run(ctx(t), Request{Code: "pass", Outputs: []string{"../etc/passwd"}})
+		var apiErr *APIError
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 {
+			t.Fatalf("an output path out of the work dir: want 400, got %v", err)
+		}
+	})
+
 	t.Run("SubmitWait", func(t *testing.T) {
 		job, err := c.Submit(ctx(t), Request{Code: "print(2 ** 100)"})
 		if err != nil {

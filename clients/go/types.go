@@ -18,6 +18,9 @@ type Request struct {
 	Env         map[string]string `json:"env,omitempty"`
 	Policy      string            `json:"policy,omitempty"`
 	Limits      *Limits           `json:"limits,omitempty"`
+	// Outputs are paths in the work dir to bring back after the run (in
+	// Outcome.Files, in this order): relative, no "." or ".." component.
+	Outputs []string `json:"outputs,omitempty"`
 	// Image is a name from Images(); empty for the tenant's default.
 	Image string `json:"image,omitempty"`
 	// Arch is ArchAMD64 or ArchARM64, one of the image's Arches; empty for
@@ -132,8 +135,48 @@ type Outcome struct {
 	// older server.
 	Image *string `json:"image"`
 	Arch  *string `json:"arch"`
+	// Files holds one entry per path of Request.Outputs, in order.
+	Files []OutputFile `json:"files"`
 	// TraceID is set on the answer of POST /v1/runs only.
 	TraceID string `json:"trace_id,omitempty"`
+}
+
+// Statuses of an output file (docs/API.md, "Output files").
+const (
+	// FileOK: a regular file, read; Bytes gives its content.
+	FileOK = "ok"
+	// FileMissing: nothing at the path.
+	FileMissing = "missing"
+	// FileNotRegular: a directory, FIFO, socket, or a path through a symbolic link (never followed).
+	FileNotRegular = "not_regular"
+	// FileNotCollected: not read, because pyward stopped the run before the program ended.
+	FileNotCollected = "not_collected"
+)
+
+// OutputFile is one declared output file of a run. Read its content with
+// Bytes, which undoes the base64 encoding used for bytes that are not UTF-8.
+type OutputFile struct {
+	Path     string `json:"path"`
+	Status   string `json:"status"`
+	Content  string `json:"content"`
+	Encoding string `json:"encoding"`
+	// Size is the file's size when it was read; nil unless Status is FileOK.
+	Size *int64 `json:"size"`
+	// Truncated is true when the file held more than its cap: Content holds its first bytes.
+	Truncated bool `json:"truncated"`
+}
+
+// Bytes is the exact bytes kept of the file (empty unless Status is FileOK).
+func (f *OutputFile) Bytes() ([]byte, error) { return decodeStream(f.Content, f.Encoding) }
+
+// File is the declared output file at path, or nil.
+func (o *Outcome) File(path string) *OutputFile {
+	for i := range o.Files {
+		if o.Files[i].Path == path {
+			return &o.Files[i]
+		}
+	}
+	return nil
 }
 
 // Usage is what the run used.

@@ -31,6 +31,9 @@ pub struct RunRequest {
     /// The policy's name; the tenant's first policy when absent.
     pub policy: Option<String>,
     limits: Option<LimitsJson>,
+    /// Paths in the work dir to bring back after the run.
+    #[serde(default)]
+    outputs: Vec<String>,
     /// The image's name; the tenant's first image when absent.
     pub image: Option<String>,
     /// The architecture (`amd64`, `arm64`); the image's default when absent.
@@ -158,6 +161,7 @@ impl RunRequest {
             Some(limits) => limits.overrides()?,
             None => LimitOverrides::default(),
         };
+        crate::runtime::output_files::check_paths(&self.outputs).map_err(InvalidRequest)?;
         Ok(Submission {
             entrypoint,
             files,
@@ -165,6 +169,7 @@ impl RunRequest {
             stdin,
             env: self.env.clone(),
             limits,
+            outputs: self.outputs.clone(),
             // Routed by the front end (tenant defaults, allowed images), then set.
             image: None,
             arch: None,
@@ -328,6 +333,9 @@ mod tests {
         );
         assert_eq!(s.files[0].contents, b"print(2)");
         assert_eq!(s.stdin, [0xff]);
+        assert!(s.outputs.is_empty());
+        let s = parse(r#"{"code":"1","outputs":["result.json","out/plot.png"]}"#).unwrap();
+        assert_eq!(s.outputs, ["result.json", "out/plot.png"]);
     }
 
     #[test]
@@ -370,6 +378,12 @@ mod tests {
                 "exactly one",
             ),
             ("[", "EOF"),
+            (
+                r#"{"code":"1","outputs":["../etc/passwd"]}"#,
+                "output path \"../etc/passwd\"",
+            ),
+            (r#"{"code":"1","outputs":["a","a"]}"#, "declared twice"),
+            (r#"{"code":"1","outputs":"a"}"#, "invalid type"),
         ] {
             let err = parse(body).unwrap_err();
             assert!(err.contains(expect), "{body}: {err}");

@@ -432,6 +432,7 @@ mod tests {
                 message: cancelled.then(|| "cancelled".to_owned()),
                 image: None,
                 arch: None,
+                files: Vec::new(),
             })
         }
     }

@@ -133,6 +133,7 @@ impl Executor {
         watch: &RunWatch,
     ) -> Result<Outcome, ExecError> {
         let policy = Executor::resolve_policy(policy, submission)?;
+        submission.check_outputs()?;
         let (image, arch, runtime) = self.runtime_for(submission)?;
         tracing::debug!(policy = %policy.name, image = %image.name, %arch, runtime = runtime.name(), "starting run");
         let mut outcome = runtime.run_watched(&policy, submission, watch)?;
@@ -175,6 +176,7 @@ mod tests {
                 message: None,
                 image: None,
                 arch: None,
+                files: Vec::new(),
             })
         }
     }

@@ -5,7 +5,7 @@
 //! spells a JSON field name of an outcome; change a name here and the
 //! contract breaks, so don't.
 
-use super::{Captured, Outcome, Usage, Verdict};
+use super::{Captured, Outcome, OutputFile, OutputStatus, Usage, Verdict};
 use crate::arch::Arch;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -42,6 +42,85 @@ pub struct UsageJson {
     pub cpu_ms: u64,
     /// Peak memory of the sandbox in bytes.
     pub peak_memory_bytes: u64,
+}
+
+/// The `status` of an [`OutputFileJson`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStatusJson {
+    /// A regular file, read: `content` holds its bytes up to the caps.
+    Ok,
+    /// Nothing at the path.
+    Missing,
+    /// Not a regular file, or a path through a symbolic link (never followed).
+    NotRegular,
+    /// Not read: the run was stopped before the program ended, or the file could not be opened.
+    NotCollected,
+}
+
+/// One entry of `files` in [`OutcomeJson`]: a declared output file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFileJson {
+    /// The path as declared, relative to the work dir.
+    pub path: String,
+    /// `ok`, `missing`, `not_regular` or `not_collected`.
+    pub status: OutputStatusJson,
+    /// The bytes kept, encoded as `encoding` says; empty unless `status` is `ok`.
+    pub content: String,
+    /// `utf-8` or `base64`, as for stdout.
+    pub encoding: StreamEncoding,
+    /// The file's size in bytes when it was read; `null` unless `status` is `ok`.
+    pub size: Option<u64>,
+    /// True when the file held more than was kept.
+    pub truncated: bool,
+}
+
+impl From<&OutputFile> for OutputFileJson {
+    fn from(file: &OutputFile) -> OutputFileJson {
+        let (status, kept, size) = match &file.status {
+            OutputStatus::Collected { contents, size } => {
+                (OutputStatusJson::Ok, Some(contents), Some(*size))
+            }
+            OutputStatus::Missing => (OutputStatusJson::Missing, None, None),
+            OutputStatus::NotRegular => (OutputStatusJson::NotRegular, None, None),
+            OutputStatus::NotCollected => (OutputStatusJson::NotCollected, None, None),
+        };
+        let (content, encoding) = encode_stream(kept.map_or(&[][..], |c| &c.bytes));
+        OutputFileJson {
+            path: file.path.clone(),
+            status,
+            content,
+            encoding,
+            size,
+            truncated: kept.is_some_and(|c| c.truncated),
+        }
+    }
+}
+
+impl TryFrom<OutputFileJson> for OutputFile {
+    type Error = OutcomeJsonError;
+
+    fn try_from(wire: OutputFileJson) -> Result<OutputFile, OutcomeJsonError> {
+        let status = match wire.status {
+            OutputStatusJson::Ok => {
+                let bytes = decode_stream("files[].content", wire.content, wire.encoding)?;
+                OutputStatus::Collected {
+                    size: wire.size.unwrap_or(bytes.len() as u64),
+                    contents: Captured {
+                        bytes,
+                        truncated: wire.truncated,
+                    },
+                }
+            }
+            OutputStatusJson::Missing => OutputStatus::Missing,
+            OutputStatusJson::NotRegular => OutputStatus::NotRegular,
+            OutputStatusJson::NotCollected => OutputStatus::NotCollected,
+        };
+        Ok(OutputFile {
+            path: wire.path,
+            status,
+        })
+    }
 }
 
 /// The JSON form of an [`Outcome`], field for field as docs/API.md describes it.
@@ -83,6 +162,10 @@ pub struct OutcomeJson {
     /// The architecture the run used (`amd64`, `arm64`), or `null` like `image`.
     #[serde(default)]
     pub arch: Option<Arch>,
+    /// The declared output files, in the order of the request's `outputs`
+    /// (absent in outcomes stored before output files existed: read as none).
+    #[serde(default)]
+    pub files: Vec<OutputFileJson>,
 }
 
 /// A JSON outcome that cannot be turned back into an [`Outcome`].
@@ -94,7 +177,7 @@ pub enum OutcomeJsonError {
     /// A stream marked `base64` does not hold valid base64.
     #[error("field {field:?} is marked base64 but does not decode: {source}")]
     Base64 {
-        /// `stdout` or `stderr`.
+        /// `stdout`, `stderr` or `files[].content`.
         field: &'static str,
         /// What the decoder found.
         source: base64::DecodeError,
@@ -156,6 +239,7 @@ impl From<&Outcome> for OutcomeJson {
             message: outcome.message.clone(),
             image: outcome.image.clone(),
             arch: outcome.arch,
+            files: outcome.files.iter().map(OutputFileJson::from).collect(),
         }
     }
 }
@@ -186,6 +270,11 @@ impl TryFrom<OutcomeJson> for Outcome {
             message: wire.message,
             image: wire.image,
             arch: wire.arch,
+            files: wire
+                .files
+                .into_iter()
+                .map(OutputFile::try_from)
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -230,6 +319,7 @@ mod tests {
             message: None,
             image: None,
             arch: None,
+            files: Vec::new(),
         }
     }
 
@@ -254,6 +344,7 @@ mod tests {
                 "message": null,
                 "image": null,
                 "arch": null,
+                "files": [],
             })
         );
     }
@@ -277,6 +368,63 @@ mod tests {
         let object = json.as_object_mut().unwrap();
         object.remove("image");
         object.remove("arch");
+        assert_eq!(
+            Outcome::from_json(&json.to_string()).unwrap(),
+            outcome(b"x", b"")
+        );
+    }
+
+    #[test]
+    fn output_files_are_encoded_like_stdout_and_round_trip() {
+        let mut o = outcome(b"", b"");
+        let collected = |bytes: &[u8], size, truncated| OutputStatus::Collected {
+            contents: Captured {
+                bytes: bytes.to_vec(),
+                truncated,
+            },
+            size,
+        };
+        o.files = vec![
+            OutputFile {
+                path: "result.json".into(),
+                status: collected(b"{}", 2, false),
+            },
+            OutputFile {
+                path: "out/plot.png".into(),
+                status: collected(b"\x89PNG\xff", 9000, true),
+            },
+            OutputFile {
+                path: "gone".into(),
+                status: OutputStatus::Missing,
+            },
+            OutputFile {
+                path: "link".into(),
+                status: OutputStatus::NotRegular,
+            },
+            OutputFile {
+                path: "late".into(),
+                status: OutputStatus::NotCollected,
+            },
+        ];
+        let text = o.to_json();
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["files"],
+            json!([
+                {"path": "result.json", "status": "ok", "content": "{}", "encoding": "utf-8", "size": 2, "truncated": false},
+                {"path": "out/plot.png", "status": "ok", "content": "iVBOR/8=", "encoding": "base64", "size": 9000, "truncated": true},
+                {"path": "gone", "status": "missing", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+                {"path": "link", "status": "not_regular", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+                {"path": "late", "status": "not_collected", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+            ])
+        );
+        assert_eq!(Outcome::from_json(&text).unwrap(), o);
+    }
+
+    #[test]
+    fn outcomes_without_files_read_as_none() {
+        let mut json: Value = serde_json::from_str(&outcome(b"x", b"").to_json()).unwrap();
+        json.as_object_mut().unwrap().remove("files");
         assert_eq!(
             Outcome::from_json(&json.to_string()).unwrap(),
             outcome(b"x", b"")

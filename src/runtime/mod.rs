@@ -6,13 +6,18 @@
 
 mod json;
 mod outcome;
+pub(crate) mod output_files;
 mod submission;
 pub(crate) mod verdict;
 pub(crate) mod watch;
 
 pub(crate) use json::encode_stream;
-pub use json::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
-pub use outcome::{Captured, Outcome, Usage, Verdict};
+pub use json::{
+    OutcomeJson, OutcomeJsonError, OutputFileJson, OutputStatusJson, StreamEncoding, UsageJson,
+    signal_name,
+};
+pub use outcome::{Captured, Outcome, OutputFile, OutputStatus, Usage, Verdict};
+pub use output_files::{MAX_OUTPUT_PATH, MAX_OUTPUTS};
 pub use submission::{Entrypoint, InputFile, Submission};
 pub use watch::{CancelToken, RunWatch, Stream};
 

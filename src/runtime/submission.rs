@@ -43,9 +43,19 @@ pub struct Submission {
     /// The architecture to run on; `None` for the image's default (the host's
     /// when the image has it). Runtimes ignore it: the executor routes on it.
     pub arch: Option<Arch>,
+    /// Paths in the work dir to bring back after the run (relative, no `..`,
+    /// no NUL, at most [`MAX_OUTPUTS`](crate::MAX_OUTPUTS)); they come
+    /// back in [`Outcome::files`](crate::Outcome::files), in this order.
+    pub outputs: Vec<String>,
 }
 
 impl Submission {
+    /// Checks the declared output paths (see [`Submission::outputs`]); the
+    /// error names the path and what is allowed.
+    pub fn check_outputs(&self) -> Result<(), super::RunError> {
+        super::output_files::check_paths(&self.outputs).map_err(super::RunError::InvalidSubmission)
+    }
+
     /// A submission that runs `code` with `python3 -c` and nothing else.
     pub fn code(code: impl Into<String>) -> Submission {
         Submission {
@@ -57,6 +67,7 @@ impl Submission {
             limits: LimitOverrides::default(),
             image: None,
             arch: None,
+            outputs: Vec::new(),
         }
     }
 }

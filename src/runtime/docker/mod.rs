@@ -3,9 +3,11 @@
 //!
 //! `host_config` is the only place a policy becomes Docker settings,
 //! `workdir` gets the files in (on stdin, since the rootfs is read-only),
+//! `files` gets the declared output files out (on stdout, after a marker),
 //! `usage` samples the container's cgroup, `verdict` decides. This module owns
 //! the container's life: create, attach, start, watch, and always remove.
 
+mod files;
 mod host_config;
 mod usage;
 mod verdict;
@@ -13,6 +15,7 @@ mod workdir;
 
 pub use host_config::{WORK_DIR, host_config};
 
+use super::output_files::OutputCaps;
 use super::{Captured, Outcome, RunError, RunWatch, Runtime, Stream, Submission, Usage};
 use crate::arch::Arch;
 use crate::policy::{DeniedAction, SandboxPolicy};
@@ -158,6 +161,12 @@ pub enum DockerError {
     /// The policy's seccomp allowlist could not be loaded.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The random marker of the output files could not be made.
+    #[error("failed to read random bytes for the output files' marker from /dev/urandom")]
+    Random {
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 fn api(step: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
@@ -409,7 +418,8 @@ impl DockerRuntime {
             .check_env(&submission.env)
             .map_err(|e| RunError::InvalidSubmission(e.to_string()))?;
         let filters = self.filters(policy)?;
-        let launch = workdir::launch(submission, &filters.native)?;
+        let caps = OutputCaps::of(&policy.limits);
+        let launch = workdir::launch(submission, &filters.native, caps)?;
         self.inspect_image().await?;
         let id = self
             .create(policy, &launch.cmd, &filters.profile, submission)
@@ -531,6 +541,7 @@ impl DockerRuntime {
             }
         };
         tokio::pin!(cancelled);
+        let mut splitter = launch.outputs.as_ref().map(files::Splitter::new);
         loop {
             let chunk = tokio::select! {
                 chunk = io.output.next() => chunk,
@@ -547,7 +558,16 @@ impl DockerRuntime {
                 None => break,
                 // The attach stream breaking mid-run ends the capture; the state below still tells.
                 Some(Err(_)) => break,
-                Some(Ok(LogOutput::StdOut { message })) => (Stream::Stdout, &mut stdout, message),
+                Some(Ok(LogOutput::StdOut { message })) => match &mut splitter {
+                    None => (Stream::Stdout, &mut stdout, message),
+                    Some(splitter) => match splitter.feed(&message) {
+                        (program, true) => (Stream::Stdout, &mut stdout, program.into()),
+                        (_, false) => {
+                            killed = Some(KillReason::Output);
+                            break;
+                        }
+                    },
+                },
                 Some(Ok(LogOutput::StdErr { message })) => (Stream::Stderr, &mut stderr, message),
                 Some(Ok(_)) => continue,
             };
@@ -556,6 +576,14 @@ impl DockerRuntime {
             if !keep(stream, &bytes, cap) {
                 killed = Some(KillReason::Output);
                 break;
+            }
+        }
+        let tail = splitter.as_mut().map(files::Splitter::finish);
+        if let Some(tail) = tail {
+            let room = cap.saturating_sub(stdout.bytes.len());
+            observer.emit(Stream::Stdout, &tail[..tail.len().min(room)]);
+            if !keep(&mut stdout, &tail, cap) {
+                killed.get_or_insert(KillReason::Output);
             }
         }
         // Close the attach connection first: a daemon blocked writing output
@@ -594,6 +622,14 @@ impl DockerRuntime {
             message,
             image: None,
             arch: None,
+            files: match (&launch.outputs, &splitter) {
+                // The setup failed: whatever the bootstrap found, the program never ran.
+                (Some(spec), _) if verdict == super::Verdict::SandboxError => {
+                    super::output_files::not_collected(&spec.paths)
+                }
+                (Some(spec), Some(splitter)) => splitter.files(spec),
+                _ => Vec::new(),
+            },
         })
     }
 

@@ -17,13 +17,17 @@
 //! `PR_SET_SECCOMP` (EINVAL) and `seccomp()` (ENOSYS), so the runtime sends no
 //! filters and the container's host-arch profile is the only filter.
 //!
-//! The container's command is a short Python bootstrap: read exactly the tar
-//! and the filters from fd 0 (unbuffered, so not one byte of the program's
-//! stdin), unpack the tar into the `/work` tmpfs as the sandbox user, install
-//! the filters with `prctl(PR_SET_SECCOMP)`, and `execv` python3 with the real
-//! command line. No process is forked.
+//! The container's command is a short Python bootstrap: read exactly the tar,
+//! the filters and the output files' spec from fd 0 (unbuffered, so not one
+//! byte of the program's stdin), unpack the tar into the `/work` tmpfs as the
+//! sandbox user, install the filters with `prctl(PR_SET_SECCOMP)`, and `execv`
+//! python3 with the real command line. No process is forked, unless output
+//! files are declared (`files`: the bootstrap then forks the program, and
+//! the program's process installs the filters).
 
+use super::files::{COLLECTOR, OutputsSpec};
 use super::host_config::WORK_DIR;
+use crate::runtime::output_files::OutputCaps;
 use crate::runtime::{Entrypoint, InputFile, RunError, Submission};
 
 /// Exit status of the bootstrap when it could not unpack the files or install the filters.
@@ -36,14 +40,23 @@ pub const UNPACK_MESSAGE: &str = "pyward: sandbox setup failed in the container"
 pub struct Launch {
     /// argv of the container's main process (docker-init runs it as its child).
     pub cmd: Vec<String>,
-    /// The tar of the work dir (may be empty), the filters, then the submission's stdin.
+    /// The tar of the work dir (may be empty), the filters, the output
+    /// files' spec (may be empty), then the submission's stdin.
     pub stdin: Vec<u8>,
+    /// The declared output files, when there are any.
+    pub outputs: Option<OutputsSpec>,
 }
 
 /// The command and stdin for `submission`, the program's process to install
-/// `filters` (raw `struct sock_filter` arrays, in order) before it execs.
-pub fn launch(submission: &Submission, filters: &[Vec<u8>]) -> Result<Launch, RunError> {
+/// `filters` (raw `struct sock_filter` arrays, in order) before it execs, and
+/// the declared output files to come back under `caps`.
+pub fn launch(
+    submission: &Submission,
+    filters: &[Vec<u8>],
+    caps: OutputCaps,
+) -> Result<Launch, RunError> {
     let python = python_argv(submission)?;
+    let outputs = OutputsSpec::new(submission, caps)?;
     let mut stdin = if submission.files.is_empty() {
         Vec::new()
     } else {
@@ -54,22 +67,32 @@ pub fn launch(submission: &Submission, filters: &[Vec<u8>]) -> Result<Launch, Ru
     for filter in filters {
         stdin.extend_from_slice(filter);
     }
+    let spec = outputs.as_ref().map(OutputsSpec::json).unwrap_or_default();
+    stdin.extend_from_slice(&spec);
     stdin.extend_from_slice(&submission.stdin);
     let mut cmd = vec![
         "python3".to_owned(),
         "-s".to_owned(),
         "-c".to_owned(),
-        bootstrap(),
+        bootstrap(outputs.is_some()),
     ];
     cmd.push(tar_len.to_string());
     cmd.push(filter_lens.join(","));
+    cmd.push(spec.len().to_string());
     cmd.extend(python);
-    Ok(Launch { cmd, stdin })
+    Ok(Launch {
+        cmd,
+        stdin,
+        outputs,
+    })
 }
 
-/// argv[1]: the tar's length; argv[2]: the filters' lengths; argv[3:]: the
-/// program's command line. Reads them from fd 0, unpacks, installs, execs.
-fn bootstrap() -> String {
+/// argv[1]: the tar's length; argv[2]: the filters' lengths; argv[3]: the
+/// output files' spec's length; argv[4:]: the program's command line. Reads
+/// them from fd 0, unpacks, installs, execs (or, with output files, goes on
+/// with `files::COLLECTOR`).
+fn bootstrap(outputs: bool) -> String {
+    let collector = if outputs { COLLECTOR } else { "" };
     format!(
         r#"import os, sys
 def take(n):
@@ -79,13 +102,9 @@ def take(n):
         if not chunk: raise EOFError("short input")
         buf += chunk
     return bytes(buf)
-try:
-    tar = take(int(sys.argv[1]))
-    filters = [take(int(n)) for n in sys.argv[2].split(",") if n]
-    if tar:
-        import io, tarfile
-        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-            t.extractall("{WORK_DIR}")
+def fail(e):
+    os.write(2, b"{UNPACK_MESSAGE}: " + repr(e).encode() + b"\n"); os._exit({UNPACK_FAILED})
+def install_filters():
     if filters:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -94,9 +113,21 @@ try:
         for f in filters:
             if libc.prctl(22, 2, ctypes.byref(Prog(len(f) // 8, f)), 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+try:
+    tar = take(int(sys.argv[1]))
+    filters = [take(int(n)) for n in sys.argv[2].split(",") if n]
+    spec = take(int(sys.argv[3]))
+    if tar:
+        import io, tarfile
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            t.extractall("{WORK_DIR}")
+    if not spec:
+        install_filters()
 except BaseException as e:
-    os.write(2, b"{UNPACK_MESSAGE}: " + repr(e).encode() + b"\n"); os._exit({UNPACK_FAILED})
-os.execv("/usr/bin/python3", sys.argv[3:])"#
+    fail(e)
+if not spec:
+    os.execv("/usr/bin/python3", sys.argv[4:])
+{collector}"#
     )
 }
 
@@ -191,6 +222,11 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    const CAPS: OutputCaps = OutputCaps {
+        per_file: 1 << 20,
+        total: 16 << 20,
+    };
+
     fn file(path: &str, contents: &[u8]) -> InputFile {
         InputFile {
             path: path.to_owned(),
@@ -253,11 +289,13 @@ mod tests {
         submission.args = vec!["a".into()];
         submission.stdin = b"in".to_vec();
         let filters = [vec![1u8; 16], vec![2u8; 8]];
-        let launch = launch(&submission, &filters).unwrap();
+        let launch = launch(&submission, &filters, CAPS).unwrap();
         assert_eq!(&launch.cmd[..3], ["python3", "-s", "-c"]);
-        assert_eq!(&launch.cmd[4..6], ["0", "16,8"]);
-        assert_eq!(&launch.cmd[6..], ["python3", "-s", "-c", "print(1)", "a"]);
+        assert_eq!(&launch.cmd[4..7], ["0", "16,8", "0"]);
+        assert_eq!(&launch.cmd[7..], ["python3", "-s", "-c", "print(1)", "a"]);
         assert_eq!(launch.stdin, [&[1u8; 16][..], &[2u8; 8], b"in"].concat());
+        assert!(launch.outputs.is_none());
+        assert!(!launch.cmd[3].contains("os.fork"));
     }
 
     #[test]
@@ -266,12 +304,13 @@ mod tests {
         submission.entrypoint = Entrypoint::File("main.py".into());
         submission.files = vec![file("main.py", b"print(input())\n")];
         submission.stdin = b"hello\n".to_vec();
-        let launch = launch(&submission, &[vec![7u8; 8]]).unwrap();
+        let launch = launch(&submission, &[vec![7u8; 8]], CAPS).unwrap();
         let tar = work_tar(&submission.files).unwrap();
         assert_eq!(&launch.cmd[..3], ["python3", "-s", "-c"]);
         assert_eq!(launch.cmd[4], tar.len().to_string());
         assert_eq!(launch.cmd[5], "8");
-        assert_eq!(&launch.cmd[6..], ["python3", "-s", "main.py"]);
+        assert_eq!(launch.cmd[6], "0");
+        assert_eq!(&launch.cmd[7..], ["python3", "-s", "main.py"]);
         assert_eq!(
             launch.stdin,
             [tar.as_slice(), &[7u8; 8], b"hello\n"].concat()
@@ -279,11 +318,32 @@ mod tests {
     }
 
     #[test]
+    fn output_files_put_their_spec_after_the_filters_and_the_collector_in_the_script() {
+        let mut submission = Submission::code("pass");
+        submission.outputs = vec!["result.json".into()];
+        submission.stdin = b"in".to_vec();
+        let launch = launch(&submission, &[vec![7u8; 8]], CAPS).unwrap();
+        let spec = launch.outputs.as_ref().unwrap().json();
+        assert_eq!(launch.cmd[6], spec.len().to_string());
+        assert_eq!(launch.stdin, [&[7u8; 8][..], &spec, b"in"].concat());
+        assert!(launch.cmd[3].contains("os.fork"));
+        // The marker travels on stdin only: the program can read argv in /proc.
+        let marker = &launch.outputs.as_ref().unwrap().marker;
+        let argv = launch.cmd.concat().into_bytes();
+        assert!(!argv.windows(marker.len()).any(|w| w == marker.as_slice()));
+        submission.outputs = vec!["../etc/passwd".into()];
+        assert!(matches!(
+            super::launch(&submission, &[], CAPS),
+            Err(RunError::InvalidSubmission(_))
+        ));
+    }
+
+    #[test]
     fn an_entrypoint_that_is_not_a_file_is_refused() {
         let mut submission = Submission::code("");
         submission.entrypoint = Entrypoint::File("main.py".into());
         assert!(matches!(
-            launch(&submission, &[]),
+            launch(&submission, &[], CAPS),
             Err(RunError::InvalidSubmission(_))
         ));
     }

@@ -3,11 +3,13 @@
 //!
 //! `plan` prepares every byte the sandbox needs, `child` is the sandbox's own
 //! setup (the pid-1 stub and the payload), `supervise` is the parent's watch,
-//! `verdict` turns what was seen into a verdict. Raw syscalls live in `sys`.
+//! `verdict` turns what was seen into a verdict, `outputs` brings the
+//! declared output files back. Raw syscalls live in `sys`.
 //! `warm` is the opt-in warm path: calls forked from a sandboxed zygote
 //! interpreter (`zygote.py`) instead of a fresh one.
 
 mod child;
+mod outputs;
 mod plan;
 mod status;
 mod supervise;
@@ -243,8 +245,7 @@ impl Runtime for NativeRuntime {
         cgroup
             .set_limits(&cgroup_limits(limits))
             .map_err(NativeError::from)?;
-        let stdin = &submission.stdin;
-        let ran = supervise::run(&netns, &plan, limits, &cgroup, stdin, self.ids, watch);
+        let ran = supervise::run(&netns, &plan, limits, &cgroup, submission, self.ids, watch);
         match ran {
             Ok((outcome, Some(stub))) => {
                 self.reaper.finish(Leftover {

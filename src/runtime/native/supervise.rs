@@ -3,12 +3,14 @@
 
 use super::NativeError;
 use super::child::{self, ChildFds};
+use super::outputs;
 use super::plan::Plan;
 use super::status::{MESSAGE_LEN, Message};
 use super::verdict::{self, KillReason, Observed};
 use crate::policy::Limits;
+use crate::runtime::output_files::OutputCaps;
 use crate::runtime::watch::CancelGuard;
-use crate::runtime::{Captured, Outcome, RunWatch, Stream as Output, Usage};
+use crate::runtime::{Captured, Outcome, RunWatch, Stream as Output, Submission, Usage};
 use crate::sys;
 use crate::sys::cgroup::{Cgroup, CgroupError, Counters};
 use nix::fcntl::OFlag;
@@ -31,23 +33,28 @@ pub struct IdMap {
 
 /// Runs the plan inside `cgroup` until the program has ended. The stub may
 /// still be exiting: it comes back with the outcome, to be reaped (before
-/// `cgroup` and `netns` are reused).
+/// `cgroup` and `netns` are reused). `submission` gives the stdin and the
+/// declared output files (its program is in `plan`).
 pub fn run(
     netns: &OwnedFd,
     plan: &Plan,
     limits: &Limits,
     cgroup: &Cgroup,
-    stdin: &[u8],
+    submission: &Submission,
     ids: IdMap,
     observer: &RunWatch,
 ) -> Result<(Outcome, Option<Stub>), NativeError> {
-    let io = StdioPipes::new(stdin)?;
+    let io = StdioPipes::new(&submission.stdin)?;
+    let files = outputs::records_memfd(plan)?;
     let before = cgroup.counters()?;
     // The slot is reused: its CPU counter starts where the last run left it.
     let cpu_before = cgroup.cpu_usage()?;
     let clone_target = cgroup.clone_target()?;
     let flags = sandbox_clone_flags(clone_target.is_some());
-    let fds = io.child_fds();
+    let fds = ChildFds {
+        files: files.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        ..io.child_fds()
+    };
     let started = Instant::now();
     let args = sys::clone::CloneArgs {
         flags,
@@ -80,7 +87,14 @@ pub fn run(
             )
         }
     };
-    let outcome = outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+    let last = watched.message;
+    let mut outcome = outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+    outcome.files = outputs::read_records(
+        files.as_ref(),
+        last,
+        &submission.outputs,
+        OutputCaps::of(limits),
+    );
     Ok((outcome, stub))
 }
 
@@ -127,6 +141,7 @@ pub(super) fn outcome(
         message,
         image: None,
         arch: None,
+        files: Vec::new(),
     })
 }
 
@@ -252,6 +267,7 @@ impl StdioPipes {
             status: self.status.1.as_raw_fd(),
             go: self.go.0.as_raw_fd(),
             parent: self.parent.as_raw_fd(),
+            files: -1,
         }
     }
 

@@ -11,11 +11,13 @@
 //! capabilities, no_new_privs and its seccomp filters before its program runs,
 //! and is watched by `supervise::watch` like a cold run.
 
+use super::outputs;
 use super::plan::{self, Plan, WORK_DIR};
 use super::status::{MESSAGE_LEN, Message, Step};
 use super::supervise::{self, ParentSide, Stub, Watched};
 use super::{NativeError, NativeRuntime};
 use crate::policy::{Network, SandboxPolicy};
+use crate::runtime::output_files::{self, OutputCaps};
 use crate::runtime::{Entrypoint, Outcome, RunError, RunWatch, Runtime, Submission};
 use crate::sys;
 use crate::sys::cgroup::{Cgroup, CgroupLimits};
@@ -205,7 +207,7 @@ impl Runtime for WarmRuntime {
             .map_err(NativeError::from)?;
         let loopback = policy.network == Network::Loopback;
         let mut zygote = self.zygote(policy, false)?;
-        let mut call = Call::new(&submission.stdin)?;
+        let mut call = Call::new(&submission.stdin, !request.outputs.is_empty())?;
         let mut netns = zygote.take_netns(loopback);
         let started = Instant::now();
         if zygote.fork(&call, netns.as_ref()).is_err() {
@@ -337,6 +339,7 @@ impl Zygote {
             status: status.1.as_raw_fd(),
             go: go.0.as_raw_fd(),
             parent: parent.as_raw_fd(),
+            files: -1,
         };
         let clone_target = cgroup.clone_target().map_err(NativeError::from)?;
         let flags = super::supervise::sandbox_clone_flags(clone_target.is_some());
@@ -399,14 +402,17 @@ impl Zygote {
             child.stdout.as_raw_fd(),
             child.stderr.as_raw_fd(),
         ];
-        let kind = match netns {
-            Some(netns) => {
-                fds.push(netns.as_raw_fd());
-                b"N"
-            }
-            None => b"F",
-        };
-        sys::unix::send_with_fds(&self.control, kind, &fds)
+        // "F" or "N" (with a network namespace), then "O" with the output files' memfd.
+        let mut kind = Vec::with_capacity(2);
+        kind.push(if netns.is_some() { b'N' } else { b'F' });
+        if let Some(files) = &call.files {
+            kind.push(b'O');
+            fds.push(files.as_raw_fd());
+        }
+        if let Some(netns) = netns {
+            fds.push(netns.as_raw_fd());
+        }
+        sys::unix::send_with_fds(&self.control, &kind, &fds)
     }
 
     fn take_netns(&self, loopback: bool) -> Option<OwnedFd> {
@@ -443,6 +449,8 @@ struct Call {
     call: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// The memfd the call's pid 1 writes the output files' records into, when files are declared.
+    files: Option<OwnedFd>,
     child: Option<ChildEnds>,
 }
 
@@ -455,7 +463,7 @@ struct ChildEnds {
 }
 
 impl Call {
-    fn new(stdin: &[u8]) -> Result<Call, NativeError> {
+    fn new(stdin: &[u8], outputs: bool) -> Result<Call, NativeError> {
         let warm = |step: &'static str| move |source| NativeError::Warm { step, source };
         let (call, child_call) = sys::unix::call_pair().map_err(warm("make the call's socket"))?;
         let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(warm("make a pipe"));
@@ -469,10 +477,15 @@ impl Call {
         for fd in [&stdout.0, &stderr.0] {
             fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(warm("set O_NONBLOCK"))?;
         }
+        let files = outputs
+            .then(|| memfd_create(c"pyward-output-files", MFdFlags::MFD_CLOEXEC))
+            .transpose()
+            .map_err(warm("make the output files' memfd"))?;
         Ok(Call {
             call,
             stdout: stdout.0,
             stderr: stderr.0,
+            files,
             child: Some(ChildEnds {
                 call: child_call,
                 stdin: file.into(),
@@ -490,7 +503,7 @@ impl Call {
     /// Sends the request, moves the call's stub into `cgroup`, lets it go on
     /// and watches it like a cold run. Returns the outcome and the stub's pidfd.
     fn run(
-        self,
+        mut self,
         request: &Request,
         cgroup: &Cgroup,
         limits: &crate::policy::Limits,
@@ -501,10 +514,16 @@ impl Call {
         let cpu_before = cgroup.cpu_usage()?;
         // The stub's own report is the payload's usage on this path (it is
         // never reaped here: the zygote is its parent).
+        let files = self.files.take();
         let finish = |watched: Watched| {
             let usage = watched.usage.unwrap_or_default();
             let wall = started.elapsed();
-            supervise::outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)
+            let last = watched.message;
+            let mut outcome =
+                supervise::outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+            outcome.files =
+                outputs::read_records(files.as_ref(), last, &request.outputs, request.caps);
+            Ok::<_, NativeError>(outcome)
         };
         let (stub, new_netns) = match self.handshake(cgroup, limits, started) {
             Ok(Handshake::Released(pidfd, netns)) => {
@@ -661,6 +680,9 @@ fn steps_json() -> String {
 /// then the files' contents and the seccomp programs, back to back.
 struct Request {
     bytes: Vec<u8>,
+    /// The declared output files, and how much of them comes back.
+    outputs: Vec<String>,
+    caps: OutputCaps,
 }
 
 impl Request {
@@ -672,6 +694,8 @@ impl Request {
         let limits = &policy.limits;
         let tmpfs = limits.tmpfs.bytes();
         let (dirs, files) = plan::work_files(submission, std::path::Path::new(""), tmpfs)?;
+        output_files::check_paths(&submission.outputs).map_err(RunError::InvalidSubmission)?;
+        let caps = OutputCaps::of(limits);
         let text = |c: &std::ffi::CString| c.to_string_lossy().into_owned();
         let mut blobs: Vec<u8> = Vec::new();
         let mut file_list = Vec::new();
@@ -736,12 +760,19 @@ impl Request {
             "code": code,
             "file": file,
             "args": submission.args,
+            "outputs": submission.outputs,
+            "output_cap": caps.per_file,
+            "output_total": caps.total,
         });
         let header = serde_json::to_vec(&header).unwrap_or_default();
         let mut bytes = Vec::with_capacity(4 + header.len() + blobs.len());
         bytes.extend_from_slice(&(header.len() as u32).to_ne_bytes());
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&blobs);
-        Ok(Request { bytes })
+        Ok(Request {
+            bytes,
+            outputs: submission.outputs.clone(),
+            caps,
+        })
     }
 }
