@@ -49,6 +49,19 @@ pub trait Runtime: Send + Sync {
         submission: &Submission,
         watch: &RunWatch,
     ) -> Result<Outcome, RunError>;
+
+    /// Starts now what this runtime keeps warm for calls under `policy`
+    /// (a zygote, pooled containers) instead of at the first call; an error
+    /// says why it cannot. Nothing to do for a runtime without a warm path.
+    fn prewarm(&self, _policy: &SandboxPolicy) -> Result<(), RunError> {
+        Ok(())
+    }
+
+    /// Sandboxes ready to take a call without a cold start (running
+    /// zygotes, pooled containers); 0 for a runtime without a warm path.
+    fn warm_ready(&self) -> usize {
+        0
+    }
 }
 
 /// Why a run could not start.

@@ -37,17 +37,31 @@ const ZYGOTE_SCRIPT: &str = include_str!("zygote.py");
 const ZYGOTE_START: Duration = Duration::from_secs(30);
 
 /// Settings of the warm path.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WarmConfig {
     /// Modules every zygote imports before it forks (site is always there).
     pub modules: Vec<String>,
+    /// Most zygotes kept at once (one per sandbox user and base environment
+    /// in use); starting one more stops the one used least recently.
+    pub max_zygotes: usize,
+}
+
+impl Default for WarmConfig {
+    fn default() -> Self {
+        WarmConfig {
+            modules: Vec::new(),
+            max_zygotes: 8,
+        }
+    }
 }
 
 /// The native runtime's warm path: calls fork from a pre-initialised,
 /// sandboxed interpreter instead of starting a fresh one.
 pub struct WarmRuntime {
     native: Arc<NativeRuntime>,
-    zygotes: Mutex<HashMap<ZygoteKey, Arc<Zygote>>>,
+    /// The zygotes, each with when a call last used it.
+    zygotes: Mutex<HashMap<ZygoteKey, (Arc<Zygote>, Instant)>>,
+    max_zygotes: usize,
     /// Starts zygotes on a thread of its own (see [`Spawner`]).
     spawner: Spawner,
     /// Frees each call's cgroup slot once the call's processes are gone.
@@ -69,6 +83,7 @@ impl WarmRuntime {
             .ok();
         let native = Arc::new(native);
         WarmRuntime {
+            max_zygotes: config.max_zygotes.max(1),
             spawner: Spawner::new(native.clone(), config),
             native,
             zygotes: Mutex::default(),
@@ -89,7 +104,7 @@ impl WarmRuntime {
             .zygotes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for zygote in zygotes.values() {
+        for (zygote, _) in zygotes.values() {
             let _ = sys::process::pidfd_send_signal(zygote.stub.pidfd.as_fd(), libc::SIGKILL);
             let mut fds = [PollFd::new(zygote.stub.pidfd.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, PollTimeout::from(5000u16));
@@ -106,15 +121,38 @@ impl WarmRuntime {
             .zygotes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(zygote) = zygotes.get(&key)
+        if let Some((zygote, used)) = zygotes.get_mut(&key)
             && !restart
             && zygote.alive()
         {
+            *used = Instant::now();
             return Ok(zygote.clone());
         }
+        if !zygotes.contains_key(&key) && zygotes.len() >= self.max_zygotes {
+            // Calls in flight keep theirs alive; it stops with the last of them.
+            let oldest = zygotes
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                zygotes.remove(&oldest);
+            }
+        }
         let zygote = Arc::new(self.spawner.start(policy)?);
-        zygotes.insert(key, zygote.clone());
+        zygotes.insert(key, (zygote.clone(), Instant::now()));
         Ok(zygote)
+    }
+
+    /// Zygotes running now, ready to fork a call.
+    pub fn zygotes(&self) -> usize {
+        let zygotes = self
+            .zygotes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        zygotes
+            .values()
+            .filter(|(zygote, _)| zygote.alive())
+            .count()
     }
 
     fn finish(&self, finished: Finished) {
@@ -192,6 +230,14 @@ impl Drop for WarmRuntime {
 impl Runtime for WarmRuntime {
     fn name(&self) -> &'static str {
         "native-warm"
+    }
+
+    fn prewarm(&self, policy: &SandboxPolicy) -> Result<(), RunError> {
+        self.prestart(policy)
+    }
+
+    fn warm_ready(&self) -> usize {
+        self.zygotes()
     }
 
     fn run_watched(
