@@ -6,10 +6,10 @@ use super::wire::{JobJson, PolicyJson, RunRequest, RunResponse};
 use crate::executor::admission::{Refusal, Tenant};
 use crate::executor::jobs::JobQueue;
 use crate::executor::metrics::{Rejection, RunKind};
-use crate::executor::store::{CancelResult, JobStatus};
+use crate::executor::store::{CancelResult, JobRecord, JobStatus};
 use crate::executor::{ExecError, Executor};
 use crate::policy::SandboxPolicy;
-use crate::runtime::{OutcomeJson, RunError, Submission};
+use crate::runtime::{Outcome, OutcomeJson, RunError, Submission};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -38,13 +38,22 @@ pub struct AppState {
 type Shared = State<Arc<AppState>>;
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    authenticate_bearer(state, authorization)
+}
+
+/// The tenant of an `Authorization` value (`Bearer TOKEN`); shared with gRPC.
+pub(super) fn authenticate_bearer(
+    state: &AppState,
+    authorization: Option<&str>,
+) -> Result<Arc<Tenant>, ApiError> {
     let admission = &state.queue.admission;
     if let Some(anonymous) = admission.anonymous() {
         return Ok(anonymous);
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let token = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     token
@@ -56,7 +65,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Ap
 }
 
 /// A decoded, checked request: the tenant's policy tightened and the submission.
-struct Admitted {
+pub(super) struct Admitted {
     policy: SandboxPolicy,
     submission: Submission,
 }
@@ -77,8 +86,8 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
 }
 
 /// Decodes `body` and checks it against `tenant`'s policies; shared by sync
-/// runs, job submission and (through [`prepare`]) job workers.
-fn admit(
+/// runs, job submission (HTTP and gRPC) and (through [`prepare`]) job workers.
+pub(super) fn admit(
     policies: &BTreeMap<String, Arc<SandboxPolicy>>,
     tenant: &Tenant,
     body: &[u8],
@@ -187,9 +196,23 @@ pub async fn post_run(
 ) -> Result<Json<RunResponse>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
     let body = body_bytes(&state, body)?;
-    let Admitted { policy, submission } = admit(&state.policies, &tenant, &body)?;
-    let slot = tenant.try_slot().map_err(|r| refused(&state, r))?;
-    tenant.take_rate().map_err(|r| refused(&state, r))?;
+    let admitted = admit(&state.policies, &tenant, &body)?;
+    let outcome = run_now(&state, &tenant, admitted).await?;
+    Ok(Json(RunResponse {
+        outcome: OutcomeJson::from(&outcome),
+        trace_id: super::trace::current(),
+    }))
+}
+
+/// Runs an admitted request now, within the tenant's and the server's
+/// bounds; shared by POST /v1/runs and gRPC `Run`.
+pub(super) async fn run_now(
+    state: &AppState,
+    tenant: &Arc<Tenant>,
+    Admitted { policy, submission }: Admitted,
+) -> Result<Outcome, ApiError> {
+    let slot = tenant.try_slot().map_err(|r| refused(state, r))?;
+    tenant.take_rate().map_err(|r| refused(state, r))?;
     let admission = &state.queue.admission;
     let queued = state
         .queue
@@ -199,7 +222,7 @@ pub async fn post_run(
         .map_err(|e| ApiError::internal(&e))?;
     let wait = admission
         .try_wait(queued)
-        .ok_or_else(|| queue_full(&state))?;
+        .ok_or_else(|| queue_full(state))?;
     let permit = admission
         .running
         .clone()
@@ -227,10 +250,7 @@ pub async fn post_run(
                 .metrics
                 .record(RunKind::Sync, outcome.verdict, started.elapsed());
             tracing::info!(verdict = %outcome.verdict, "run finished");
-            Ok(Json(RunResponse {
-                outcome: OutcomeJson::from(&outcome),
-                trace_id: super::trace::current(),
-            }))
+            Ok(outcome)
         }
         Err(ExecError::Run(RunError::InvalidSubmission(message))) => Err(ApiError::BadRequest {
             code: "invalid_request",
@@ -249,6 +269,24 @@ pub async fn post_job(
     let tenant = authenticate(&state, &headers)?;
     let body = body_bytes(&state, body)?;
     admit(&state.policies, &tenant, &body)?;
+    let request = String::from_utf8(body.to_vec()).map_err(|e| ApiError::internal(&e))?;
+    let job = enqueue(&state, &tenant, request).await?;
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(JobJson::from(&job)),
+    )
+        .into_response())
+}
+
+/// Stores an admitted job request (its JSON text) and wakes a worker;
+/// shared by POST /v1/jobs and gRPC `Submit`.
+pub(super) async fn enqueue(
+    state: &AppState,
+    tenant: &Tenant,
+    request: String,
+) -> Result<JobRecord, ApiError> {
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable {
             code: "shutting_down",
@@ -263,10 +301,9 @@ pub async fn post_job(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     if queued >= state.queue.admission.queue_bound {
-        return Err(queue_full(&state));
+        return Err(queue_full(state));
     }
-    tenant.take_rate().map_err(|r| refused(&state, r))?;
-    let request = String::from_utf8(body.to_vec()).map_err(|e| ApiError::internal(&e))?;
+    tenant.take_rate().map_err(|r| refused(state, r))?;
     let id = super::trace::random_hex(16);
     let job = state
         .queue
@@ -282,13 +319,7 @@ pub async fn post_job(
     state.queue.announce(&id, JobStatus::Queued);
     state.queue.wake.notify_one();
     tracing::info!(job = %id, "job queued");
-    let location = format!("/v1/jobs/{id}");
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(JobJson::from(&job)),
-    )
-        .into_response())
+    Ok(job)
 }
 
 fn no_job(id: &str) -> ApiError {
@@ -304,14 +335,23 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobJson>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let job = find_job(&state, &tenant, &id).await?;
+    Ok(Json(JobJson::from(&job)))
+}
+
+/// The tenant's job `id`; shared by GET /v1/jobs/{id} and gRPC `GetJob`.
+pub(super) async fn find_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
     let job = state
         .queue
         .store
-        .get(id.clone(), tenant.config.name.clone())
+        .get(id.to_owned(), tenant.config.name.clone())
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    job.map(|j| Json(JobJson::from(&j)))
-        .ok_or_else(|| no_job(&id))
+    job.ok_or_else(|| no_job(id))
 }
 
 /// DELETE /v1/jobs/{id}: cancel a queued job; a running one cannot be cancelled yet.
@@ -321,16 +361,26 @@ pub async fn delete_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobJson>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let job = cancel_job(&state, &tenant, &id).await?;
+    Ok(Json(JobJson::from(&job)))
+}
+
+/// Cancels the tenant's queued job `id`; shared by DELETE /v1/jobs/{id} and gRPC `CancelJob`.
+pub(super) async fn cancel_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
     let result = state
         .queue
         .store
-        .cancel(id.clone(), tenant.config.name.clone())
+        .cancel(id.to_owned(), tenant.config.name.clone())
         .await
         .map_err(|e| ApiError::internal(&e))?;
     match result {
         CancelResult::Cancelled(job) => {
-            state.queue.announce(&id, JobStatus::Cancelled);
-            Ok(Json(JobJson::from(&job)))
+            state.queue.announce(id, JobStatus::Cancelled);
+            Ok(job)
         }
         CancelResult::NotCancellable(job) if job.status == JobStatus::Running => Err(ApiError::Conflict {
             code: "cancel_running_unsupported",
@@ -340,7 +390,7 @@ pub async fn delete_job(
             code: "job_finished",
             message: format!("the job is already {}", job.status.as_str()),
         }),
-        CancelResult::NotFound => Err(no_job(&id)),
+        CancelResult::NotFound => Err(no_job(id)),
     }
 }
 
@@ -351,18 +401,56 @@ pub async fn job_events(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let updates = watch_job(&state, &tenant, &id).await?;
+    let stream = futures_util::stream::unfold(updates, move |mut updates| {
+        let id = id.clone();
+        async move {
+            let event = match updates.recv().await? {
+                JobUpdate::Status(status) => Event::default()
+                    .event("status")
+                    .json_data(status.event(&id))
+                    .unwrap_or_default(),
+                JobUpdate::Outcome(outcome) => Event::default().event("outcome").data(outcome),
+                JobUpdate::Failed { code, message } => Event::default()
+                    .event("error")
+                    .json_data(serde_json::json!({"code": code, "message": message}))
+                    .unwrap_or_default(),
+            };
+            Some((Ok::<_, Infallible>(event), updates))
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// One event of a watched job, before a front end renders it.
+pub(super) enum JobUpdate {
+    /// The job's status: first as it is, then at each change.
+    Status(JobStatus),
+    /// A finished job's outcome (its JSON text); the last update.
+    Outcome(String),
+    /// Why a failed job could not run; the last update.
+    Failed {
+        /// A stable snake_case code.
+        code: String,
+        /// A sentence.
+        message: String,
+    },
+}
+
+/// The updates of the tenant's job `id` until it ends (or the server shuts
+/// down); shared by GET /v1/jobs/{id}/events and gRPC `WatchJob`.
+pub(super) async fn watch_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<mpsc::Receiver<JobUpdate>, ApiError> {
     let mut changes = state.queue.events.subscribe();
     let store = state.queue.store.clone();
     let tenant_name = tenant.config.name.clone();
-    if store
-        .get(id.clone(), tenant_name.clone())
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .is_none()
-    {
-        return Err(no_job(&id));
-    }
-    let (tx, rx) = mpsc::channel::<Event>(8);
+    let id = find_job(state, tenant, id).await?.id;
+    let (tx, rx) = mpsc::channel::<JobUpdate>(8);
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let mut last = None;
@@ -372,23 +460,17 @@ pub async fn job_events(
             };
             if last != Some(job.status) {
                 last = Some(job.status);
-                let event = Event::default()
-                    .event("status")
-                    .json_data(job.status.event(&job.id));
-                if tx.send(event.unwrap_or_default()).await.is_err() {
+                if tx.send(JobUpdate::Status(job.status)).await.is_err() {
                     return;
                 }
             }
             if job.status.is_terminal() {
-                let final_event = match (&job.outcome, &job.error) {
-                    (Some(outcome), _) => Event::default().event("outcome").data(outcome.as_str()),
-                    (None, Some((code, message))) => Event::default()
-                        .event("error")
-                        .json_data(serde_json::json!({"code": code, "message": message}))
-                        .unwrap_or_default(),
+                let final_update = match (job.outcome, job.error) {
+                    (Some(outcome), _) => JobUpdate::Outcome(outcome),
+                    (None, Some((code, message))) => JobUpdate::Failed { code, message },
                     (None, None) => return,
                 };
-                let _ = tx.send(final_event).await;
+                let _ = tx.send(final_update).await;
                 return;
             }
             // Wait for a change to this job; a lagging receiver or a quiet second just re-reads.
@@ -408,14 +490,7 @@ pub async fn job_events(
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), rx))
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(rx)
 }
 
 /// GET /v1/policies: the policies this tenant may use.
@@ -424,11 +499,7 @@ pub async fn policies(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
-    let list: Vec<PolicyJson> = tenant
-        .config
-        .policies
-        .iter()
-        .filter_map(|name| state.policies.get(name))
+    let list: Vec<PolicyJson> = tenant_policies(&state, &tenant)
         .enumerate()
         .map(|(i, policy)| PolicyJson {
             name: policy.name.clone(),
@@ -441,6 +512,18 @@ pub async fn policies(
         })
         .collect();
     Ok(Json(serde_json::json!({ "policies": list })))
+}
+
+/// The policies `tenant` may use, its default first; shared with gRPC `ListPolicies`.
+pub(super) fn tenant_policies<'a>(
+    state: &'a AppState,
+    tenant: &'a Tenant,
+) -> impl Iterator<Item = &'a Arc<SandboxPolicy>> {
+    tenant
+        .config
+        .policies
+        .iter()
+        .filter_map(|name| state.policies.get(name))
 }
 
 /// GET /healthz: the process is up.

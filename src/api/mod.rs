@@ -1,5 +1,6 @@
-//! The HTTP front end of `pyward serve` (axum): routes, auth, wire types and
-//! the one mapping from `ApiError` to a status code. gRPC will live here too.
+//! The front ends of `pyward serve`: HTTP (axum) and gRPC (tonic, in
+//! `grpc`, on the same port): routes, auth, wire types and the one mapping
+//! from `ApiError` to a status code.
 //!
 //! Builds `Submission`s and renders `Outcome`s; runs go through the
 //! executor (sync runs on the blocking pool, async jobs through its store
@@ -7,6 +8,7 @@
 
 mod config;
 mod error;
+pub(crate) mod grpc;
 mod handlers;
 mod trace;
 mod wire;
@@ -25,6 +27,7 @@ use crate::runtime::native::{NativeConfig, NativeError, NativeRuntime};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use grpc::ServedImage;
 use handlers::AppState;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,16 +71,29 @@ pub enum ServeError {
 /// running after that are re-queued at the next start.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // The runtime is set up before any async thread exists.
-    let runtime: Box<dyn Runtime> = match config.runtime {
-        RuntimeKind::Native => Box::new(NativeRuntime::new(NativeConfig::default())?),
-        RuntimeKind::Docker => Box::new(DockerRuntime::new(DockerConfig::default())?),
+    let (runtime, image): (Box<dyn Runtime>, ServedImage) = match config.runtime {
+        RuntimeKind::Native => {
+            let native = NativeConfig::default();
+            let image = ServedImage::native(&native);
+            (Box::new(NativeRuntime::new(native)?), image)
+        }
+        RuntimeKind::Docker => {
+            let docker = DockerConfig::default();
+            let image = ServedImage::docker(&docker);
+            (Box::new(DockerRuntime::new(docker)?), image)
+        }
     };
     let policies = load_policies(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(ServeError::AsyncRuntime)?;
-    let result = rt.block_on(serve_async(config, Executor::new(runtime), policies));
+    let result = rt.block_on(serve_async(
+        config,
+        Executor::new(runtime),
+        policies,
+        vec![image],
+    ));
     // Runs still going after the grace period are abandoned (their sandboxes
     // die with the process) and re-queued at the next start.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -97,7 +113,8 @@ fn load_policies(config: &ServeConfig) -> Result<BTreeMap<String, Arc<SandboxPol
     Ok(policies)
 }
 
-fn router(state: Arc<AppState>, max_body: usize) -> Router {
+fn router(state: Arc<AppState>, images: Vec<ServedImage>, max_body: usize) -> Router {
+    let grpc = grpc::service(state.clone(), images, max_body);
     Router::new()
         .route("/v1/runs", post(handlers::post_run))
         .route("/v1/jobs", post(handlers::post_job))
@@ -110,6 +127,7 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        .route_service(grpc::ROUTE, grpc)
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -121,6 +139,7 @@ async fn serve_async(
     config: ServeConfig,
     executor: Executor,
     policies: BTreeMap<String, Arc<SandboxPolicy>>,
+    images: Vec<ServedImage>,
 ) -> Result<(), ServeError> {
     let store = JobStore::open(&config.database)?;
     let recovery = store.recover(config.max_attempts).await?;
@@ -171,14 +190,14 @@ async fn serve_async(
         let _ = shutdown_tx.send(true);
     };
     eprintln!(
-        "pyward: listening on http://{addr} (auth: {})",
+        "pyward: listening on http://{addr}, HTTP/JSON and gRPC (auth: {})",
         if config.requires_auth() {
             "bearer tokens"
         } else {
             "none, loopback only"
         }
     );
-    axum::serve(listener, router(state, config.max_body))
+    axum::serve(listener, router(state, images, config.max_body))
         .with_graceful_shutdown(signalled)
         .await
         .map_err(ServeError::Io)?;

@@ -1,0 +1,226 @@
+//! The gRPC front end (tonic): the `pyward.v1.Pyward` service of
+//! proto/pyward/v1/pyward.proto, served on the HTTP port (requests with a
+//! `/pyward.v1.Pyward/` path are routed here; HTTP/2 without TLS).
+//!
+//! A thin layer over the HTTP handlers' shared steps: the same bearer-token
+//! tenants, the same request checks (a gRPC request is turned into the JSON
+//! request body and goes through the same `admit`), the same admission, job
+//! store and errors. Message conversions live in `convert`.
+
+mod convert;
+
+use super::error::ApiError;
+use super::handlers::{self, AppState, JobUpdate};
+use crate::executor::admission::Tenant;
+use crate::executor::metrics::GrpcMethod;
+use crate::runtime::docker::DockerConfig;
+use crate::runtime::native::NativeConfig;
+use futures_util::Stream;
+use proto::pyward_server::{Pyward, PywardServer};
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The messages, enums, client and server generated from
+/// proto/pyward/v1/pyward.proto (package `pyward.v1`); documented there.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/pyward.v1.rs"));
+}
+
+/// The HTTP route that carries every call of the service.
+pub(super) const ROUTE: &str = "/pyward.v1.Pyward/{*method}";
+
+/// An image the server runs programs in, as `ListImages` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ServedImage {
+    /// The name requests give as `image`.
+    pub name: String,
+    /// Its architecture (`amd64`, `arm64`).
+    pub arch: String,
+    /// The runtime that runs it.
+    pub runtime: &'static str,
+}
+
+impl ServedImage {
+    /// The native runtime's root filesystem: `host`, or the rootfs it was given.
+    pub fn native(config: &NativeConfig) -> ServedImage {
+        ServedImage {
+            name: config
+                .rootfs
+                .as_ref()
+                .map_or_else(|| "host".to_owned(), |p| p.display().to_string()),
+            arch: crate::arch::Arch::host().as_str().to_owned(),
+            runtime: "native",
+        }
+    }
+
+    /// The Docker runtime's image.
+    pub fn docker(config: &DockerConfig) -> ServedImage {
+        ServedImage {
+            name: config.image.clone(),
+            arch: config.arch.as_str().to_owned(),
+            runtime: "docker",
+        }
+    }
+}
+
+/// The service: the shared state, and the images for `ListImages`.
+pub(super) struct GrpcApi {
+    state: Arc<AppState>,
+    images: Vec<ServedImage>,
+}
+
+/// The tower service to route [`ROUTE`] to; messages up to `max_body` bytes.
+pub(super) fn service(
+    state: Arc<AppState>,
+    images: Vec<ServedImage>,
+    max_body: usize,
+) -> PywardServer<GrpcApi> {
+    PywardServer::new(GrpcApi { state, images }).max_decoding_message_size(max_body)
+}
+
+fn status(error: ApiError) -> Status {
+    error.to_grpc_status()
+}
+
+impl GrpcApi {
+    /// Counts the call and finds its tenant from `authorization` metadata.
+    fn tenant<T>(&self, method: GrpcMethod, request: &Request<T>) -> Result<Arc<Tenant>, Status> {
+        self.state.queue.metrics.grpc_call(method);
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        handlers::authenticate_bearer(&self.state, authorization).map_err(status)
+    }
+
+    /// Checks a run request exactly as the HTTP API checks its body; returns
+    /// the checked request and that body (what a job stores).
+    fn admit(
+        &self,
+        tenant: &Tenant,
+        request: &proto::RunRequest,
+    ) -> Result<(handlers::Admitted, String), Status> {
+        convert::check_image(&self.images, &request.image, &request.arch).map_err(status)?;
+        let body = convert::request_body(request).map_err(status)?;
+        let admitted =
+            handlers::admit(&self.state.policies, tenant, body.as_bytes()).map_err(status)?;
+        Ok((admitted, body))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Pyward for GrpcApi {
+    async fn run(
+        &self,
+        request: Request<proto::RunRequest>,
+    ) -> Result<Response<proto::Outcome>, Status> {
+        let tenant = self.tenant(GrpcMethod::Run, &request)?;
+        let (admitted, _) = self.admit(&tenant, request.get_ref())?;
+        let outcome = handlers::run_now(&self.state, &tenant, admitted)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::outcome(
+            &outcome,
+            super::trace::current(),
+        )))
+    }
+
+    async fn submit(
+        &self,
+        request: Request<proto::RunRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let tenant = self.tenant(GrpcMethod::Submit, &request)?;
+        let (_, body) = self.admit(&tenant, request.get_ref())?;
+        let job = handlers::enqueue(&self.state, &tenant, body)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let tenant = self.tenant(GrpcMethod::GetJob, &request)?;
+        let job = handlers::find_job(&self.state, &tenant, &request.get_ref().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<proto::CancelJobRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let tenant = self.tenant(GrpcMethod::CancelJob, &request)?;
+        let job = handlers::cancel_job(&self.state, &tenant, &request.get_ref().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<proto::WatchJobRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let tenant = self.tenant(GrpcMethod::WatchJob, &request)?;
+        let id = request.into_inner().id;
+        // The outcome carries the trace id of the job's Submit, as GetJob's does.
+        let trace_id = handlers::find_job(&self.state, &tenant, &id)
+            .await
+            .map_err(status)?
+            .trace_id;
+        let updates = handlers::watch_job(&self.state, &tenant, &id)
+            .await
+            .map_err(status)?;
+        let events = futures_util::stream::unfold(updates, move |mut updates| {
+            let (id, trace_id) = (id.clone(), trace_id.clone());
+            async move {
+                let update: JobUpdate = updates.recv().await?;
+                Some((Ok(convert::event(&id, update, &trace_id)), updates))
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<proto::ListPoliciesRequest>,
+    ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        let tenant = self.tenant(GrpcMethod::ListPolicies, &request)?;
+        let policies = handlers::tenant_policies(&self.state, &tenant)
+            .enumerate()
+            .map(|(i, policy)| proto::Policy {
+                name: policy.name.clone(),
+                default: i == 0,
+                limits: Some(convert::limits(&policy.limits)),
+            })
+            .collect();
+        Ok(Response::new(proto::ListPoliciesResponse { policies }))
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<proto::ListImagesRequest>,
+    ) -> Result<Response<proto::ListImagesResponse>, Status> {
+        self.tenant(GrpcMethod::ListImages, &request)?;
+        let images = self
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| proto::Image {
+                name: image.name.clone(),
+                arch: image.arch.clone(),
+                runtime: image.runtime.to_owned(),
+                default: i == 0,
+            })
+            .collect();
+        Ok(Response::new(proto::ListImagesResponse { images }))
+    }
+}
