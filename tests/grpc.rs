@@ -461,3 +461,36 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field() {
         .unwrap_err();
     assert_eq!(error_code(&missing, Code::NotFound), "not_found");
 }
+
+#[tokio::test]
+async fn a_watch_cut_short_by_shutdown_ends_with_unavailable() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start("");
+    let mut client = server.client().await;
+    let job = submit(client.clone(), "import time; time.sleep(2)").await;
+    let request = proto::WatchJobRequest { id: job.id.clone() };
+    let mut stream = client.watch_job(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.event, Some(Event::Status(_))), "{first:?}");
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => assert!(
+                    matches!(event.event, Some(Event::Status(_))),
+                    "only status events before the cut: {event:?}"
+                ),
+                Ok(None) => panic!("the stream ended without saying why"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends at shutdown");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    let code = end.metadata().get("x-error-code").unwrap();
+    assert_eq!(code, "shutting_down");
+}

@@ -141,8 +141,10 @@ impl ApiError {
             "x-error-code",
             tonic::metadata::MetadataValue::from_static(code),
         );
-        if let Ok(trace_id) = super::trace::current().parse() {
-            metadata.insert("x-trace-id", trace_id);
+        // Empty outside a request's scope (at the end of a stream): left out.
+        let trace_id = super::trace::current();
+        if let (false, Ok(value)) = (trace_id.is_empty(), trace_id.parse()) {
+            metadata.insert("x-trace-id", value);
         }
         if let Some(secs) = self.retry_after_secs() {
             metadata.insert("retry-after", secs.into());

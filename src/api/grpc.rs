@@ -10,7 +10,7 @@
 mod convert;
 
 use super::error::ApiError;
-use super::handlers::{self, AppState, JobUpdate};
+use super::handlers::{self, AppState};
 use crate::executor::admission::Tenant;
 use crate::executor::metrics::GrpcMethod;
 use crate::runtime::docker::DockerConfig;
@@ -82,6 +82,14 @@ pub(super) fn service(
 
 fn status(error: ApiError) -> Status {
     error.to_grpc_status()
+}
+
+fn shutting_down() -> Status {
+    status(ApiError::Unavailable {
+        code: "shutting_down",
+        message: "the server is shutting down; the job goes on after its restart (GetJob or WatchJob it then)".into(),
+        retry_after: std::time::Duration::from_secs(5),
+    })
 }
 
 impl GrpcApi {
@@ -179,11 +187,19 @@ impl Pyward for GrpcApi {
         let updates = handlers::watch_job(&self.state, &tenant, &id)
             .await
             .map_err(status)?;
-        let events = futures_util::stream::unfold(updates, move |mut updates| {
+        // Ends after the last event of the job; if the updates stop before
+        // (the server is shutting down), ends with UNAVAILABLE instead, so a
+        // client can tell the two apart and ask again later.
+        let events = futures_util::stream::unfold(Some(updates), move |updates| {
             let (id, trace_id) = (id.clone(), trace_id.clone());
             async move {
-                let update: JobUpdate = updates.recv().await?;
-                Some((Ok(convert::event(&id, update, &trace_id)), updates))
+                let mut updates = updates?;
+                let Some(update) = updates.recv().await else {
+                    return Some((Err(shutting_down()), None));
+                };
+                let last = update.is_last();
+                let event = convert::event(&id, update, &trace_id);
+                Some((Ok(event), (!last).then_some(updates)))
             }
         });
         Ok(Response::new(Box::pin(events)))

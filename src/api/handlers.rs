@@ -439,6 +439,16 @@ pub(super) enum JobUpdate {
     },
 }
 
+impl JobUpdate {
+    /// Whether nothing follows this update: the job's outcome or error, or its cancellation.
+    pub(super) fn is_last(&self) -> bool {
+        match self {
+            JobUpdate::Status(status) => *status == JobStatus::Cancelled,
+            JobUpdate::Outcome(_) | JobUpdate::Failed { .. } => true,
+        }
+    }
+}
+
 /// The updates of the tenant's job `id` until it ends (or the server shuts
 /// down); shared by GET /v1/jobs/{id}/events and gRPC `WatchJob`.
 pub(super) async fn watch_job(
