@@ -414,7 +414,7 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field() {
     if !can_serve() {
         return;
     }
-    let server = Server::start("");
+    let server = Server::start("max_body = \"64KiB\"\n");
     let mut client = server.client().await;
     let mut bad_limit = code("print(1)");
     bad_limit.limits = Some(proto::Limits {
@@ -455,6 +455,11 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field() {
             "{status:?}"
         );
     }
+    // max_body bounds a message as it bounds an HTTP body.
+    let huge = code(&format!("# {}", "x".repeat(70_000)));
+    let status = client.run(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("65536"), "{status:?}");
     let missing = client
         .get_job(proto::GetJobRequest { id: "nope".into() })
         .await
