@@ -184,7 +184,13 @@ async fn run_returns_the_outcome_and_http_shares_the_port() {
             .parse()
             .unwrap(),
     );
-    let ok = client.run(request).await.unwrap().into_inner();
+    let response = client.run(request).await.unwrap();
+    let header = response
+        .metadata()
+        .get("x-trace-id")
+        .map(|v| v.to_str().unwrap());
+    assert_eq!(header, Some(trace_id));
+    let ok = response.into_inner();
     assert_eq!(ok.verdict(), Verdict::Ok, "{ok:?}\n{}", server.log());
     assert_eq!(ok.verdict_name, "ok");
     assert_eq!(ok.exit_code, Some(0));
