@@ -334,6 +334,8 @@ fn json_output_has_every_documented_field_and_nothing_else_on_stdout() {
         "stderr_truncated",
         "usage",
         "message",
+        "image",
+        "arch",
     ];
     expected.sort_unstable();
     let mut keys_sorted = keys.clone();
@@ -344,6 +346,8 @@ fn json_output_has_every_documented_field_and_nothing_else_on_stdout() {
     assert_eq!(json["signal"], Value::Null);
     assert_eq!(json["stdout"], "hi\n");
     assert_eq!(json["stdout_encoding"], "utf-8");
+    assert_eq!(json["image"], "host");
+    assert_eq!(json["arch"], pyward::Arch::host().as_str());
     assert!(json["usage"]["wall_ms"].is_u64() && json["usage"]["cpu_ms"].is_u64());
     assert!(json["usage"]["peak_memory_bytes"].as_u64().unwrap() > 0);
 }

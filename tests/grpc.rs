@@ -1,8 +1,9 @@
 //! The gRPC front end of `pyward serve` end to end: the real binary on a
 //! free loopback port, driven by the tonic client generated from
 //! proto/pyward/v1/pyward.proto. Sync runs and a limit verdict, jobs and
-//! their event stream, cancelling, auth and admission errors, malformed
-//! requests, and HTTP still answering on the same port.
+//! their event stream with live output, cancelling queued and running jobs,
+//! images and arches, auth and admission errors, malformed requests, and
+//! HTTP still answering on the same port.
 
 mod common;
 
@@ -196,6 +197,11 @@ async fn run_returns_the_outcome_and_http_shares_the_port() {
     assert_eq!(ok.exit_code, Some(0));
     assert_eq!(ok.stdout, b"\xffa\xffa['x']\n", "bytes, not text");
     assert_eq!(ok.trace_id, trace_id);
+    let host = pyward::Arch::host().as_str();
+    assert_eq!(
+        (ok.image.as_deref(), ok.arch.as_deref()),
+        (Some("host"), Some(host))
+    );
 
     let files = proto::RunRequest {
         files: vec![
@@ -253,14 +259,19 @@ async fn run_returns_the_outcome_and_http_shares_the_port() {
         (images[0].name.as_str(), images[0].runtime.as_str()),
         ("host", "native")
     );
-    assert_eq!(images[0].arch, pyward::Arch::host().as_str());
+    assert_eq!(images[0].arches, [host]);
+    assert_eq!(images[0].default_arch.as_deref(), Some(host));
     assert!(images[0].default);
+    let python = images[0].python.as_deref().expect("host's Python version");
+    assert!(python.starts_with("3."), "{python}");
     let mut chosen = code("print(1)");
     chosen.image = images[0].name.clone();
-    chosen.arch = images[0].arch.clone();
+    chosen.arch = images[0].arches[0].clone();
+    let ran = client.run(chosen).await.unwrap().into_inner();
+    assert_eq!(ran.verdict(), Verdict::Ok);
     assert_eq!(
-        client.run(chosen).await.unwrap().into_inner().verdict(),
-        Verdict::Ok
+        (ran.image.as_deref(), ran.arch.as_deref()),
+        (Some("host"), Some(host))
     );
 
     // HTTP/1.1 on the same port still answers, and counts the gRPC calls.
@@ -281,7 +292,7 @@ async fn run_returns_the_outcome_and_http_shares_the_port() {
 }
 
 #[tokio::test]
-async fn jobs_stream_their_status_then_the_outcome_and_cancel_only_while_queued() {
+async fn jobs_stream_their_status_output_and_outcome_and_a_queued_job_is_cancelled() {
     if !can_serve() {
         return;
     }
@@ -309,11 +320,7 @@ async fn jobs_stream_their_status_then_the_outcome_and_cancel_only_while_queued(
 
     let cancelled = cancel(client.clone(), &queued.id).await.unwrap();
     assert_eq!(cancelled.status(), JobStatus::Cancelled);
-    let busy = cancel(client.clone(), &running.id).await.unwrap_err();
-    assert_eq!(
-        error_code(&busy, Code::FailedPrecondition),
-        "cancel_running_unsupported"
-    );
+    assert!(cancelled.outcome.is_none(), "it never ran: {cancelled:?}");
     let missing = cancel(client.clone(), "0123").await.unwrap_err();
     assert_eq!(error_code(&missing, Code::NotFound), "not_found");
 
@@ -331,6 +338,24 @@ async fn jobs_stream_their_status_then_the_outcome_and_cancel_only_while_queued(
     assert_eq!(outcome.verdict(), Verdict::Ok);
     assert_eq!(outcome.stdout, b"first\n");
     assert_eq!(outcome.trace_id, running.trace_id);
+    // Its output came as chunks too (those written after the watch began:
+    // all of it, unless this machine is slow), before the final status.
+    let streamed: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output(chunk) => Some(chunk.data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(b"first\n".ends_with(&streamed), "{events:?}");
+    if !streamed.is_empty() {
+        let last_chunk = events.iter().rposition(|e| matches!(e, Event::Output(_)));
+        let finished = events
+            .iter()
+            .position(|e| matches!(e, Event::Status(s) if s.status() == JobStatus::Finished));
+        assert!(last_chunk < finished, "{events:?}");
+    }
 
     let done = client
         .get_job(proto::GetJobRequest {
@@ -351,6 +376,253 @@ async fn jobs_stream_their_status_then_the_outcome_and_cancel_only_while_queued(
     let events = watch(client.clone(), &queued.id).await;
     assert_eq!(statuses(&events), [JobStatus::Cancelled], "{events:?}");
     assert_eq!(events.len(), 1, "{events:?}");
+}
+
+/// The next event of `stream`, None at its end; fails after 15 s without one.
+async fn next_event(stream: &mut tonic::Streaming<proto::JobEvent>) -> Option<Event> {
+    let message = tokio::time::timeout(Duration::from_secs(15), stream.message())
+        .await
+        .expect("an event or the end within 15 s")
+        .expect("no error in the stream")?;
+    Some(message.event.expect("every event has a variant"))
+}
+
+#[tokio::test]
+async fn watch_streams_output_while_the_job_runs_and_cancel_kills_its_sandbox() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start("max_running = 1\n");
+    let mut client = server.client().await;
+    // The program re-executes itself with a marker in its command line, to
+    // find its process on the host; it prints, then sleeps past the strict
+    // policy's 10 s wall time (a cancel that did nothing ends as `timeout`).
+    let marker = format!("pyward-grpc-cancel-{}", std::process::id());
+    let program = "import time\nprint('first', flush=True)\ntime.sleep(30)\nprint('never')\n";
+    let text = format!(
+        "import os, sys\nos.execv(sys.executable, [sys.executable, '-c', {program:?}, {marker:?}])\n"
+    );
+    let job = submit(client.clone(), &text).await;
+    let request = proto::WatchJobRequest { id: job.id.clone() };
+    let mut stream = client.watch_job(request).await.unwrap().into_inner();
+    // The line may come in pieces (the sandbox's Python is unbuffered).
+    let mut streamed = Vec::new();
+    let mut before = Vec::new();
+    while streamed != b"first\n" {
+        match next_event(&mut stream).await {
+            Some(Event::Output(chunk)) => {
+                assert_eq!(chunk.stream(), proto::output_chunk::Stream::Stdout);
+                streamed.extend(chunk.data);
+                assert!(b"first\n".starts_with(&streamed), "{streamed:?}");
+            }
+            Some(event) => before.push(event),
+            None => panic!("the stream ended before the output: {before:?}"),
+        }
+    }
+    assert_eq!(
+        statuses(&before).last(),
+        Some(&JobStatus::Running),
+        "{before:?}"
+    );
+    // Live: the job is still running, its program asleep.
+    let now = client
+        .get_job(proto::GetJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.status(), JobStatus::Running, "{now:?}");
+    assert_eq!(common::processes_with(&marker).len(), 1, "the program runs");
+
+    let cancelled = cancel(client.clone(), &job.id).await.unwrap();
+    assert_eq!(cancelled.status(), JobStatus::Cancelled, "{cancelled:?}");
+    let mut after = Vec::new();
+    while let Some(event) = next_event(&mut stream).await {
+        after.push(event);
+    }
+    assert_eq!(statuses(&after), [JobStatus::Cancelled], "{after:?}");
+    let Some(Event::Outcome(outcome)) = after.last() else {
+        panic!("the outcome of what ran ends the stream: {after:?}");
+    };
+    assert_eq!(outcome.verdict(), Verdict::Signaled, "{outcome:?}");
+    assert_eq!(outcome.signal_name.as_deref(), Some("SIGKILL"));
+    assert_eq!(
+        outcome.message.as_deref(),
+        Some("cancelled by the client; the sandbox was killed")
+    );
+    assert_eq!(outcome.stdout, b"first\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !common::processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox outlived the cancel: {:?}",
+            common::processes_with(&marker)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = client
+        .get_job(proto::GetJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.status(), JobStatus::Cancelled);
+    assert_eq!(stored.outcome.as_ref(), Some(outcome));
+    let again = cancel(client.clone(), &job.id).await.unwrap_err();
+    assert_eq!(error_code(&again, Code::FailedPrecondition), "job_finished");
+    // The next job runs: the cancel freed the worker.
+    let next = submit(client.clone(), "print('next')").await;
+    let events = watch(client.clone(), &next.id).await;
+    let Some(Event::Outcome(outcome)) = events.last() else {
+        panic!("the next job ran: {events:?}");
+    };
+    assert_eq!(outcome.stdout, b"next\n");
+}
+
+#[tokio::test]
+async fn unknown_images_and_arches_are_invalid_and_the_cpu_quota_is_exhausted() {
+    if !can_serve() {
+        return;
+    }
+    // 0.06 CPU seconds a minute is 1 ms per second; the bucket holds 50 ms.
+    let server = Server::start(&format!(
+        "[[tenant]]\nname = \"a\"\ntokens_sha256 = [\"{HASH_A}\"]\n\
+         cpu_seconds_per_minute = 0.06\ncpu_seconds_burst = 0.05\n"
+    ));
+    let mut client = server.client().await;
+    let host = pyward::Arch::host();
+
+    let mut unknown = code("pass");
+    unknown.image = "nope".into();
+    let status = client.run(authed(unknown, TOKEN_A)).await.unwrap_err();
+    assert_eq!(error_code(&status, Code::InvalidArgument), "unknown_image");
+    assert!(status.message().contains("may use: host"), "{status:?}");
+    // A real architecture, but the native runtime has no emulation.
+    let mut foreign = code("pass");
+    foreign.arch = common::foreign_arch().as_str().into();
+    for status in [
+        client
+            .run(authed(foreign.clone(), TOKEN_A))
+            .await
+            .unwrap_err(),
+        client.submit(authed(foreign, TOKEN_A)).await.unwrap_err(),
+    ] {
+        assert_eq!(error_code(&status, Code::InvalidArgument), "unknown_arch");
+        let runs_on = format!("it runs on: {host}");
+        assert!(status.message().contains(&runs_on), "{status:?}");
+    }
+
+    // Burn 300 ms of CPU: within the bucket when it starts, 250 ms in debt after.
+    let burn =
+        code("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass");
+    let burnt = client
+        .run(authed(burn, TOKEN_A))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(burnt.verdict(), Verdict::Ok, "{burnt:?}");
+    let cpu_ms = burnt.usage.unwrap().cpu_ms;
+    assert!(cpu_ms >= 300, "{burnt:?}");
+    // The debt, paid back at 1 ms of CPU per second of waiting.
+    let expected = cpu_ms - 50;
+    for status in [
+        client.run(authed(code("pass"), TOKEN_A)).await.unwrap_err(),
+        client
+            .submit(authed(code("pass"), TOKEN_A))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(error_code(&status, Code::ResourceExhausted), "cpu_quota");
+        assert!(
+            status.message().contains("0.06 CPU seconds per minute"),
+            "{status:?}"
+        );
+        let retry: u64 = status
+            .metadata()
+            .get("retry-after")
+            .expect("retry-after")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (expected - 2..=expected + 12).contains(&retry),
+            "retry-after {retry}, expected about {expected} for {cpu_ms} ms of CPU"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_runs_only_its_images_and_lists_them() {
+    // The Docker runtime blocks on its own async runtime: ask from a thread.
+    let docker = std::thread::spawn(|| common::docker().is_some());
+    if !can_serve() || !docker.join().unwrap() {
+        return;
+    }
+    let host = pyward::Arch::host();
+    let server = Server::start(&format!(
+        "[[image]]\nname = \"host\"\n\
+         [[image]]\nname = \"python3.11-bookworm\"\nruntime = \"docker\"\narch = [\"{host}\"]\n\
+         [[tenant]]\nname = \"a\"\ntokens_sha256 = [\"{HASH_A}\"]\n\
+         [[tenant]]\nname = \"b\"\ntokens_sha256 = [\"{HASH_B}\"]\nimages = [\"host\"]\n"
+    ));
+    let mut client = server.client().await;
+    let mut docker = code("import platform; print(platform.machine())");
+    docker.image = "python3.11-bookworm".into();
+
+    // Tenant b may use host only: the Docker image is forbidden, not unknown.
+    for status in [
+        client
+            .run(authed(docker.clone(), "other"))
+            .await
+            .unwrap_err(),
+        client
+            .submit(authed(docker.clone(), "other"))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(
+            error_code(&status, Code::PermissionDenied),
+            "image_not_allowed"
+        );
+        assert!(status.message().contains("allowed: host"), "{status:?}");
+    }
+    // Tenant a may: the run goes to the image it names.
+    let ran = client
+        .run(authed(docker, TOKEN_A))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ran.verdict(), Verdict::Ok, "{ran:?}\n{}", server.log());
+    assert_eq!(
+        (ran.image.as_deref(), ran.arch.as_deref()),
+        (Some("python3.11-bookworm"), Some(host.as_str()))
+    );
+    assert_eq!(ran.stdout, format!("{}\n", host.kernel_name()).as_bytes());
+
+    // Each tenant lists the images it may use, its default first.
+    let listed = |token: &'static str| {
+        let mut client = client.clone();
+        async move {
+            let request = authed(proto::ListImagesRequest {}, token);
+            client
+                .list_images(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .images
+        }
+    };
+    let a = listed(TOKEN_A).await;
+    let names: Vec<&str> = a.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["host", "python3.11-bookworm"], "{a:?}");
+    assert_eq!(
+        (a[1].runtime.as_str(), a[1].default, a[1].arches.clone()),
+        ("docker", false, vec![host.as_str().to_owned()]),
+        "{a:?}"
+    );
+    let b = listed("other").await;
+    let names: Vec<&str> = b.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["host"], "{b:?}");
+    assert!(b[0].default);
 }
 
 #[tokio::test]

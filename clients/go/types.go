@@ -18,6 +18,28 @@ type Request struct {
 	Env         map[string]string `json:"env,omitempty"`
 	Policy      string            `json:"policy,omitempty"`
 	Limits      *Limits           `json:"limits,omitempty"`
+	// Image is a name from Images(); empty for the tenant's default.
+	Image string `json:"image,omitempty"`
+	// Arch is ArchAMD64 or ArchARM64, one of the image's Arches; empty for
+	// the image's DefaultArch.
+	Arch string `json:"arch,omitempty"`
+}
+
+// Architectures.
+const (
+	ArchAMD64 = "amd64"
+	ArchARM64 = "arm64"
+)
+
+// Image is one entry of GET /v1/images (docs/API.md, "Images").
+type Image struct {
+	Name        string   `json:"name"`
+	Default     bool     `json:"default"`
+	Runtime     string   `json:"runtime"`
+	Arches      []string `json:"arches"`
+	DefaultArch string   `json:"default_arch"`
+	// Python is the interpreter's version ("3.11.2"), nil when unknown.
+	Python *string `json:"python"`
 }
 
 // File is one file of the work dir: Text or Base64, never both. Use
@@ -106,6 +128,10 @@ type Outcome struct {
 	StderrTruncated bool    `json:"stderr_truncated"`
 	Usage           Usage   `json:"usage"`
 	Message         *string `json:"message"`
+	// Image and Arch say where the run ran; nil in outcomes stored by an
+	// older server.
+	Image *string `json:"image"`
+	Arch  *string `json:"arch"`
 	// TraceID is set on the answer of POST /v1/runs only.
 	TraceID string `json:"trace_id,omitempty"`
 }
@@ -170,14 +196,35 @@ type JobError struct {
 func (e *JobError) Error() string { return "pyward: job failed: " + e.Code + ": " + e.Message }
 
 // Event is one server-sent event of GET /v1/jobs/{id}/events. Type is
-// "status", "outcome" or "error"; the matching field is set. Data is the
+// "status", "stdout", "stderr", "lagged", "outcome" or "error"; the
+// matching field is set (Chunk for both "stdout" and "stderr"). Data is the
 // raw JSON, for event types this client does not know.
 type Event struct {
 	Type    string
 	Status  *StatusEvent
+	Chunk   *Chunk
+	Lagged  *LaggedEvent
 	Outcome *Outcome
 	Error   *JobError
 	Data    []byte
+}
+
+// Chunk is the data of a "stdout" or "stderr" event: a piece of a running
+// job's output, in order after the stream's previous chunk. The chunks a
+// client sees start when its stream saw the job running; the outcome holds
+// the whole output.
+type Chunk struct {
+	Data     string `json:"data"`
+	Encoding string `json:"encoding"`
+}
+
+// Bytes is the chunk's exact bytes (Data is base64 when they are not UTF-8).
+func (c *Chunk) Bytes() ([]byte, error) { return decodeStream(c.Data, c.Encoding) }
+
+// LaggedEvent is the data of a "lagged" event: the client read too slowly
+// and the server dropped this many chunks for it (the outcome has them).
+type LaggedEvent struct {
+	MissedChunks int64 `json:"missed_chunks"`
 }
 
 // StatusEvent is the data of a "status" event.

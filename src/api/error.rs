@@ -3,6 +3,7 @@
 //! or into a gRPC status with `x-error-code` and `x-trace-id` metadata.
 //! Internal details go to the log, never to the client.
 
+use crate::executor::images::RouteError;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,10 +23,18 @@ pub enum ApiError {
         /// The tenant's policies.
         allowed: String,
     },
+    /// The tenant may not use this image.
+    #[error("image {image:?} is not allowed for this tenant; allowed: {allowed}")]
+    ImageNotAllowed {
+        /// The image asked for.
+        image: String,
+        /// The tenant's images.
+        allowed: String,
+    },
     /// The request body is not valid JSON or not a valid request.
     #[error("{message}")]
     BadRequest {
-        /// `invalid_json`, `invalid_request`, `unknown_policy`.
+        /// `invalid_json`, `invalid_request`, `unknown_policy`, `unknown_image`, `unknown_arch`.
         code: &'static str,
         /// What is wrong.
         message: String,
@@ -45,15 +54,15 @@ pub enum ApiError {
     /// The job is not in a state that allows this.
     #[error("{message}")]
     Conflict {
-        /// `cancel_running_unsupported`, `job_finished`.
+        /// `job_finished`.
         code: &'static str,
         /// What state it is in.
         message: String,
     },
-    /// The tenant is over its concurrency cap or rate quota.
+    /// The tenant is over its concurrency cap, rate quota or CPU quota.
     #[error("{message}")]
     TooManyRequests {
-        /// `concurrency_limit` or `rate_limit`.
+        /// `concurrency_limit`, `rate_limit` or `cpu_quota`.
         code: &'static str,
         /// What limit.
         message: String,
@@ -86,6 +95,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::PolicyNotAllowed { .. } => (StatusCode::FORBIDDEN, "policy_not_allowed"),
+            ApiError::ImageNotAllowed { .. } => (StatusCode::FORBIDDEN, "image_not_allowed"),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -94,6 +104,25 @@ impl ApiError {
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(error: RouteError) -> ApiError {
+        match error {
+            RouteError::ImageNotAllowed { image, allowed } => ApiError::ImageNotAllowed {
+                image,
+                allowed: allowed.join(", "),
+            },
+            RouteError::UnknownImage { .. } => ApiError::BadRequest {
+                code: "unknown_image",
+                message: error.to_string(),
+            },
+            RouteError::UnknownArch { .. } => ApiError::BadRequest {
+                code: "unknown_arch",
+                message: error.to_string(),
+            },
         }
     }
 }

@@ -3,9 +3,10 @@
 //! `/pyward.v1.Pyward/` path are routed here; HTTP/2 without TLS).
 //!
 //! A thin layer over the HTTP handlers' shared steps: the same bearer-token
-//! tenants, the same request checks (a gRPC request is turned into the JSON
-//! request body and goes through the same `admit`), the same admission, job
-//! store and errors. Message conversions live in `convert`.
+//! tenants, the same request checks and image routing (a gRPC request is
+//! turned into the JSON request body and goes through the same `admit`), the
+//! same admission, job store, cancelling, job events (`watch_job`) and
+//! errors. Message conversions live in `convert`.
 
 mod convert;
 
@@ -13,8 +14,6 @@ use super::error::ApiError;
 use super::handlers::{self, AppState};
 use crate::executor::admission::Tenant;
 use crate::executor::metrics::GrpcMethod;
-use crate::runtime::docker::DockerConfig;
-use crate::runtime::native::NativeConfig;
 use futures_util::Stream;
 use proto::pyward_server::{Pyward, PywardServer};
 use std::pin::Pin;
@@ -31,53 +30,14 @@ pub mod proto {
 /// The HTTP route that carries every call of the service.
 pub(super) const ROUTE: &str = "/pyward.v1.Pyward/{*method}";
 
-/// An image the server runs programs in, as `ListImages` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ServedImage {
-    /// The name requests give as `image`.
-    pub name: String,
-    /// Its architecture (`amd64`, `arm64`).
-    pub arch: String,
-    /// The runtime that runs it.
-    pub runtime: &'static str,
-}
-
-impl ServedImage {
-    /// The native runtime's root filesystem: `host`, or the rootfs it was given.
-    pub fn native(config: &NativeConfig) -> ServedImage {
-        ServedImage {
-            name: config
-                .rootfs
-                .as_ref()
-                .map_or_else(|| "host".to_owned(), |p| p.display().to_string()),
-            arch: crate::arch::Arch::host().as_str().to_owned(),
-            runtime: "native",
-        }
-    }
-
-    /// The Docker runtime's image.
-    pub fn docker(config: &DockerConfig) -> ServedImage {
-        ServedImage {
-            name: config.image.clone(),
-            arch: config.arch.as_str().to_owned(),
-            runtime: "docker",
-        }
-    }
-}
-
-/// The service: the shared state, and the images for `ListImages`.
+/// The service: the state it shares with the HTTP handlers.
 pub(super) struct GrpcApi {
     state: Arc<AppState>,
-    images: Vec<ServedImage>,
 }
 
 /// The tower service to route [`ROUTE`] to; messages up to `max_body` bytes.
-pub(super) fn service(
-    state: Arc<AppState>,
-    images: Vec<ServedImage>,
-    max_body: usize,
-) -> PywardServer<GrpcApi> {
-    PywardServer::new(GrpcApi { state, images }).max_decoding_message_size(max_body)
+pub(super) fn service(state: Arc<AppState>, max_body: usize) -> PywardServer<GrpcApi> {
+    PywardServer::new(GrpcApi { state }).max_decoding_message_size(max_body)
 }
 
 fn status(error: ApiError) -> Status {
@@ -110,10 +70,14 @@ impl GrpcApi {
         tenant: &Tenant,
         request: &proto::RunRequest,
     ) -> Result<(handlers::Admitted, String), Status> {
-        convert::check_image(&self.images, &request.image, &request.arch).map_err(status)?;
         let body = convert::request_body(request).map_err(status)?;
-        let admitted =
-            handlers::admit(&self.state.policies, tenant, body.as_bytes()).map_err(status)?;
+        let admitted = handlers::admit(
+            &self.state.policies,
+            &self.state.queue.executor,
+            tenant,
+            body.as_bytes(),
+        )
+        .map_err(status)?;
         Ok((admitted, body))
     }
 }
@@ -165,10 +129,10 @@ impl Pyward for GrpcApi {
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
         let tenant = self.tenant(GrpcMethod::CancelJob, &request)?;
-        let job = handlers::cancel_job(&self.state, &tenant, &request.get_ref().id)
+        let cancelled = handlers::cancel_job(&self.state, &tenant, &request.get_ref().id)
             .await
             .map_err(status)?;
-        Ok(Response::new(convert::job(&job)))
+        Ok(Response::new(convert::job(&cancelled.job)))
     }
 
     type WatchJobStream = EventStream;
@@ -190,16 +154,23 @@ impl Pyward for GrpcApi {
         // Ends after the last event of the job; if the updates stop before
         // (the server is shutting down), ends with UNAVAILABLE instead, so a
         // client can tell the two apart and ask again later.
+        let shutdown = self.state.shutdown.clone();
         let events = futures_util::stream::unfold(Some(updates), move |updates| {
             let (id, trace_id) = (id.clone(), trace_id.clone());
+            let shutdown = shutdown.clone();
             async move {
                 let mut updates = updates?;
                 let Some(update) = updates.recv().await else {
-                    return Some((Err(shutting_down()), None));
+                    let cut_short = if *shutdown.borrow() {
+                        shutting_down()
+                    } else {
+                        // The job could no longer be read (see the server log).
+                        status(ApiError::Internal)
+                    };
+                    return Some((Err(cut_short), None));
                 };
-                let last = update.is_last();
-                let event = convert::event(&id, update, &trace_id);
-                Some((Ok(event), (!last).then_some(updates)))
+                let event = convert::event(&id, update, &trace_id)?;
+                Some((Ok(event), Some(updates)))
             }
         });
         Ok(Response::new(Box::pin(events)))
@@ -225,17 +196,10 @@ impl Pyward for GrpcApi {
         &self,
         request: Request<proto::ListImagesRequest>,
     ) -> Result<Response<proto::ListImagesResponse>, Status> {
-        self.tenant(GrpcMethod::ListImages, &request)?;
-        let images = self
-            .images
-            .iter()
-            .enumerate()
-            .map(|(i, image)| proto::Image {
-                name: image.name.clone(),
-                arch: image.arch.clone(),
-                runtime: image.runtime.to_owned(),
-                default: i == 0,
-            })
+        let tenant = self.tenant(GrpcMethod::ListImages, &request)?;
+        let images = handlers::tenant_images(&self.state, &tenant)
+            .into_iter()
+            .map(convert::image)
             .collect();
         Ok(Response::new(proto::ListImagesResponse { images }))
     }

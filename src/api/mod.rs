@@ -13,13 +13,16 @@ mod handlers;
 mod trace;
 mod wire;
 
-pub use config::{ConfigError, RuntimeKind, ServeConfig};
+pub use config::{ConfigError, ImageConfig, RuntimeKind, ServeConfig};
 
+use crate::arch::Arch;
 use crate::executor::Executor;
 use crate::executor::admission::Admission;
+use crate::executor::images::{HOST_IMAGE, OfferedImage};
 use crate::executor::jobs::JobQueue;
 use crate::executor::metrics::Metrics;
 use crate::executor::store::{JobStore, StoreError};
+use crate::image::{Cache as ImageCache, ImageError};
 use crate::policy::{PolicyError, SandboxPolicy};
 use crate::runtime::Runtime;
 use crate::runtime::docker::{DockerConfig, DockerError, DockerRuntime};
@@ -27,7 +30,6 @@ use crate::runtime::native::{NativeConfig, NativeError, NativeRuntime};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use grpc::ServedImage;
 use handlers::AppState;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +49,47 @@ pub enum ServeError {
     /// The Docker runtime is not usable.
     #[error("cannot start the Docker runtime: {0}")]
     Docker(#[from] DockerError),
+    /// A native image's runtime could not start.
+    #[error("image {image} ({arch}): cannot start the native runtime: {source}")]
+    NativeImage {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
+        /// Why.
+        source: NativeError,
+    },
+    /// A Docker image's runtime could not start, or the image is not in the daemon.
+    #[error("image {image} ({arch}): {source}")]
+    DockerImage {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
+        /// Why.
+        source: DockerError,
+    },
+    /// A native image has no rootfs in the image cache.
+    #[error(
+        "image {image} is not built for {arch} (nothing in the image cache {}): \
+         run `pyward image build {image} --arch {arch}`", .cache.display()
+    )]
+    ImageNotBuilt {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
+        /// The cache looked in.
+        cache: std::path::PathBuf,
+    },
+    /// The image cache could not be read.
+    #[error("image {image}: cannot read the image cache: {source}")]
+    ImageCache {
+        /// The image's name.
+        image: String,
+        /// Why.
+        source: ImageError,
+    },
     /// The job database could not be opened or recovered.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,34 +113,108 @@ pub enum ServeError {
 /// running jobs finish for up to `shutdown_grace`, and returns. Jobs still
 /// running after that are re-queued at the next start.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
-    // The runtime is set up before any async thread exists.
-    let (runtime, image): (Box<dyn Runtime>, ServedImage) = match config.runtime {
-        RuntimeKind::Native => {
-            let native = NativeConfig::default();
-            let image = ServedImage::native(&native);
-            (Box::new(NativeRuntime::new(native)?), image)
-        }
-        RuntimeKind::Docker => {
-            let docker = DockerConfig::default();
-            let image = ServedImage::docker(&docker);
-            (Box::new(DockerRuntime::new(docker)?), image)
-        }
-    };
     let policies = load_policies(&config)?;
+    // The runtimes are set up before any async thread exists.
+    let executor = Executor::with_images(offered_images(&config.images)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(ServeError::AsyncRuntime)?;
-    let result = rt.block_on(serve_async(
-        config,
-        Executor::new(runtime),
-        policies,
-        vec![image],
-    ));
+    let result = rt.block_on(serve_async(config, executor, policies));
     // Runs still going after the grace period are abandoned (their sandboxes
     // die with the process) and re-queued at the next start.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// A runtime for every (image, architecture) of the configuration, each
+/// checked now: a Docker image must be in the daemon (and qemu-user
+/// registered for a foreign arch), a native image's rootfs in the cache.
+fn offered_images(images: &[ImageConfig]) -> Result<Vec<OfferedImage>, ServeError> {
+    let cache = ImageCache::from_env();
+    let mut offered = Vec::new();
+    for image in images {
+        let mut entry = OfferedImage::new(&image.name, python_version(image, &cache));
+        for &arch in &image.arches {
+            entry = entry.with_arch(arch, image_runtime(image, arch, &cache)?);
+        }
+        tracing::info!(image = %image.name, runtime = image.runtime.as_str(), arches = ?image.arches, python = ?entry.python, "image offered");
+        offered.push(entry);
+    }
+    Ok(offered)
+}
+
+fn image_runtime(
+    image: &ImageConfig,
+    arch: Arch,
+    cache: &ImageCache,
+) -> Result<Box<dyn Runtime>, ServeError> {
+    let name = &image.name;
+    match image.runtime {
+        RuntimeKind::Native => {
+            let rootfs = if name == HOST_IMAGE {
+                None
+            } else {
+                let built =
+                    cache
+                        .load_meta(name, arch)
+                        .map_err(|source| ServeError::ImageCache {
+                            image: name.clone(),
+                            source,
+                        })?;
+                if built.is_none() {
+                    return Err(ServeError::ImageNotBuilt {
+                        image: name.clone(),
+                        arch,
+                        cache: cache.root().to_owned(),
+                    });
+                }
+                Some(cache.rootfs_dir(name, arch))
+            };
+            let config = NativeConfig {
+                rootfs,
+                ..NativeConfig::default()
+            };
+            let native = NativeRuntime::new(config).map_err(|source| ServeError::NativeImage {
+                image: name.clone(),
+                arch,
+                source,
+            })?;
+            Ok(Box::new(native))
+        }
+        RuntimeKind::Docker => {
+            let docker_error = |source| ServeError::DockerImage {
+                image: name.clone(),
+                arch,
+                source,
+            };
+            let docker =
+                DockerRuntime::new(DockerConfig::for_image(name, arch)).map_err(docker_error)?;
+            docker.check_image().map_err(docker_error)?;
+            Ok(Box::new(docker))
+        }
+    }
+}
+
+/// The image's Python version: the host interpreter's own answer for
+/// `host`, else what the image cache recorded when it was built (unknown
+/// for an image loaded into Docker from elsewhere).
+fn python_version(image: &ImageConfig, cache: &ImageCache) -> Option<String> {
+    if image.name == HOST_IMAGE {
+        let output = std::process::Command::new(NativeConfig::default().python)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        return text.trim().strip_prefix("Python ").map(str::to_owned);
+    }
+    let arch = *image.arches.first()?;
+    cache
+        .load_meta(&image.name, arch)
+        .ok()
+        .flatten()
+        .and_then(|built| built.python_version())
 }
 
 /// Every policy a tenant names, by the name requests use.
@@ -113,8 +230,8 @@ fn load_policies(config: &ServeConfig) -> Result<BTreeMap<String, Arc<SandboxPol
     Ok(policies)
 }
 
-fn router(state: Arc<AppState>, images: Vec<ServedImage>, max_body: usize) -> Router {
-    let grpc = grpc::service(state.clone(), images, max_body);
+fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    let grpc = grpc::service(state.clone(), max_body);
     Router::new()
         .route("/v1/runs", post(handlers::post_run))
         .route("/v1/jobs", post(handlers::post_job))
@@ -124,6 +241,7 @@ fn router(state: Arc<AppState>, images: Vec<ServedImage>, max_body: usize) -> Ro
         )
         .route("/v1/jobs/{id}/events", get(handlers::job_events))
         .route("/v1/policies", get(handlers::policies))
+        .route("/v1/images", get(handlers::images))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
@@ -139,7 +257,6 @@ async fn serve_async(
     config: ServeConfig,
     executor: Executor,
     policies: BTreeMap<String, Arc<SandboxPolicy>>,
-    images: Vec<ServedImage>,
 ) -> Result<(), ServeError> {
     let store = JobStore::open(&config.database)?;
     let recovery = store.recover(config.max_attempts).await?;
@@ -155,14 +272,16 @@ async fn serve_async(
         config.max_running,
         config.queue_bound,
     ));
+    let executor = Arc::new(executor);
     let queue = Arc::new(JobQueue {
         store,
         admission: admission.clone(),
-        executor: Arc::new(executor),
+        executor: executor.clone(),
         metrics: Arc::new(Metrics::default()),
         events: broadcast::channel(1024).0,
         wake: Notify::new(),
-        prepare: handlers::prepare(policies.clone(), admission),
+        prepare: handlers::prepare(policies.clone(), admission, executor),
+        live: Default::default(),
     });
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -197,7 +316,7 @@ async fn serve_async(
             "none, loopback only"
         }
     );
-    axum::serve(listener, router(state, images, config.max_body))
+    axum::serve(listener, router(state, config.max_body))
         .with_graceful_shutdown(signalled)
         .await
         .map_err(ServeError::Io)?;

@@ -236,8 +236,10 @@ impl CliError {
             | CliError::Policy(_)
             | CliError::Config(_)
             | CliError::Serve(pyward::ServeError::Policy(_))
+            | CliError::Serve(pyward::ServeError::ImageNotBuilt { .. })
             | CliError::Seccomp { .. }
             | CliError::Exec(ExecError::Policy(_))
+            | CliError::Exec(ExecError::Route(_))
             | CliError::Exec(ExecError::Run(RunError::InvalidSubmission(_))) => exit::USAGE,
             CliError::Exec(ExecError::Run(_))
             | CliError::Runtime(_)

@@ -90,9 +90,7 @@ pub struct RunArgs {
 
 /// The rootfs of image `name` for this machine's architecture, from the image cache.
 fn image_rootfs(name: &str) -> Result<PathBuf, CliError> {
-    let cache_dir = std::env::var_os("PYWARD_IMAGE_CACHE")
-        .map_or(PathBuf::from(pyward::DEFAULT_CACHE_DIR), PathBuf::from);
-    let cache = pyward::ImageCache::new(cache_dir);
+    let cache = pyward::ImageCache::from_env();
     let arch = pyward::Arch::host();
     match cache.load_meta(name, arch)? {
         Some(_) => Ok(cache.rootfs_dir(name, arch)),
@@ -133,12 +131,10 @@ pub fn run(args: &RunArgs) -> Result<u8, CliError> {
     let submission = submission(args)?;
     // Refuse a bad request before touching the host.
     Executor::resolve_policy(&policy, &submission)?;
-    let outcome = Executor::new(runtime(
-        args.runtime,
-        args.image.as_deref(),
-        args.arch.unwrap_or_else(pyward::Arch::host),
-    )?)
-    .run(&policy, &submission)?;
+    let arch = args.arch.unwrap_or_else(pyward::Arch::host);
+    let runtime = runtime(args.runtime, args.image.as_deref(), arch)?;
+    let image = image_name(args.runtime, args.image.as_deref());
+    let outcome = Executor::for_image(image, arch, runtime).run(&policy, &submission)?;
     if args.json {
         print_json(&outcome)
     } else {
@@ -146,6 +142,15 @@ pub fn run(args: &RunArgs) -> Result<u8, CliError> {
     }
     .map_err(CliError::Output)?;
     Ok(verdict_exit_code(outcome.verdict))
+}
+
+/// The image's name as the outcome reports it: `--image`, else `host`
+/// (native) or python3.11-bookworm (docker), as `pyward serve` names them.
+pub fn image_name(choice: RuntimeChoice, image: Option<&str>) -> &str {
+    image.unwrap_or(match choice {
+        RuntimeChoice::Native => pyward::HOST_IMAGE,
+        RuntimeChoice::Docker => pyward::DEFAULT_DOCKER_IMAGE,
+    })
 }
 
 /// The runtime to run on: native (this machine's architecture only) or a
@@ -370,6 +375,8 @@ mod tests {
                 peak_memory_bytes: 8_500_000,
             },
             message: Some("wall-time limit of 2s reached".into()),
+            image: None,
+            arch: None,
         };
         assert_eq!(
             summary(&outcome),

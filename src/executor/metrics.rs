@@ -34,7 +34,7 @@ struct Histogram {
 pub struct Metrics {
     runs: [[AtomicU64; VERDICTS.len()]; 2],
     latency: Histogram,
-    rejected: [AtomicU64; 4],
+    rejected: [AtomicU64; REJECTION_NAMES.len()],
     grpc_calls: [AtomicU64; GRPC_METHODS.len()],
 }
 
@@ -49,9 +49,11 @@ pub enum Rejection {
     QueueFull = 2,
     /// 401/403.
     Auth = 3,
+    /// 429: tenant out of its CPU-seconds quota.
+    Cpu = 4,
 }
 
-const REJECTION_NAMES: [&str; 4] = ["concurrency", "rate", "queue_full", "auth"];
+const REJECTION_NAMES: [&str; 5] = ["concurrency", "rate", "queue_full", "auth", "cpu"];
 
 /// A method of the gRPC service, for `pyward_grpc_requests_total`.
 #[derive(Debug, Clone, Copy)]

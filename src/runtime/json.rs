@@ -6,6 +6,7 @@
 //! contract breaks, so don't.
 
 use super::{Captured, Outcome, Usage, Verdict};
+use crate::arch::Arch;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,14 @@ pub struct OutcomeJson {
     pub usage: UsageJson,
     /// A sentence saying what happened (limits, sandbox errors), or `null`.
     pub message: Option<String>,
+    /// The image the run used (`host`, `python3.11-bookworm`, …), or `null`
+    /// when the outcome did not come through an executor. Outcomes stored
+    /// before the field existed lack it; they read back as `null`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The architecture the run used (`amd64`, `arm64`), or `null` like `image`.
+    #[serde(default)]
+    pub arch: Option<Arch>,
 }
 
 /// A JSON outcome that cannot be turned back into an [`Outcome`].
@@ -93,7 +102,7 @@ pub enum OutcomeJsonError {
 }
 
 /// Encodes bytes as text when they are UTF-8, as base64 otherwise: never lossy.
-fn encode_stream(bytes: &[u8]) -> (String, StreamEncoding) {
+pub(crate) fn encode_stream(bytes: &[u8]) -> (String, StreamEncoding) {
     match std::str::from_utf8(bytes) {
         Ok(text) => (text.to_owned(), StreamEncoding::Utf8),
         Err(_) => (BASE64.encode(bytes), StreamEncoding::Base64),
@@ -145,6 +154,8 @@ impl From<&Outcome> for OutcomeJson {
                 peak_memory_bytes: outcome.usage.peak_memory_bytes,
             },
             message: outcome.message.clone(),
+            image: outcome.image.clone(),
+            arch: outcome.arch,
         }
     }
 }
@@ -173,6 +184,8 @@ impl TryFrom<OutcomeJson> for Outcome {
                 peak_memory_bytes: wire.usage.peak_memory_bytes,
             },
             message: wire.message,
+            image: wire.image,
+            arch: wire.arch,
         })
     }
 }
@@ -215,6 +228,8 @@ mod tests {
                 peak_memory_bytes: 8_500_000,
             },
             message: None,
+            image: None,
+            arch: None,
         }
     }
 
@@ -237,7 +252,34 @@ mod tests {
                 "stderr_truncated": true,
                 "usage": {"wall_ms": 12, "cpu_ms": 9, "peak_memory_bytes": 8_500_000},
                 "message": null,
+                "image": null,
+                "arch": null,
             })
+        );
+    }
+
+    #[test]
+    fn image_and_arch_are_written_and_read_back() {
+        let mut o = outcome(b"", b"");
+        o.image = Some("python3.11-bookworm".into());
+        o.arch = Some(Arch::Arm64);
+        let json: Value = serde_json::from_str(&o.to_json()).unwrap();
+        assert_eq!(
+            (&json["image"], &json["arch"]),
+            (&json!("python3.11-bookworm"), &json!("arm64"))
+        );
+        assert_eq!(Outcome::from_json(&o.to_json()).unwrap(), o);
+    }
+
+    #[test]
+    fn outcomes_written_before_image_and_arch_still_read() {
+        let mut json: Value = serde_json::from_str(&outcome(b"x", b"").to_json()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("image");
+        object.remove("arch");
+        assert_eq!(
+            Outcome::from_json(&json.to_string()).unwrap(),
+            outcome(b"x", b"")
         );
     }
 

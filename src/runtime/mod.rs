@@ -1,5 +1,6 @@
 //! Runtimes: the `Runtime` trait, and the `Outcome` and `Verdict` every runtime
-//! produces; `json` holds the stable JSON form of an `Outcome`. `native/` runs
+//! produces; `json` holds the stable JSON form of an `Outcome`, `watch` what a
+//! caller may watch a run with (output as it comes, a cancel token). `native/` runs
 //! a submission in Linux namespaces set up by pyward itself; `docker/` runs it
 //! in a fresh hardened container through the Docker daemon.
 
@@ -7,10 +8,13 @@ mod json;
 mod outcome;
 mod submission;
 pub(crate) mod verdict;
+pub(crate) mod watch;
 
+pub(crate) use json::encode_stream;
 pub use json::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
 pub use outcome::{Captured, Outcome, Usage, Verdict};
 pub use submission::{Entrypoint, InputFile, Submission};
+pub use watch::{CancelToken, RunWatch, Stream};
 
 pub mod docker;
 pub mod native;
@@ -26,7 +30,20 @@ pub trait Runtime: Send + Sync {
     /// with the submission's overrides. Setup failures inside the sandbox come
     /// back as an `Outcome` with verdict `sandbox_error`; `Err` means the run
     /// never started.
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError>;
+    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
+        self.run_watched(policy, submission, &RunWatch::default())
+    }
+
+    /// [`Runtime::run`], watched: `watch` gets the output as the program
+    /// writes it (in order per stream, never past the output cap), and a
+    /// cancelled token kills the sandbox (the outcome's message says so).
+    /// The outcome is the same as an unwatched run's.
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError>;
 }
 
 /// Why a run could not start.

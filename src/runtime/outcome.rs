@@ -1,5 +1,6 @@
 //! What one run produced: the verdict, the output and the resources used.
 
+use crate::arch::Arch;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -105,4 +106,9 @@ pub struct Outcome {
     pub usage: Usage,
     /// For `sandbox_error` and limit verdicts: a sentence saying what happened.
     pub message: Option<String>,
+    /// The image the run used, by the name the executor offers it under. The
+    /// executor sets it; a runtime called directly leaves it `None`.
+    pub image: Option<String>,
+    /// The architecture the run used. Set by the executor, like `image`.
+    pub arch: Option<Arch>,
 }

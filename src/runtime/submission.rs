@@ -1,5 +1,6 @@
 //! What a caller hands pyward: the program, its inputs and its limits.
 
+use crate::arch::Arch;
 use crate::policy::LimitOverrides;
 use std::collections::BTreeMap;
 
@@ -36,6 +37,12 @@ pub struct Submission {
     pub env: BTreeMap<String, String>,
     /// Limits that tighten the policy's.
     pub limits: LimitOverrides,
+    /// The image to run in, by the name the executor offers it under; `None`
+    /// for the executor's first image. Runtimes ignore it: the executor routes on it.
+    pub image: Option<String>,
+    /// The architecture to run on; `None` for the image's default (the host's
+    /// when the image has it). Runtimes ignore it: the executor routes on it.
+    pub arch: Option<Arch>,
 }
 
 impl Submission {
@@ -48,6 +55,8 @@ impl Submission {
             stdin: Vec::new(),
             env: BTreeMap::new(),
             limits: LimitOverrides::default(),
+            image: None,
+            arch: None,
         }
     }
 }

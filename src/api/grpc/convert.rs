@@ -1,13 +1,16 @@
 //! Conversions between the gRPC messages and pyward's types. A gRPC run
 //! request becomes the HTTP API's JSON request body, so that one function
-//! checks both and a job stores one format; outcomes, jobs, limits and job
-//! updates become messages. Pure functions.
+//! checks both and a job stores one format; outcomes, jobs, limits, images
+//! and job updates become messages. Pure functions.
 
-use super::{ServedImage, proto};
+use super::proto;
 use crate::api::error::ApiError;
 use crate::api::handlers::JobUpdate;
+use crate::api::wire::ImageJson;
+use crate::executor::jobs::OutputChunk;
 use crate::executor::store::{JobRecord, JobStatus};
 use crate::policy::{Limits, format_duration};
+use crate::runtime::Stream;
 use crate::runtime::{Outcome, Verdict, signal_name};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -18,8 +21,8 @@ fn invalid(code: &'static str, message: String) -> ApiError {
     ApiError::BadRequest { code, message }
 }
 
-/// The JSON body of POST /v1/runs that asks for the same run as `request`
-/// (`image` and `arch` aside: [`check_image`] checks those).
+/// The JSON body of POST /v1/runs that asks for the same run as `request`;
+/// an empty `image` or `arch` is left out (the default).
 pub fn request_body(request: &proto::RunRequest) -> Result<String, ApiError> {
     let mut body = Map::new();
     if let Some(code) = &request.code {
@@ -56,6 +59,11 @@ pub fn request_body(request: &proto::RunRequest) -> Result<String, ApiError> {
     if let Some(limits) = &request.limits {
         body.insert("limits".into(), limits_body(limits)?);
     }
+    for (name, value) in [("image", &request.image), ("arch", &request.arch)] {
+        if !value.is_empty() {
+            body.insert(name.into(), value.as_str().into());
+        }
+    }
     Ok(Value::Object(body).to_string())
 }
 
@@ -89,44 +97,6 @@ fn limits_body(limits: &proto::Limits) -> Result<Value, ApiError> {
         out.insert("cpus".into(), cpus.into());
     }
     Ok(Value::Object(out))
-}
-
-/// Checks a request's `image` and `arch` against the images the server
-/// runs; empty means the default image and its architecture.
-pub fn check_image(images: &[ServedImage], image: &str, arch: &str) -> Result<(), ApiError> {
-    let available = || {
-        images
-            .iter()
-            .map(|i| format!("{} ({})", i.name, i.arch))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let default = images.first().ok_or(ApiError::Internal)?;
-    let name = if image.is_empty() {
-        default.name.as_str()
-    } else {
-        image
-    };
-    let mut matching = images.iter().filter(|i| i.name == name).peekable();
-    if matching.peek().is_none() {
-        return Err(invalid(
-            "unknown_image",
-            format!(
-                "image {image:?} is not served here; available: {}",
-                available()
-            ),
-        ));
-    }
-    if !arch.is_empty() && !matching.any(|i| i.arch == arch) {
-        return Err(invalid(
-            "unknown_arch",
-            format!(
-                "arch {arch:?} is not served for image {name:?}; available: {}",
-                available()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// The message of a verdict.
@@ -180,6 +150,8 @@ pub fn outcome(outcome: &Outcome, trace_id: String) -> proto::Outcome {
         }),
         message: outcome.message.clone(),
         trace_id,
+        image: outcome.image.clone(),
+        arch: outcome.arch.map(|a| a.as_str().to_owned()),
     }
 }
 
@@ -215,14 +187,17 @@ pub fn job(job: &JobRecord) -> proto::Job {
     }
 }
 
-/// The `WatchJob` event of one update of job `id` (submitted with `trace_id`).
-pub fn event(id: &str, update: JobUpdate, trace_id: &str) -> proto::JobEvent {
+/// The `WatchJob` event of one update of job `id` (submitted with
+/// `trace_id`); None for [`JobUpdate::End`], which ends the stream.
+pub fn event(id: &str, update: JobUpdate, trace_id: &str) -> Option<proto::JobEvent> {
     use proto::job_event::Event;
     let event = match update {
         JobUpdate::Status(status) => Event::Status(proto::StatusChange {
             id: id.to_owned(),
             status: job_status(status).into(),
         }),
+        JobUpdate::Output(chunk) => Event::Output(output(&chunk)),
+        JobUpdate::Lagged { missed_chunks } => Event::Lagged(proto::Lagged { missed_chunks }),
         JobUpdate::Outcome(text) => match stored_outcome(&text, trace_id) {
             Some(outcome) => Event::Outcome(outcome),
             None => Event::Error(proto::JobError {
@@ -231,8 +206,33 @@ pub fn event(id: &str, update: JobUpdate, trace_id: &str) -> proto::JobEvent {
             }),
         },
         JobUpdate::Failed { code, message } => Event::Error(proto::JobError { code, message }),
+        JobUpdate::End => return None,
     };
-    proto::JobEvent { event: Some(event) }
+    Some(proto::JobEvent { event: Some(event) })
+}
+
+/// The message of a chunk of output: its bytes as they are.
+fn output(chunk: &OutputChunk) -> proto::OutputChunk {
+    let stream = match chunk.stream {
+        Stream::Stdout => proto::output_chunk::Stream::Stdout,
+        Stream::Stderr => proto::output_chunk::Stream::Stderr,
+    };
+    proto::OutputChunk {
+        stream: stream.into(),
+        data: chunk.bytes.to_vec(),
+    }
+}
+
+/// The message of an image entry of GET /v1/images.
+pub fn image(image: ImageJson) -> proto::Image {
+    proto::Image {
+        name: image.name,
+        default: image.default,
+        runtime: image.runtime.to_owned(),
+        arches: image.arches.iter().map(|a| a.as_str().to_owned()).collect(),
+        default_arch: image.default_arch.map(|a| a.as_str().to_owned()),
+        python: image.python,
+    }
 }
 
 /// A policy's limits, written as in policy files.
@@ -256,6 +256,7 @@ mod tests {
     use crate::api::wire::RunRequest;
     use crate::policy::{ByteSize, SandboxPolicy};
     use crate::runtime::{Captured, Entrypoint, Submission, Usage};
+    use std::sync::Arc;
 
     fn submission(request: &proto::RunRequest) -> Result<Submission, String> {
         let body = request_body(request).map_err(|e| e.to_string())?;
@@ -339,40 +340,19 @@ mod tests {
     }
 
     #[test]
-    fn images_and_arches_are_checked_against_what_is_served() {
-        let images = [ServedImage {
-            name: "host".into(),
-            arch: "amd64".into(),
-            runtime: "native",
-        }];
-        assert!(check_image(&images, "", "").is_ok());
-        assert!(check_image(&images, "host", "amd64").is_ok());
-        assert!(check_image(&images, "", "amd64").is_ok());
-        let err = check_image(&images, "python:3.12", "").unwrap_err();
+    fn image_and_arch_go_into_the_body_unless_empty() {
+        let mut request = code("1");
+        let body: Value = serde_json::from_str(&request_body(&request).unwrap()).unwrap();
         assert!(
-            matches!(
-                err,
-                ApiError::BadRequest {
-                    code: "unknown_image",
-                    ..
-                }
-            ),
-            "{err:?}"
+            body.get("image").is_none() && body.get("arch").is_none(),
+            "{body}"
         );
-        assert!(err.to_string().contains("\"python:3.12\""), "{err}");
-        assert!(err.to_string().contains("host (amd64)"), "{err}");
-        let err = check_image(&images, "", "riscv64").unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ApiError::BadRequest {
-                    code: "unknown_arch",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("\"riscv64\""), "{err}");
+        request.image = "python3.11-bookworm".into();
+        request.arch = "arm64".into();
+        let text = request_body(&request).unwrap();
+        let wire: RunRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(wire.image.as_deref(), Some("python3.11-bookworm"));
+        assert_eq!(wire.arch.as_deref(), Some("arm64"));
     }
 
     #[test]
@@ -412,6 +392,8 @@ mod tests {
                 peak_memory_bytes: 4096,
             },
             message: Some("killed".into()),
+            image: Some("host".into()),
+            arch: Some(crate::Arch::Arm64),
         }
     }
 
@@ -430,6 +412,10 @@ mod tests {
         assert_eq!(usage.peak_memory_bytes, 4096);
         assert_eq!(o.message.as_deref(), Some("killed"));
         assert_eq!(o.trace_id, "abc");
+        assert_eq!(
+            (o.image.as_deref(), o.arch.as_deref()),
+            (Some("host"), Some("arm64"))
+        );
     }
 
     #[test]
@@ -457,11 +443,15 @@ mod tests {
             (&[0xff, 0xfe, b'x'][..], "t1")
         );
         use proto::job_event::Event;
-        match event("j1", JobUpdate::Outcome(stored), "t1").event {
-            Some(Event::Outcome(o)) => assert_eq!(o.verdict_name, "signaled"),
+        let render = |update| event("j1", update, "t1").map(|e| e.event.unwrap());
+        match render(JobUpdate::Outcome(stored)) {
+            Some(Event::Outcome(o)) => {
+                assert_eq!(o.verdict_name, "signaled");
+                assert_eq!(o.image.as_deref(), Some("host"));
+            }
             other => panic!("{other:?}"),
         }
-        match event("j1", JobUpdate::Status(JobStatus::Running), "t1").event {
+        match render(JobUpdate::Status(JobStatus::Running)) {
             Some(Event::Status(s)) => {
                 assert_eq!(
                     (s.id.as_str(), s.status()),
@@ -470,10 +460,56 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match event("j1", JobUpdate::Outcome("not json".into()), "t1").event {
+        match render(JobUpdate::Outcome("not json".into())) {
             Some(Event::Error(e)) => assert_eq!(e.code, "internal"),
             other => panic!("{other:?}"),
         }
+        assert!(render(JobUpdate::End).is_none(), "the end is no event");
+    }
+
+    #[test]
+    fn output_chunks_keep_their_stream_and_bytes() {
+        use proto::job_event::Event;
+        use proto::output_chunk::Stream as Wire;
+        for (stream, wire) in [
+            (Stream::Stdout, Wire::Stdout),
+            (Stream::Stderr, Wire::Stderr),
+        ] {
+            let chunk = OutputChunk {
+                stream,
+                bytes: Arc::from(&[b'h', 0xc3][..]),
+            };
+            match event("j1", JobUpdate::Output(chunk), "t1").and_then(|e| e.event) {
+                Some(Event::Output(o)) => {
+                    assert_eq!(o.stream(), wire);
+                    assert_eq!(o.data, [b'h', 0xc3], "bytes as they are, not re-encoded");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let lagged = JobUpdate::Lagged { missed_chunks: 3 };
+        match event("j1", lagged, "t1").and_then(|e| e.event) {
+            Some(Event::Lagged(l)) => assert_eq!(l.missed_chunks, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_image_entry_keeps_the_json_fields() {
+        let entry = image(ImageJson {
+            name: "python3.11-bookworm".into(),
+            default: true,
+            runtime: "docker",
+            arches: vec![crate::Arch::Amd64, crate::Arch::Arm64],
+            default_arch: Some(crate::Arch::Amd64),
+            python: None,
+        });
+        assert_eq!(entry.name, "python3.11-bookworm");
+        assert!(entry.default);
+        assert_eq!(entry.runtime, "docker");
+        assert_eq!(entry.arches, ["amd64", "arm64"]);
+        assert_eq!(entry.default_arch.as_deref(), Some("amd64"));
+        assert_eq!(entry.python, None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod workdir;
 
 pub use host_config::{WORK_DIR, host_config};
 
-use super::{Captured, Outcome, RunError, Runtime, Submission, Usage};
+use super::{Captured, Outcome, RunError, RunWatch, Runtime, Stream, Submission, Usage};
 use crate::arch::Arch;
 use crate::policy::{DeniedAction, SandboxPolicy};
 use crate::seccomp::{self, Allowlist, SeccompError};
@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use usage::{CgroupFiles, Sample};
 use verdict::{KillReason, Observed};
+
+/// The image recipe the Docker runtime runs when none is named.
+pub const DEFAULT_IMAGE: &str = "python3.11-bookworm";
 
 /// Label on every container pyward creates: the job's id.
 pub const LABEL_JOB: &str = "dev.pyward.job";
@@ -72,8 +75,18 @@ impl Default for DockerConfig {
 impl DockerConfig {
     /// The default settings for `arch`: the image `pyward/python3.11-bookworm:ARCH`.
     pub fn for_arch(arch: Arch) -> DockerConfig {
+        DockerConfig::for_image(DEFAULT_IMAGE, arch)
+    }
+
+    /// The default settings for the image built from recipe `name` for
+    /// `arch`: its tag `pyward/NAME:ARCH`.
+    pub fn for_image(name: &str, arch: Arch) -> DockerConfig {
         DockerConfig {
-            image: format!("pyward/python3.11-bookworm:{}", arch.as_str()),
+            image: format!(
+                "{}:{}",
+                crate::image::docker_repository(name),
+                arch.as_str()
+            ),
             arch,
             socket: "/var/run/docker.sock".into(),
             api_timeout_secs: 30,
@@ -390,6 +403,7 @@ impl DockerRuntime {
         &self,
         policy: &SandboxPolicy,
         submission: &Submission,
+        observer: &RunWatch,
     ) -> Result<Outcome, RunError> {
         policy
             .check_env(&submission.env)
@@ -401,7 +415,7 @@ impl DockerRuntime {
             .create(policy, &launch.cmd, &filters.profile, submission)
             .await?;
         // Whatever happens from here on, the container goes.
-        let result = self.watch(&id, policy, launch).await;
+        let result = self.watch(&id, policy, launch, observer).await;
         let removed = self.remove(&id).await;
         let outcome = result?;
         removed?;
@@ -461,12 +475,15 @@ impl DockerRuntime {
     }
 
     /// Attaches, starts, feeds stdin, captures output under the caps and the
-    /// wall clock, then reads the exit state. The caller removes the container.
+    /// wall clock (passing it to the observer as it comes), kills the
+    /// container when the observer's token is cancelled, then reads the exit
+    /// state. The caller removes the container.
     async fn watch(
         &self,
         id: &str,
         policy: &SandboxPolicy,
         launch: workdir::Launch,
+        observer: &RunWatch,
     ) -> Result<Outcome, RunError> {
         let limits = &policy.limits;
         let attach = AttachContainerOptionsBuilder::default()
@@ -500,6 +517,20 @@ impl DockerRuntime {
         let mut stdout = Captured::default();
         let mut stderr = Captured::default();
         let mut killed = None;
+        // A cancel wakes the loop below, which kills the container.
+        let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+        let _cancel = observer.cancel_token().map(|token| {
+            token.on_cancel(move || {
+                let _ = cancel_tx.send(());
+            })
+        });
+        // Without a token the sender is gone: never cancelled.
+        let cancelled = async move {
+            if cancel_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(cancelled);
         loop {
             let chunk = tokio::select! {
                 chunk = io.output.next() => chunk,
@@ -507,15 +538,21 @@ impl DockerRuntime {
                     killed = Some(KillReason::WallTime);
                     break;
                 }
+                () = &mut cancelled => {
+                    killed = Some(KillReason::Cancelled);
+                    break;
+                }
             };
-            let (stream, bytes) = match chunk {
+            let (kind, stream, bytes) = match chunk {
                 None => break,
                 // The attach stream breaking mid-run ends the capture; the state below still tells.
                 Some(Err(_)) => break,
-                Some(Ok(LogOutput::StdOut { message })) => (&mut stdout, message),
-                Some(Ok(LogOutput::StdErr { message })) => (&mut stderr, message),
+                Some(Ok(LogOutput::StdOut { message })) => (Stream::Stdout, &mut stdout, message),
+                Some(Ok(LogOutput::StdErr { message })) => (Stream::Stderr, &mut stderr, message),
                 Some(Ok(_)) => continue,
             };
+            let room = cap.saturating_sub(stream.bytes.len());
+            observer.emit(kind, &bytes[..bytes.len().min(room)]);
             if !keep(stream, &bytes, cap) {
                 killed = Some(KillReason::Output);
                 break;
@@ -555,6 +592,8 @@ impl DockerRuntime {
                 peak_memory_bytes: sample.peak_memory,
             },
             message,
+            image: None,
+            arch: None,
         })
     }
 
@@ -602,8 +641,13 @@ impl Runtime for DockerRuntime {
         "docker"
     }
 
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
-        self.rt.block_on(self.run_async(policy, submission))
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError> {
+        self.rt.block_on(self.run_async(policy, submission, watch))
     }
 }
 

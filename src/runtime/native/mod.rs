@@ -16,7 +16,7 @@ mod warm;
 
 pub use warm::{WarmConfig, WarmRuntime};
 
-use super::{Outcome, RunError, Runtime, Submission};
+use super::{Outcome, RunError, RunWatch, Runtime, Submission};
 use crate::arch::Arch;
 use crate::policy::{DeniedAction, Network, SandboxPolicy};
 use crate::seccomp::{self, Allowlist, SeccompError, SeccompProgram};
@@ -228,7 +228,12 @@ impl Runtime for NativeRuntime {
         "native"
     }
 
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError> {
         let seccomp = self.seccomp(policy)?;
         let plan = plan::Plan::new(&self.config, policy, submission, seccomp)?;
         let loopback = policy.network == Network::Loopback;
@@ -238,7 +243,8 @@ impl Runtime for NativeRuntime {
         cgroup
             .set_limits(&cgroup_limits(limits))
             .map_err(NativeError::from)?;
-        let ran = supervise::run(&netns, &plan, limits, &cgroup, &submission.stdin, self.ids);
+        let stdin = &submission.stdin;
+        let ran = supervise::run(&netns, &plan, limits, &cgroup, stdin, self.ids, watch);
         match ran {
             Ok((outcome, Some(stub))) => {
                 self.reaper.finish(Leftover {

@@ -16,7 +16,7 @@ use super::status::{MESSAGE_LEN, Message, Step};
 use super::supervise::{self, ParentSide, Stub, Watched};
 use super::{NativeError, NativeRuntime};
 use crate::policy::{Network, SandboxPolicy};
-use crate::runtime::{Entrypoint, Outcome, RunError, Runtime, Submission};
+use crate::runtime::{Entrypoint, Outcome, RunError, RunWatch, Runtime, Submission};
 use crate::sys;
 use crate::sys::cgroup::{Cgroup, CgroupLimits};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -192,7 +192,12 @@ impl Runtime for WarmRuntime {
         "native-warm"
     }
 
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError> {
         let request = Request::new(&self.native, policy, submission)?;
         let cgroup = self.native.cgroups.acquire().map_err(NativeError::from)?;
         cgroup
@@ -216,7 +221,7 @@ impl Runtime for WarmRuntime {
                 })?;
         }
         call.close_child_ends();
-        let ran = call.run(&request, &cgroup, &policy.limits, started)?;
+        let ran = call.run(&request, &cgroup, &policy.limits, started, watch)?;
         // A network namespace is reused only when the call's pid 1 was in
         // the cgroup, whose emptiness then proves every user of it gone.
         let netns = ran
@@ -490,6 +495,7 @@ impl Call {
         cgroup: &Cgroup,
         limits: &crate::policy::Limits,
         started: Instant,
+        watch: &RunWatch,
     ) -> Result<Ran, NativeError> {
         let before = cgroup.counters()?;
         let cpu_before = cgroup.cpu_usage()?;
@@ -543,7 +549,7 @@ impl Call {
             status: self.call,
         };
         let cpu_used = || cgroup.cpu_usage().map(|now| now.saturating_sub(cpu_before));
-        let watched = supervise::watch(&pipes, &stub, limits, &cpu_used, started);
+        let watched = supervise::watch(&pipes, &stub, limits, &cpu_used, started, watch);
         let outcome = finish(watched)?;
         Ok(Ran {
             outcome,
