@@ -218,12 +218,40 @@ mod tests {
                 "policy_not_allowed",
             ),
             (
+                RouteError::ImageNotAllowed {
+                    image: "python3.11-bookworm".into(),
+                    allowed: vec!["host".into()],
+                }
+                .into(),
+                Code::PermissionDenied,
+                "image_not_allowed",
+            ),
+            (
                 ApiError::BadRequest {
                     code: "invalid_request",
                     message: "limits.memory".into(),
                 },
                 Code::InvalidArgument,
                 "invalid_request",
+            ),
+            (
+                RouteError::UnknownImage {
+                    image: "nope".into(),
+                    allowed: vec!["host".into()],
+                }
+                .into(),
+                Code::InvalidArgument,
+                "unknown_image",
+            ),
+            (
+                RouteError::UnknownArch {
+                    image: "host".into(),
+                    arch: "riscv64".into(),
+                    offered: vec![crate::Arch::Amd64],
+                }
+                .into(),
+                Code::InvalidArgument,
+                "unknown_arch",
             ),
             (
                 ApiError::NotFound("no job".into()),
@@ -246,6 +274,15 @@ mod tests {
                 },
                 Code::ResourceExhausted,
                 "rate_limit",
+            ),
+            (
+                ApiError::TooManyRequests {
+                    code: "cpu_quota",
+                    message: "out of CPU seconds".into(),
+                    retry_after: retry,
+                },
+                Code::ResourceExhausted,
+                "cpu_quota",
             ),
             (
                 ApiError::Unavailable {
