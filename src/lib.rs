@@ -14,6 +14,9 @@ mod seccomp;
 #[doc(hidden)]
 pub mod sys;
 
+/// The gRPC contract (proto/pyward/v1/pyward.proto): its messages, and a
+/// client (`proto::pyward_client::PywardClient`) for any tonic channel.
+pub use api::grpc::proto;
 pub use api::{ConfigError, ImageConfig, RuntimeKind, ServeConfig, ServeError, serve};
 pub use arch::{Arch, UnknownArch};
 pub use executor::images::{HOST_IMAGE, OfferedImage, RouteError, Target};

@@ -1,5 +1,7 @@
 //! The HTTP handlers: authenticate, decode, admit, then hand the work to the
-//! executor (sync runs) or the job store (async jobs).
+//! executor (sync runs) or the job store (async jobs). The steps between
+//! (`admit`, `run_now`, `enqueue`, `cancel_job`, `watch_job`, …) are shared
+//! with the gRPC front end, so that both answer alike.
 
 use super::error::ApiError;
 use super::wire::{
@@ -11,7 +13,7 @@ use crate::executor::metrics::{Rejection, RunKind};
 use crate::executor::store::{CancelResult, JobRecord, JobStatus};
 use crate::executor::{ExecError, Executor};
 use crate::policy::SandboxPolicy;
-use crate::runtime::{OutcomeJson, RunError, Submission};
+use crate::runtime::{Outcome, OutcomeJson, RunError, Submission};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -41,13 +43,22 @@ pub struct AppState {
 type Shared = State<Arc<AppState>>;
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    authenticate_bearer(state, authorization)
+}
+
+/// The tenant of an `Authorization` value (`Bearer TOKEN`); shared with gRPC.
+pub(super) fn authenticate_bearer(
+    state: &AppState,
+    authorization: Option<&str>,
+) -> Result<Arc<Tenant>, ApiError> {
     let admission = &state.queue.admission;
     if let Some(anonymous) = admission.anonymous() {
         return Ok(anonymous);
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let token = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     token
@@ -59,7 +70,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Ap
 }
 
 /// A decoded, checked request: the tenant's policy tightened and the submission.
-struct Admitted {
+pub(super) struct Admitted {
     policy: SandboxPolicy,
     submission: Submission,
 }
@@ -80,8 +91,9 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
 }
 
 /// Decodes `body` and checks it against `tenant`'s policies and images;
-/// shared by sync runs, job submission and (through [`prepare`]) job workers.
-fn admit(
+/// shared by sync runs, job submission (HTTP and gRPC) and (through
+/// [`prepare`]) job workers.
+pub(super) fn admit(
     policies: &BTreeMap<String, Arc<SandboxPolicy>>,
     executor: &Executor,
     tenant: &Tenant,
@@ -207,11 +219,24 @@ pub async fn post_run(
 ) -> Result<Json<RunResponse>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
     let body = body_bytes(&state, body)?;
-    let executor = state.queue.executor.clone();
-    let Admitted { policy, submission } = admit(&state.policies, &executor, &tenant, &body)?;
-    let slot = tenant.try_slot().map_err(|r| refused(&state, r))?;
-    tenant.check_cpu().map_err(|r| refused(&state, r))?;
-    tenant.take_rate().map_err(|r| refused(&state, r))?;
+    let admitted = admit(&state.policies, &state.queue.executor, &tenant, &body)?;
+    let outcome = run_now(&state, &tenant, admitted).await?;
+    Ok(Json(RunResponse {
+        outcome: OutcomeJson::from(&outcome),
+        trace_id: super::trace::current(),
+    }))
+}
+
+/// Runs an admitted request now, within the tenant's and the server's
+/// bounds; shared by POST /v1/runs and gRPC `Run`.
+pub(super) async fn run_now(
+    state: &AppState,
+    tenant: &Arc<Tenant>,
+    Admitted { policy, submission }: Admitted,
+) -> Result<Outcome, ApiError> {
+    let slot = tenant.try_slot().map_err(|r| refused(state, r))?;
+    tenant.check_cpu().map_err(|r| refused(state, r))?;
+    tenant.take_rate().map_err(|r| refused(state, r))?;
     let admission = &state.queue.admission;
     let queued = state
         .queue
@@ -221,7 +246,7 @@ pub async fn post_run(
         .map_err(|e| ApiError::internal(&e))?;
     let wait = admission
         .try_wait(queued)
-        .ok_or_else(|| queue_full(&state))?;
+        .ok_or_else(|| queue_full(state))?;
     let permit = admission
         .running
         .clone()
@@ -230,6 +255,7 @@ pub async fn post_run(
         .map_err(|e| ApiError::internal(&e))?;
     drop(wait);
     let started = Instant::now();
+    let executor = state.queue.executor.clone();
     // The runtime is synchronous: run on the blocking pool, never on a reactor thread.
     // The permit and the slot travel with the run: a client that hangs up
     // does not stop the run, so it must not free its place either, nor
@@ -252,10 +278,7 @@ pub async fn post_run(
                 .metrics
                 .record(RunKind::Sync, outcome.verdict, started.elapsed());
             tracing::info!(verdict = %outcome.verdict, "run finished");
-            Ok(Json(RunResponse {
-                outcome: OutcomeJson::from(&outcome),
-                trace_id: super::trace::current(),
-            }))
+            Ok(outcome)
         }
         Err(ExecError::Run(RunError::InvalidSubmission(message))) => Err(ApiError::BadRequest {
             code: "invalid_request",
@@ -275,6 +298,24 @@ pub async fn post_job(
     let tenant = authenticate(&state, &headers)?;
     let body = body_bytes(&state, body)?;
     admit(&state.policies, &state.queue.executor, &tenant, &body)?;
+    let request = String::from_utf8(body.to_vec()).map_err(|e| ApiError::internal(&e))?;
+    let job = enqueue(&state, &tenant, request).await?;
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(JobJson::from(&job)),
+    )
+        .into_response())
+}
+
+/// Stores an admitted job request (its JSON text) and wakes a worker;
+/// shared by POST /v1/jobs and gRPC `Submit`.
+pub(super) async fn enqueue(
+    state: &AppState,
+    tenant: &Tenant,
+    request: String,
+) -> Result<JobRecord, ApiError> {
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable {
             code: "shutting_down",
@@ -289,11 +330,10 @@ pub async fn post_job(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     if queued >= state.queue.admission.queue_bound {
-        return Err(queue_full(&state));
+        return Err(queue_full(state));
     }
-    tenant.check_cpu().map_err(|r| refused(&state, r))?;
-    tenant.take_rate().map_err(|r| refused(&state, r))?;
-    let request = String::from_utf8(body.to_vec()).map_err(|e| ApiError::internal(&e))?;
+    tenant.check_cpu().map_err(|r| refused(state, r))?;
+    tenant.take_rate().map_err(|r| refused(state, r))?;
     let id = super::trace::random_hex(16);
     let job = state
         .queue
@@ -309,13 +349,7 @@ pub async fn post_job(
     state.queue.announce(&id, JobStatus::Queued);
     state.queue.wake.notify_one();
     tracing::info!(job = %id, "job queued");
-    let location = format!("/v1/jobs/{id}");
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(JobJson::from(&job)),
-    )
-        .into_response())
+    Ok(job)
 }
 
 fn no_job(id: &str) -> ApiError {
@@ -331,14 +365,23 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobJson>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let job = find_job(&state, &tenant, &id).await?;
+    Ok(Json(JobJson::from(&job)))
+}
+
+/// The tenant's job `id`; shared by GET /v1/jobs/{id} and gRPC `GetJob`.
+pub(super) async fn find_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
     let job = state
         .queue
         .store
-        .get(id.clone(), tenant.config.name.clone())
+        .get(id.to_owned(), tenant.config.name.clone())
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    job.map(|j| Json(JobJson::from(&j)))
-        .ok_or_else(|| no_job(&id))
+    job.ok_or_else(|| no_job(id))
 }
 
 /// DELETE /v1/jobs/{id}: cancel a queued job (200) or a running one (202:
@@ -350,22 +393,53 @@ pub async fn delete_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let cancelled = cancel_job(&state, &tenant, &id).await?;
+    let status = if cancelled.was_running {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(JobJson::from(&cancelled.job))).into_response())
+}
+
+/// A job [`cancel_job`] cancelled.
+pub(super) struct Cancelled {
+    /// The job, `cancelled`.
+    pub job: JobRecord,
+    /// Whether it was running: its sandbox is being killed, and the outcome
+    /// of what ran is attached once that is done.
+    pub was_running: bool,
+}
+
+/// Cancels the tenant's job `id`, queued or running; shared by
+/// DELETE /v1/jobs/{id} and gRPC `CancelJob`.
+pub(super) async fn cancel_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<Cancelled, ApiError> {
     let result = state
         .queue
-        .cancel(&id, &tenant.config.name)
+        .cancel(id, &tenant.config.name)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     match result {
-        CancelResult::Cancelled(job) => Ok(Json(JobJson::from(&job)).into_response()),
+        CancelResult::Cancelled(job) => Ok(Cancelled {
+            job,
+            was_running: false,
+        }),
         CancelResult::Stopping(job) => {
             tracing::info!(job = %id, "cancelling a running job");
-            Ok((StatusCode::ACCEPTED, Json(JobJson::from(&job))).into_response())
+            Ok(Cancelled {
+                job,
+                was_running: true,
+            })
         }
         CancelResult::NotCancellable(job) => Err(ApiError::Conflict {
             code: "job_finished",
             message: format!("the job is already {}", job.status.as_str()),
         }),
-        CancelResult::NotFound => Err(no_job(&id)),
+        CancelResult::NotFound => Err(no_job(id)),
     }
 }
 
@@ -378,39 +452,90 @@ pub async fn job_events(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
-    let changes = state.queue.events.subscribe();
-    let tenant_name = tenant.config.name.clone();
-    let first = state
-        .queue
-        .store
-        .get(id.clone(), tenant_name.clone())
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    if first.is_none() {
-        return Err(no_job(&id));
-    }
-    let (tx, rx) = mpsc::channel::<Event>(8);
-    let follow = FollowJob {
-        queue: state.queue.clone(),
-        id,
-        tenant: tenant_name,
-        changes,
-        output: None,
-        tx,
-    };
-    tokio::spawn(follow.run(state.shutdown.clone()));
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), rx))
+    let updates = watch_job(&state, &tenant, &id).await?;
+    let stream = futures_util::stream::unfold(updates, move |mut updates| {
+        let id = id.clone();
+        async move {
+            let event = sse_event(&id, updates.recv().await?)?;
+            Some((Ok::<_, Infallible>(event), updates))
+        }
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
-/// The task behind one event stream: it follows one job until it is
-/// terminal, or the client leaves, or the server shuts down.
+/// The server-sent event of one update of job `id`; None for [`JobUpdate::End`].
+fn sse_event(id: &str, update: JobUpdate) -> Option<Event> {
+    let event = match update {
+        JobUpdate::Status(status) => Event::default().event("status").json_data(status.event(id)),
+        JobUpdate::Output(chunk) => Event::default()
+            .event(chunk.stream.as_str())
+            .json_data(ChunkEvent::new(&chunk.bytes)),
+        JobUpdate::Lagged { missed_chunks } => Event::default()
+            .event("lagged")
+            .json_data(LaggedEvent { missed_chunks }),
+        JobUpdate::Outcome(outcome) => Ok(Event::default().event("outcome").data(outcome)),
+        JobUpdate::Failed { code, message } => Event::default()
+            .event("error")
+            .json_data(serde_json::json!({"code": code, "message": message})),
+        JobUpdate::End => return None,
+    };
+    Some(event.unwrap_or_default())
+}
+
+/// One event of a watched job, before a front end renders it (SSE here,
+/// gRPC `WatchJob`), in the order a client receives it.
+pub(super) enum JobUpdate {
+    /// The job's status: first as it is, then at each change.
+    Status(JobStatus),
+    /// A chunk of the running job's output.
+    Output(OutputChunk),
+    /// The watcher fell behind and this many chunks were dropped for it
+    /// (the outcome has them all).
+    Lagged {
+        /// How many chunks were dropped.
+        missed_chunks: u64,
+    },
+    /// The outcome (its JSON text) of a job that ran: after its last chunk.
+    Outcome(String),
+    /// Why a failed job could not run.
+    Failed {
+        /// A stable snake_case code.
+        code: String,
+        /// A sentence.
+        message: String,
+    },
+    /// Nothing follows: the job ended and all of it was sent. Updates that
+    /// stop without it were cut short (the server is shutting down).
+    End,
+}
+
+/// The updates of the tenant's job `id` until it ends (or the server shuts
+/// down); shared by GET /v1/jobs/{id}/events and gRPC `WatchJob`.
+pub(super) async fn watch_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<mpsc::Receiver<JobUpdate>, ApiError> {
+    // Subscribed before the first read, so that no change is missed.
+    let changes = state.queue.events.subscribe();
+    let id = find_job(state, tenant, id).await?.id;
+    let (tx, rx) = mpsc::channel::<JobUpdate>(8);
+    let follow = FollowJob {
+        queue: state.queue.clone(),
+        id,
+        tenant: tenant.config.name.clone(),
+        changes,
+        output: None,
+        tx,
+    };
+    tokio::spawn(follow.run(state.shutdown.clone()));
+    Ok(rx)
+}
+
+/// The task behind one watch: it follows one job until it is terminal, or
+/// the watcher leaves, or the server shuts down.
 struct FollowJob {
     queue: Arc<JobQueue>,
     id: String,
@@ -419,23 +544,27 @@ struct FollowJob {
     changes: broadcast::Receiver<crate::executor::jobs::JobEvent>,
     /// The job's output, from when the job was seen running until its end.
     output: Option<broadcast::Receiver<OutputChunk>>,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<JobUpdate>,
 }
 
-/// The client has gone or the server is shutting down: stop following.
+/// The watcher has gone or the server is shutting down: stop following.
 struct Gone;
 
 impl FollowJob {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut last = None;
         loop {
-            let Ok(Some(job)) = self
+            let job = match self
                 .queue
                 .store
                 .get(self.id.clone(), self.tenant.clone())
                 .await
-            else {
-                return;
+            {
+                Ok(Some(job)) => job,
+                Ok(None) => return tracing::info!(job = %self.id, "a watched job was purged"),
+                Err(e) => {
+                    return tracing::error!(job = %self.id, error = %e, "a watched job cannot be read");
+                }
             };
             // From when it is seen running (or cancelled while it runs).
             if job.status != JobStatus::Queued && self.output.is_none() {
@@ -450,15 +579,12 @@ impl FollowJob {
             }
             if last != Some(job.status) {
                 last = Some(job.status);
-                let event = Event::default()
-                    .event("status")
-                    .json_data(job.status.event(&job.id));
-                if self.send(event.unwrap_or_default()).await.is_err() {
+                if self.send(JobUpdate::Status(job.status)).await.is_err() {
                     return;
                 }
             }
             if done {
-                let _ = self.finish(&job).await;
+                let _ = self.finish(job).await;
                 return;
             }
             if self.wait(&mut shutdown).await.is_err() {
@@ -503,40 +629,34 @@ impl FollowJob {
         Ok(())
     }
 
-    /// Sends the outcome or the error of a terminal job.
-    async fn finish(&self, job: &JobRecord) -> Result<(), Gone> {
-        let final_event = match (&job.outcome, &job.error) {
-            (Some(outcome), _) => Event::default().event("outcome").data(outcome.as_str()),
-            (None, Some((code, message))) => Event::default()
-                .event("error")
-                .json_data(serde_json::json!({"code": code, "message": message}))
-                .unwrap_or_default(),
-            (None, None) => return Ok(()),
-        };
-        self.send(final_event).await
+    /// Sends the outcome or the error of a terminal job, then the end.
+    async fn finish(&self, job: JobRecord) -> Result<(), Gone> {
+        match (job.outcome, job.error) {
+            (Some(outcome), _) => self.send(JobUpdate::Outcome(outcome)).await?,
+            (None, Some((code, message))) => {
+                self.send(JobUpdate::Failed { code, message }).await?;
+            }
+            // Cancelled before it ran: its status was the last word.
+            (None, None) => {}
+        }
+        self.send(JobUpdate::End).await
     }
 
-    /// Sends a chunk as a `stdout` or `stderr` event, or says how many were lost.
+    /// Sends a chunk, or says how many were lost.
     async fn forward(&mut self, chunk: Result<OutputChunk, RecvError>) -> Result<(), Gone> {
-        let event = match chunk {
-            Ok(chunk) => Event::default()
-                .event(chunk.stream.as_str())
-                .json_data(ChunkEvent::new(&chunk.bytes)),
-            Err(RecvError::Lagged(missed)) => {
-                Event::default().event("lagged").json_data(LaggedEvent {
-                    missed_chunks: missed,
-                })
-            }
+        let update = match chunk {
+            Ok(chunk) => JobUpdate::Output(chunk),
+            Err(RecvError::Lagged(missed_chunks)) => JobUpdate::Lagged { missed_chunks },
             Err(RecvError::Closed) => {
                 self.output = None;
                 return Ok(());
             }
         };
-        self.send(event.unwrap_or_default()).await
+        self.send(update).await
     }
 
-    async fn send(&self, event: Event) -> Result<(), Gone> {
-        self.tx.send(event).await.map_err(|_| Gone)
+    async fn send(&self, update: JobUpdate) -> Result<(), Gone> {
+        self.tx.send(update).await.map_err(|_| Gone)
     }
 }
 
@@ -570,11 +690,7 @@ pub async fn policies(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
-    let list: Vec<PolicyJson> = tenant
-        .config
-        .policies
-        .iter()
-        .filter_map(|name| state.policies.get(name))
+    let list: Vec<PolicyJson> = tenant_policies(&state, &tenant)
         .enumerate()
         .map(|(i, policy)| PolicyJson {
             name: policy.name.clone(),
@@ -589,14 +705,32 @@ pub async fn policies(
     Ok(Json(serde_json::json!({ "policies": list })))
 }
 
+/// The policies `tenant` may use, its default first; shared with gRPC `ListPolicies`.
+pub(super) fn tenant_policies<'a>(
+    state: &'a AppState,
+    tenant: &'a Tenant,
+) -> impl Iterator<Item = &'a Arc<SandboxPolicy>> {
+    tenant
+        .config
+        .policies
+        .iter()
+        .filter_map(|name| state.policies.get(name))
+}
+
 /// GET /v1/images: the images this tenant may use, its default first.
 pub async fn images(
     State(state): Shared,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let list = tenant_images(&state, &tenant);
+    Ok(Json(serde_json::json!({ "images": list })))
+}
+
+/// The images `tenant` may use, its default first; shared with gRPC `ListImages`.
+pub(super) fn tenant_images(state: &AppState, tenant: &Tenant) -> Vec<ImageJson> {
     let offered = state.queue.executor.images();
-    let list: Vec<ImageJson> = tenant
+    tenant
         .config
         .images
         .iter()
@@ -610,8 +744,7 @@ pub async fn images(
             default_arch: image.default_arch(),
             python: image.python.clone(),
         })
-        .collect();
-    Ok(Json(serde_json::json!({ "images": list })))
+        .collect()
 }
 
 /// GET /healthz: the process is up.

@@ -1,5 +1,6 @@
-//! The HTTP front end of `pyward serve` (axum): routes, auth, wire types and
-//! the one mapping from `ApiError` to a status code. gRPC will live here too.
+//! The front ends of `pyward serve`: HTTP (axum) and gRPC (tonic, in
+//! `grpc`, on the same port): routes, auth, wire types and the one mapping
+//! from `ApiError` to a status code.
 //!
 //! Builds `Submission`s and renders `Outcome`s; runs go through the
 //! executor (sync runs on the blocking pool, async jobs through its store
@@ -7,6 +8,7 @@
 
 mod config;
 mod error;
+pub(crate) mod grpc;
 mod handlers;
 mod trace;
 mod wire;
@@ -229,6 +231,7 @@ fn load_policies(config: &ServeConfig) -> Result<BTreeMap<String, Arc<SandboxPol
 }
 
 fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    let grpc = grpc::service(state.clone(), max_body);
     Router::new()
         .route("/v1/runs", post(handlers::post_run))
         .route("/v1/jobs", post(handlers::post_job))
@@ -242,6 +245,7 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        .route_service(grpc::ROUTE, grpc)
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -305,7 +309,7 @@ async fn serve_async(
         let _ = shutdown_tx.send(true);
     };
     eprintln!(
-        "pyward: listening on http://{addr} (auth: {})",
+        "pyward: listening on http://{addr}, HTTP/JSON and gRPC (auth: {})",
         if config.requires_auth() {
             "bearer tokens"
         } else {
