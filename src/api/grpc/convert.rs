@@ -392,6 +392,7 @@ mod tests {
                 peak_memory_bytes: 4096,
             },
             message: Some("killed".into()),
+            files: Vec::new(),
             image: Some("host".into()),
             arch: Some(crate::Arch::Arm64),
         }
