@@ -14,8 +14,12 @@ mod seccomp;
 #[doc(hidden)]
 pub mod sys;
 
-pub use api::{ConfigError, RuntimeKind, ServeConfig, ServeError, serve};
+/// The gRPC contract (proto/pyward/v1/pyward.proto): its messages, and a
+/// client (`proto::pyward_client::PywardClient`) for any tonic channel.
+pub use api::grpc::proto;
+pub use api::{ConfigError, ImageConfig, RuntimeKind, ServeConfig, ServeError, serve};
 pub use arch::{Arch, UnknownArch};
+pub use executor::images::{HOST_IMAGE, OfferedImage, RouteError, Target};
 pub use executor::{ExecError, Executor};
 pub use image::{
     ArchReport, BuildOptions, BuildReport, BuiltArch, Cache as ImageCache, DEFAULT_CACHE_DIR,
@@ -25,12 +29,17 @@ pub use image::{
 };
 pub use policy::*;
 pub use runtime::docker::{
-    DockerConfig, DockerError, DockerRuntime, DockerWarmConfig, DockerWarmRuntime,
+    DEFAULT_IMAGE as DEFAULT_DOCKER_IMAGE, DockerConfig, DockerError, DockerRuntime,
+    DockerWarmConfig, DockerWarmRuntime,
 };
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime, WarmConfig, WarmRuntime};
+pub use runtime::{CancelToken, RunError, RunWatch, Runtime, Stream};
 pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
-pub use runtime::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
-pub use runtime::{RunError, Runtime};
+pub use runtime::{MAX_OUTPUT_PATH, MAX_OUTPUTS, OutputFile, OutputStatus};
+pub use runtime::{
+    OutcomeJson, OutcomeJsonError, OutputFileJson, OutputStatusJson, StreamEncoding, UsageJson,
+    signal_name,
+};
 pub use seccomp::{
     Allowlist, ArgCondition, ArgOp, ArgProblem, BUILTIN_ALLOWLISTS, SeccompError, SeccompProgram,
     SyscallRule, compile as compile_seccomp, dangerous_syscalls,

@@ -270,6 +270,12 @@ fn help_documents_the_exit_codes() {
     }
 }
 
+#[test]
+fn an_output_file_outside_the_work_dir_is_a_usage_error() {
+    let out = pyward(&["run", "-c", "pass", "--output-file", "../escape"]);
+    assert_usage_error(&out, &["\"../escape\"", "`..`"]);
+}
+
 // ------------------------------------------------ runs (need the native runtime)
 
 /// Runs with `--json` and reads the outcome back through the library.
@@ -334,6 +340,9 @@ fn json_output_has_every_documented_field_and_nothing_else_on_stdout() {
         "stderr_truncated",
         "usage",
         "message",
+        "image",
+        "arch",
+        "files",
     ];
     expected.sort_unstable();
     let mut keys_sorted = keys.clone();
@@ -344,8 +353,11 @@ fn json_output_has_every_documented_field_and_nothing_else_on_stdout() {
     assert_eq!(json["signal"], Value::Null);
     assert_eq!(json["stdout"], "hi\n");
     assert_eq!(json["stdout_encoding"], "utf-8");
+    assert_eq!(json["image"], "host");
+    assert_eq!(json["arch"], pyward::Arch::host().as_str());
     assert!(json["usage"]["wall_ms"].is_u64() && json["usage"]["cpu_ms"].is_u64());
     assert!(json["usage"]["peak_memory_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(json["files"], serde_json::json!([]));
 }
 
 #[test]
@@ -484,4 +496,44 @@ fn a_closed_stdout_ends_policy_show_quietly() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn output_files_are_written_under_output_dir_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = "import os\nos.makedirs('d')\nopen('d/x.bin', 'wb').write(bytes([0, 255]))\nopen('r.txt', 'w').write('hi')";
+    let out = pyward(&[
+        "run",
+        "-c",
+        code,
+        "--output-file",
+        "r.txt",
+        "--output-file",
+        "d/x.bin",
+        "--output-file",
+        "nope",
+        "--output-dir",
+        s(dir.path()),
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(std::fs::read(dir.path().join("r.txt")).unwrap(), b"hi");
+    assert_eq!(std::fs::read(dir.path().join("d/x.bin")).unwrap(), [0, 255]);
+    assert!(!dir.path().join("nope").exists());
+    let err = stderr(&out);
+    assert!(err.contains("pyward: r.txt: 2 bytes, written to "), "{err}");
+    assert!(err.contains("pyward: nope: missing"), "{err}");
+}
+
+#[test]
+fn with_json_output_files_are_in_the_outcome_and_not_on_disk() {
+    let name = format!("pyward-cli-test-{}.txt", std::process::id());
+    let code = format!("open({name:?}, 'w').write('in json')");
+    let (out, outcome) = run_json(&["-c", &code, "--output-file", &name]);
+    assert_exit(&out, 0);
+    let json: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["files"][0]["path"], name.as_str());
+    assert_eq!(json["files"][0]["status"], "ok");
+    assert_eq!(json["files"][0]["content"], "in json");
+    assert_eq!(outcome.files.len(), 1);
+    assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join(&name).exists());
 }

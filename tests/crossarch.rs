@@ -223,3 +223,28 @@ fn cli_refuses_another_architecture_on_the_native_runtime() {
         "{out:?}"
     );
 }
+
+#[test]
+fn output_files_come_back_from_the_other_architecture_and_links_stay_unfollowed() {
+    let Some(runtime) = foreign_docker() else {
+        return;
+    };
+    let submission = Submission {
+        outputs: vec!["out/r.bin".into(), "link".into(), "gone".into()],
+        ..Submission::code(
+            "import os, platform\nos.makedirs('out')\n\
+             open('out/r.bin', 'wb').write(platform.machine().encode() + bytes([0, 255]))\n\
+             os.symlink('/etc/passwd', 'link')",
+        )
+    };
+    let outcome = runtime.run(&strict(), &submission).expect("the run starts");
+    assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+    let statuses: Vec<&pyward::OutputStatus> = outcome.files.iter().map(|f| &f.status).collect();
+    let expected = [foreign_arch().kernel_name().as_bytes(), &[0, 255]].concat();
+    assert!(
+        matches!(statuses[0], pyward::OutputStatus::Collected { contents, .. } if contents.bytes == expected),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[1], &pyward::OutputStatus::NotRegular);
+    assert_eq!(statuses[2], &pyward::OutputStatus::Missing);
+}

@@ -1,13 +1,15 @@
 //! `pyward serve` end to end: the real binary on a free loopback port with a
 //! temporary database, driven by a minimal HTTP/1.1 client. Auth and
 //! admission (401, 403, 429), malformed bodies, sync runs and a limit
-//! verdict, jobs and their events, metrics, graceful shutdown, and a SIGKILL
-//! while jobs are queued and running.
+//! verdict, jobs and their events (output streamed while the job runs),
+//! cancelling queued and running jobs, metrics, graceful shutdown, and a
+//! SIGKILL while jobs are queued and running.
 
 mod common;
 
+use base64::Engine as _;
 use serde_json::Value;
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -147,6 +149,36 @@ impl Server {
         Response::parse(&raw)
     }
 
+    /// Opens GET /v1/jobs/{id}/events and returns its events as they come.
+    fn events(&self, id: &str) -> Events {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let head = format!(
+            "GET /v1/jobs/{id}/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        );
+        (&stream).write_all(head.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        let mut chunked = false;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked\r\n");
+        }
+        Events {
+            reader,
+            chunked,
+            pending: String::new(),
+        }
+    }
+
     fn post(&self, path: &str, body: &str) -> Response {
         self.request("POST", path, &[], body.as_bytes())
     }
@@ -179,6 +211,108 @@ impl Drop for Server {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// A server-sent event stream read as it comes (HTTP/1.1, chunked or not).
+struct Events {
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+    /// Text received but not yet split into events.
+    pending: String,
+}
+
+/// One server-sent event: its type and its data.
+#[derive(Debug)]
+struct Sse {
+    kind: String,
+    data: String,
+}
+
+impl Sse {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    /// The bytes of a `stdout` or `stderr` event.
+    fn chunk_bytes(&self) -> Vec<u8> {
+        let data = self.json();
+        let text = data["data"].as_str().unwrap();
+        match data["encoding"].as_str().unwrap() {
+            "utf-8" => text.as_bytes().to_vec(),
+            "base64" => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .unwrap(),
+            other => panic!("unknown encoding {other}"),
+        }
+    }
+}
+
+impl Events {
+    /// The next event, or None when the server ended the stream.
+    fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut event = Sse {
+                    kind: "message".into(),
+                    data: String::new(),
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(kind) = line.strip_prefix("event:") {
+                        event.kind = kind.trim().to_owned();
+                    } else if let Some(data) = line.strip_prefix("data:") {
+                        if has_data {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(data.strip_prefix(' ').unwrap_or(data));
+                        has_data = true;
+                    }
+                }
+                if has_data {
+                    return Some(event);
+                }
+                continue; // a keep-alive comment
+            }
+            let more = self.read_more()?;
+            self.pending.push_str(&more);
+        }
+    }
+
+    fn read_more(&mut self) -> Option<String> {
+        let mut bytes = Vec::new();
+        if self.chunked {
+            let mut size = String::new();
+            self.reader.read_line(&mut size).ok()?;
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            if size == 0 {
+                return None;
+            }
+            bytes.resize(size + 2, 0);
+            self.reader.read_exact(&mut bytes).ok()?;
+            bytes.truncate(size);
+        } else {
+            let mut buf = [0u8; 4096];
+            let n = self.reader.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        Some(String::from_utf8(bytes).unwrap())
+    }
+
+    /// Reads events until one of `kind`; returns it and the events before it.
+    fn until(&mut self, kind: &str) -> (Sse, Vec<Sse>) {
+        let mut before = Vec::new();
+        loop {
+            match self.next() {
+                Some(event) if event.kind == kind => return (event, before),
+                Some(event) => before.push(event),
+                None => panic!("the stream ended before an event {kind:?}: {before:?}"),
+            }
         }
     }
 }
@@ -445,6 +579,52 @@ fn sync_runs_return_the_outcome_and_count_in_metrics() {
     }
 }
 
+#[test]
+fn output_files_come_back_from_sync_runs_and_jobs() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start("");
+    let code = "import os\n\
+        open('result.json', 'w').write('{\"n\": 1}')\n\
+        os.makedirs('out'); open('out/raw.bin', 'wb').write(bytes([0, 0xff]))\n\
+        os.symlink('/etc/passwd', 'link')";
+    let body = serde_json::json!({
+        "code": code,
+        "outputs": ["result.json", "out/raw.bin", "link", "gone"],
+    })
+    .to_string();
+    let run = server.post("/v1/runs", &body);
+    assert_eq!(run.status, 200, "{}", run.body);
+    let expected = serde_json::json!([
+        {"path": "result.json", "status": "ok", "content": "{\"n\": 1}", "encoding": "utf-8", "size": 8, "truncated": false},
+        {"path": "out/raw.bin", "status": "ok", "content": "AP8=", "encoding": "base64", "size": 2, "truncated": false},
+        {"path": "link", "status": "not_regular", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+        {"path": "gone", "status": "missing", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+    ]);
+    assert_eq!(run.json()["files"], expected, "{}", run.body);
+
+    // Through the job store: the stored outcome keeps them.
+    let response = server.post("/v1/jobs", &body);
+    assert_eq!(response.status, 202, "{}", response.body);
+    let id = response.json()["id"].as_str().unwrap().to_owned();
+    let job = server.wait_job(&id, Duration::from_secs(30));
+    assert_eq!(job["outcome"]["files"], expected, "{job}");
+
+    // A path out of the work dir is refused before anything runs.
+    for outputs in [r#"["../etc/passwd"]"#, r#"["a", "a"]"#, r#""a""#] {
+        let bad = server.post(
+            "/v1/runs",
+            &format!(r#"{{"code":"pass","outputs":{outputs}}}"#),
+        );
+        let code = bad.error(400);
+        assert!(
+            ["invalid_request", "invalid_json"].contains(&code.as_str()),
+            "{outputs}: {code}"
+        );
+    }
+}
+
 fn submit(server: &Server, code: &str) -> String {
     let response = server.post("/v1/jobs", &serde_json::json!({ "code": code }).to_string());
     assert_eq!(response.status, 202, "{}", response.body);
@@ -458,7 +638,7 @@ fn submit(server: &Server, code: &str) -> String {
 }
 
 #[test]
-fn jobs_run_stream_events_and_cancel_only_while_queued() {
+fn jobs_run_stream_events_and_a_queued_job_is_cancelled() {
     if !can_serve() {
         return;
     }
@@ -471,9 +651,8 @@ fn jobs_run_stream_events_and_cancel_only_while_queued() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let cancelled = server.request("DELETE", &format!("/v1/jobs/{queued}"), &[], b"");
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
     assert_eq!(cancelled.json()["status"], "cancelled");
-    let busy = server.request("DELETE", &format!("/v1/jobs/{running}"), &[], b"");
-    assert_eq!(busy.error(409), "cancel_running_unsupported");
 
     let events = server.get(&format!("/v1/jobs/{running}/events"));
     assert_eq!(events.status, 200);
@@ -511,6 +690,139 @@ fn jobs_run_stream_events_and_cancel_only_while_queued() {
     );
     let done = server.request("DELETE", &format!("/v1/jobs/{running}"), &[], b"");
     assert_eq!(done.error(409), "job_finished");
+}
+
+/// Host processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == std::process::id().to_string() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            found.push(name);
+        }
+    }
+    found
+}
+
+#[test]
+fn output_streams_while_the_job_runs_and_cancel_kills_its_sandbox() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start("max_running = 1\n");
+    // The program re-executes itself with a marker in its command line, to
+    // find its process on the host; it prints, then sleeps past the strict
+    // policy's 10 s wall time (a cancel that did nothing ends as `timeout`).
+    let marker = format!("pyward-serve-cancel-{}", std::process::id());
+    let program = "import time\nprint('first', flush=True)\ntime.sleep(30)\nprint('never')\n";
+    let code = format!(
+        "import os, sys\nos.execv(sys.executable, [sys.executable, '-c', {program:?}, {marker:?}])\n"
+    );
+    let id = submit(&server, &code);
+    let mut events = server.events(&id);
+    // The line may come in pieces (the sandbox's Python is unbuffered).
+    let mut streamed = Vec::new();
+    let mut statuses = Vec::new();
+    while streamed != b"first\n" {
+        let (chunk, before) = events.until("stdout");
+        assert_eq!(chunk.json()["encoding"], "utf-8");
+        streamed.extend(chunk.chunk_bytes());
+        assert!(b"first\n".starts_with(&streamed), "{streamed:?}");
+        statuses.extend(before.into_iter().map(|e| e.data));
+    }
+    assert!(
+        statuses.iter().any(|s| s.contains(r#""status":"running""#)),
+        "{statuses:?}"
+    );
+    // Live: the job is still running, its program asleep.
+    let job = server.get(&format!("/v1/jobs/{id}")).json();
+    assert_eq!(job["status"], "running", "{job}");
+    assert_eq!(processes_with(&marker).len(), 1, "the program runs");
+
+    let cancel = server.request("DELETE", &format!("/v1/jobs/{id}"), &[], b"");
+    assert_eq!(cancel.status, 202, "{}", cancel.body);
+    assert_eq!(cancel.json()["status"], "cancelled");
+    let (outcome, before) = events.until("outcome");
+    assert!(
+        before
+            .iter()
+            .any(|e| e.data.contains(r#""status":"cancelled""#)),
+        "{before:?}"
+    );
+    let outcome = outcome.json();
+    assert_eq!(
+        (
+            &outcome["verdict"],
+            &outcome["signal_name"],
+            &outcome["message"]
+        ),
+        (
+            &Value::from("signaled"),
+            &Value::from("SIGKILL"),
+            &Value::from("cancelled by the client; the sandbox was killed")
+        ),
+        "{outcome}"
+    );
+    assert_eq!(outcome["stdout"], "first\n");
+    assert!(events.next().is_none(), "the stream ends after the outcome");
+
+    let job = server.wait_job(&id, Duration::from_secs(1));
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["outcome"], outcome);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox outlived the cancel: {:?}",
+            processes_with(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = server.request("DELETE", &format!("/v1/jobs/{id}"), &[], b"");
+    assert_eq!(again.error(409), "job_finished");
+    // The next job runs: the cancel freed the worker.
+    let next = submit(&server, "print('next')");
+    let job = server.wait_job(&next, Duration::from_secs(10));
+    assert_eq!(job["outcome"]["stdout"], "next\n", "{job}");
+}
+
+#[test]
+fn streamed_chunks_stop_at_the_output_cap() {
+    if !can_serve() {
+        return;
+    }
+    let server = Server::start("max_running = 1\n");
+    // The program waits a moment before writing, so that the stream is
+    // following it from its first byte.
+    let code = "import sys, time\ntime.sleep(0.5)\n\
+                for _ in range(40):\n    sys.stdout.write('y' * 100); sys.stdout.flush()\n";
+    let body = serde_json::json!({"code": code, "limits": {"output": "1KiB"}});
+    let response = server.post("/v1/jobs", &body.to_string());
+    assert_eq!(response.status, 202, "{}", response.body);
+    let id = response.json()["id"].as_str().unwrap().to_owned();
+    let mut events = server.events(&id);
+    let (outcome, before) = events.until("outcome");
+    let outcome = outcome.json();
+    assert_eq!(outcome["verdict"], "output_limit", "{outcome}");
+    let streamed: Vec<u8> = before
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .flat_map(Sse::chunk_bytes)
+        .collect();
+    assert_eq!(streamed.len(), 1024, "{before:?}");
+    // All of the output comes before the final status.
+    let last_chunk = before.iter().rposition(|e| e.kind == "stdout").unwrap();
+    let finished = before
+        .iter()
+        .position(|e| e.data.contains(r#""status":"finished""#))
+        .unwrap();
+    assert!(last_chunk < finished, "{before:?}");
+    assert_eq!(streamed, vec![b'y'; 1024]);
+    assert_eq!(outcome["stdout"].as_str().unwrap().as_bytes(), streamed);
 }
 
 #[test]
@@ -631,4 +943,321 @@ fn a_full_queue_is_503_and_finished_jobs_are_purged_after_retention() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// This machine's Python version, as `python3 --version` prints it.
+fn host_python_version() -> String {
+    let output = Command::new("/usr/bin/python3")
+        .arg("--version")
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .strip_prefix("Python ")
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn unknown_images_and_arches_are_400_and_a_cpu_quota_refuses_after_a_burning_run() {
+    if !can_serve() {
+        return;
+    }
+    // 0.06 CPU seconds a minute is 1 ms per second; the bucket holds 50 ms.
+    let server = Server::start(&format!(
+        "[[tenant]]\nname = \"a\"\ntokens_sha256 = [\"{HASH_A}\"]\n\
+         cpu_seconds_per_minute = 0.06\ncpu_seconds_burst = 0.05\n"
+    ));
+    let bearer = format!("Bearer {TOKEN_A}");
+    let auth = [("Authorization", bearer.as_str())];
+    let run = |body: &str| server.request("POST", "/v1/runs", &auth, body.as_bytes());
+    let host = pyward::Arch::host();
+
+    let images = server.request("GET", "/v1/images", &auth, b"");
+    assert_eq!(images.status, 200, "{}", images.body);
+    assert_eq!(
+        images.json(),
+        serde_json::json!({"images": [{
+            "name": "host", "default": true, "runtime": "native",
+            "arches": [host.as_str()], "default_arch": host.as_str(),
+            "python": host_python_version(),
+        }]})
+    );
+    let unknown = run(r#"{"code":"pass","image":"nope"}"#);
+    assert_eq!(unknown.error(400), "unknown_image");
+    assert!(unknown.body.contains("may use: host"), "{}", unknown.body);
+    let riscv = run(r#"{"code":"pass","arch":"riscv64"}"#);
+    assert_eq!(riscv.error(400), "unknown_arch");
+    assert!(
+        riscv.body.contains(&format!("it runs on: {host}")),
+        "{}",
+        riscv.body
+    );
+    // The native runtime has no emulation: the other arch is not offered.
+    let foreign = common::foreign_arch();
+    let body = format!(r#"{{"code":"pass","arch":"{foreign}"}}"#);
+    assert_eq!(run(&body).error(400), "unknown_arch");
+    let job = server.request(
+        "POST",
+        "/v1/jobs",
+        &auth,
+        br#"{"code":"pass","image":"nope"}"#,
+    );
+    assert_eq!(job.error(400), "unknown_image");
+
+    // Burn 300 ms of CPU: within the bucket when it starts, 250 ms in debt after.
+    let burn = run(
+        "{\"code\":\"import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.3: pass\"}",
+    );
+    assert_eq!(burn.status, 200, "{}", burn.body);
+    let burn = burn.json();
+    assert_eq!(burn["verdict"], "ok", "{burn}");
+    assert_eq!(
+        (burn["image"].as_str(), burn["arch"].as_str()),
+        (Some("host"), Some(host.as_str()))
+    );
+    let cpu = burn["usage"]["cpu_ms"].as_u64().unwrap() as f64 / 1000.0;
+    assert!(cpu >= 0.3, "{burn}");
+    // The debt, paid back at 1 ms of CPU per second of waiting.
+    let expected = (cpu - 0.05) / 0.001;
+    let refused = run(r#"{"code":"pass"}"#);
+    assert_eq!(refused.error(429), "cpu_quota");
+    assert!(
+        refused.body.contains("0.06 CPU seconds per minute"),
+        "{}",
+        refused.body
+    );
+    let retry: f64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (expected - 2.0..=expected + 12.0).contains(&retry),
+        "Retry-After {retry}, expected about {expected} for {cpu} s of CPU"
+    );
+    let job = server.request("POST", "/v1/jobs", &auth, br#"{"code":"pass"}"#);
+    assert_eq!(job.error(429), "cpu_quota");
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains("pyward_rejections_total{reason=\"cpu\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn runs_go_to_the_image_and_arch_they_name_and_tenants_only_to_their_images() {
+    if !can_serve() || common::docker().is_none() || common::foreign_docker().is_none() {
+        return;
+    }
+    let server = Server::start(&format!(
+        "max_running = 2\n\
+         [[image]]\nname = \"host\"\n\
+         [[image]]\nname = \"python3.11-bookworm\"\nruntime = \"docker\"\narch = [\"amd64\", \"arm64\"]\n\
+         [[tenant]]\nname = \"a\"\ntokens_sha256 = [\"{HASH_A}\"]\n\
+         [[tenant]]\nname = \"b\"\ntokens_sha256 = [\"{HASH_B}\"]\nimages = [\"host\"]\n"
+    ));
+    let bearer = format!("Bearer {TOKEN_A}");
+    let a = [("Authorization", bearer.as_str())];
+    let b = [("Authorization", "Bearer other")];
+    let machine = "import platform; print(platform.machine())";
+    let run = |auth: &[(&str, &str)], image: Option<&str>, arch: Option<&str>| {
+        let body = serde_json::json!({"code": machine, "image": image, "arch": arch});
+        server.request("POST", "/v1/runs", auth, body.to_string().as_bytes())
+    };
+
+    for (arch, kernel) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
+        let response = run(&a, Some("python3.11-bookworm"), Some(arch));
+        assert_eq!(response.status, 200, "{arch}: {}", response.body);
+        let outcome = response.json();
+        assert_eq!(outcome["verdict"], "ok", "{arch}: {outcome}");
+        assert_eq!(
+            outcome["stdout"],
+            format!("{kernel}\n"),
+            "{arch}: {outcome}"
+        );
+        assert_eq!(
+            (outcome["image"].as_str(), outcome["arch"].as_str()),
+            (Some("python3.11-bookworm"), Some(arch))
+        );
+    }
+    // Without image or arch: the tenant's first image on the host's arch.
+    let host = pyward::Arch::host();
+    let default = run(&a, None, None).json();
+    assert_eq!(
+        (default["image"].as_str(), default["arch"].as_str()),
+        (Some("host"), Some(host.as_str()))
+    );
+    assert_eq!(default["stdout"], format!("{}\n", host.kernel_name()));
+
+    // A job keeps its image and arch through the store.
+    let body =
+        serde_json::json!({"code": machine, "image": "python3.11-bookworm", "arch": "arm64"});
+    let job = server.request("POST", "/v1/jobs", &a, body.to_string().as_bytes());
+    assert_eq!(job.status, 202, "{}", job.body);
+    let id = job.json()["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job = server
+            .request("GET", &format!("/v1/jobs/{id}"), &a, b"")
+            .json();
+        if job["status"] == "finished" || job["status"] == "failed" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "job still {}", job["status"]);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["outcome"]["stdout"], "aarch64\n", "{job}");
+    assert_eq!(job["outcome"]["arch"], "arm64", "{job}");
+
+    // Tenant b may use host only: the Docker image is forbidden, not unknown.
+    let forbidden = run(&b, Some("python3.11-bookworm"), None);
+    assert_eq!(forbidden.error(403), "image_not_allowed");
+    assert!(
+        forbidden.body.contains("allowed: host"),
+        "{}",
+        forbidden.body
+    );
+    assert_eq!(run(&b, None, None).json()["image"], "host");
+
+    // Each tenant lists the images it may use, its default first.
+    let listed = server.request("GET", "/v1/images", &a, b"").json();
+    let names: Vec<&str> = listed["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["host", "python3.11-bookworm"], "{listed}");
+    let docker = &listed["images"][1];
+    assert_eq!(
+        (&docker["runtime"], &docker["arches"], &docker["default"]),
+        (
+            &serde_json::json!("docker"),
+            &serde_json::json!(["amd64", "arm64"]),
+            &serde_json::json!(false)
+        ),
+        "{listed}"
+    );
+    assert_eq!(docker["default_arch"], host.as_str());
+    // The version the image cache recorded when the image was built, if it was built here.
+    let recorded = pyward::ImageCache::from_env()
+        .load_meta("python3.11-bookworm", pyward::Arch::Amd64)
+        .unwrap()
+        .and_then(|built| built.python_version());
+    assert_eq!(docker["python"].as_str(), recorded.as_deref(), "{listed}");
+    let only_host = server.request("GET", "/v1/images", &b, b"").json();
+    assert_eq!(
+        only_host["images"].as_array().unwrap().len(),
+        1,
+        "{only_host}"
+    );
+    assert_eq!(only_host["images"][0]["name"], "host");
+}
+
+/// Starts `pyward serve` with `config` and expects it to exit within 30 s;
+/// returns its exit code and stderr.
+fn serve_fails(config: &str) -> (i32, String) {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("pyward.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{}\"\ndatabase = \"{}\"\n{config}",
+        free_port(),
+        temp.path().join("jobs.sqlite3").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pyward"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        // An empty image cache: nothing is built in it.
+        .env("PYWARD_IMAGE_CACHE", temp.path().join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started despite {config:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn images_that_are_not_there_stop_the_server_at_start_saying_how_to_build_them() {
+    let host = pyward::Arch::host();
+    let (code, stderr) = serve_fails("[[image]]\nname = \"not-built\"\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "image not-built is not built for {host} (nothing in the image cache"
+        )) && stderr.contains(&format!("run `pyward image build not-built --arch {host}`")),
+        "{stderr}"
+    );
+    if common::docker().is_none() {
+        return;
+    }
+    let (code, stderr) = serve_fails("[[image]]\nname = \"not-built\"\nruntime = \"docker\"\n");
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "image not-built ({host}): image pyward/not-built:{host} is not in the Docker daemon"
+        )) && stderr.contains(&format!("run `pyward image build not-built --arch {host}`")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_native_image_runs_on_its_rootfs_and_host_on_the_hosts_usr() {
+    if !can_serve() {
+        return;
+    }
+    let arch = pyward::Arch::host();
+    let built = pyward::ImageCache::from_env()
+        .load_meta("python3.11-bookworm", arch)
+        .unwrap();
+    if built.is_none() {
+        common::missing(&format!(
+            "the python3.11-bookworm rootfs for {arch} is not in the image cache (run images/build-for-tests.sh)"
+        ));
+        return;
+    }
+    assert!(
+        std::path::Path::new("/usr/bin/dpkg").exists(),
+        "this test tells the host's /usr by its dpkg, which the image removes"
+    );
+    let server = Server::start(
+        "[[image]]\nname = \"python3.11-bookworm\"\nruntime = \"native\"\n[[image]]\nname = \"host\"\n",
+    );
+    let code = "import os; print(os.path.exists('/usr/bin/dpkg'))";
+    let run = |image: Option<&str>| {
+        let body = serde_json::json!({"code": code, "image": image});
+        let response = server.post("/v1/runs", &body.to_string());
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.json()
+    };
+    // The first image is the default.
+    let image = run(None);
+    assert_eq!(
+        (image["image"].as_str(), image["stdout"].as_str()),
+        (Some("python3.11-bookworm"), Some("False\n")),
+        "{image}"
+    );
+    let host = run(Some("host"));
+    assert_eq!(
+        (host["image"].as_str(), host["stdout"].as_str()),
+        (Some("host"), Some("True\n")),
+        "{host}"
+    );
 }

@@ -305,7 +305,13 @@ fn the_zygote_preloads_the_configured_modules() {
         return;
     };
     let modules = vec!["decimal".to_owned(), "fractions".to_owned()];
-    let warm = pyward::WarmRuntime::new(native, pyward::WarmConfig { modules });
+    let warm = pyward::WarmRuntime::new(
+        native,
+        pyward::WarmConfig {
+            modules,
+            ..Default::default()
+        },
+    );
     let code = "import sys\nprint('decimal' in sys.modules, 'fractions' in sys.modules)";
     assert_eq!(run_ok(&warm, "strict", code), "True True\n");
     // A fresh interpreter has neither: the check above can fail.
@@ -324,7 +330,13 @@ fn a_zygote_that_cannot_start_says_why() {
         return;
     };
     let modules = vec!["no_such_module_pyward".to_owned()];
-    let warm = pyward::WarmRuntime::new(native, pyward::WarmConfig { modules });
+    let warm = pyward::WarmRuntime::new(
+        native,
+        pyward::WarmConfig {
+            modules,
+            ..Default::default()
+        },
+    );
     let policy = SandboxPolicy::builtin("strict").unwrap();
     let err = warm.run(&policy, &Submission::code("pass")).unwrap_err();
     assert!(

@@ -71,7 +71,8 @@ func (e *APIError) Error() string {
 	return s
 }
 
-// ErrJobCancelled is returned by Wait for a job that was cancelled.
+// ErrJobCancelled is returned by Wait for a job that was cancelled (with
+// the outcome of what ran, for a job cancelled while it ran).
 var ErrJobCancelled = errors.New("pyward: the job was cancelled")
 
 // Run runs req now and returns its outcome (POST /v1/runs). Any verdict,
@@ -82,6 +83,18 @@ func (c *Client) Run(ctx context.Context, req Request) (*Outcome, error) {
 		return nil, err
 	}
 	return &out, nil
+}
+
+// Images lists the images this tenant may use, its default first
+// (GET /v1/images).
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	var out struct {
+		Images []Image `json:"images"`
+	}
+	if err := c.do(ctx, http.MethodGet, "/v1/images", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Images, nil
 }
 
 // Submit stores req as an async job and returns it at once (POST /v1/jobs).
@@ -102,8 +115,11 @@ func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
 	return &job, nil
 }
 
-// Cancel cancels a queued job (DELETE /v1/jobs/{id}); a running or
-// terminal job is an *APIError with status 409.
+// Cancel cancels a job (DELETE /v1/jobs/{id}) and returns it, `cancelled`.
+// A queued job never runs; a running one has its sandbox killed, and the
+// outcome of what ran is attached to the job shortly after (Wait returns it
+// with ErrJobCancelled). A job already finished, failed or cancelled is an
+// *APIError with status 409 and code "job_finished".
 func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
 	var job Job
 	if err := c.do(ctx, http.MethodDelete, jobPath(id), nil, &job); err != nil {
@@ -113,7 +129,8 @@ func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
 }
 
 // Wait follows the job's events until it ends and returns its outcome. A
-// failed job is a *JobError, a cancelled one ErrJobCancelled.
+// failed job is a *JobError; a cancelled one is ErrJobCancelled, with the
+// outcome of what ran when it was cancelled while running (nil otherwise).
 func (c *Client) Wait(ctx context.Context, id string) (*Outcome, error) {
 	var outcome *Outcome
 	var failed *JobError
@@ -132,12 +149,12 @@ func (c *Client) Wait(ctx context.Context, id string) (*Outcome, error) {
 		return nil, err
 	}
 	switch {
+	case cancelled:
+		return outcome, ErrJobCancelled
 	case outcome != nil:
 		return outcome, nil
 	case failed != nil:
 		return nil, failed
-	case cancelled:
-		return nil, ErrJobCancelled
 	}
 	// The stream ended early (a proxy, a restart): ask for the job itself.
 	job, err := c.Job(ctx, id)
@@ -145,20 +162,23 @@ func (c *Client) Wait(ctx context.Context, id string) (*Outcome, error) {
 		return nil, err
 	}
 	switch {
+	case job.Status == StatusCancelled:
+		return job.Outcome, ErrJobCancelled
 	case job.Outcome != nil:
 		return job.Outcome, nil
 	case job.Error != nil:
 		return nil, job.Error
-	case job.Status == StatusCancelled:
-		return nil, ErrJobCancelled
 	}
 	return nil, fmt.Errorf("pyward: the events of job %s ended while it was %s", id, job.Status)
 }
 
 // Stream calls fn with each server-sent event of the job (GET
-// /v1/jobs/{id}/events): status events, then an outcome or error event
-// when the job ends. It returns when the server ends the stream, or with
-// the context's error.
+// /v1/jobs/{id}/events), in order: status events; while the job runs,
+// "stdout" and "stderr" events with its output as the program writes it
+// (Event.Chunk), and "lagged" if this client read too slowly and missed
+// some; then an outcome or error event when the job ends. It returns when
+// the server ends the stream, or with the context's error. fn runs on the
+// reading goroutine: a slow fn makes the client lag.
 func (c *Client) Stream(ctx context.Context, id string, fn func(Event)) error {
 	resp, err := c.send(ctx, http.MethodGet, jobPath(id)+"/events", nil, "text/event-stream")
 	if err != nil {
@@ -208,6 +228,12 @@ func dispatch(typ string, data []byte, fn func(Event)) error {
 	case "status":
 		e.Status = &StatusEvent{}
 		target = e.Status
+	case "stdout", "stderr":
+		e.Chunk = &Chunk{}
+		target = e.Chunk
+	case "lagged":
+		e.Lagged = &LaggedEvent{}
+		target = e.Lagged
 	case "outcome":
 		e.Outcome = &Outcome{}
 		target = e.Outcome

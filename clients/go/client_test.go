@@ -186,6 +186,36 @@ func TestAgainstServer(t *testing.T) {
 		}
 	})
 
+	t.Run("RunOutputFiles", func(t *testing.T) {
+		code := "import os\nopen('r.json', 'w').write('{}')\nopen('raw', 'wb').write(b'\\xff\\x00')\nos.symlink('/etc/passwd', 'link')"
+		out, err := c.Run(ctx(t), Request{Code: code, Outputs: []string{"r.json", "raw", "link", "gone"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Verdict != VerdictOK || len(out.Files) != 4 {
+			t.Fatalf("want ok with four files, got %+v", out)
+		}
+		r := out.File("r.json")
+		if data, err := r.Bytes(); err != nil || r.Status != FileOK || string(data) != "{}" || r.Size == nil || *r.Size != 2 {
+			t.Fatalf("r.json: %+v", r)
+		}
+		raw := out.File("raw")
+		if data, err := raw.Bytes(); err != nil || raw.Encoding != EncodingBase64 || !bytes.Equal(data, []byte{0xff, 0}) {
+			t.Fatalf("raw: %+v", raw)
+		}
+		if f := out.File("link"); f.Status != FileNotRegular || f.Content != "" || f.Size != nil {
+			t.Fatalf("link: %+v", f)
+		}
+		if f := out.File("gone"); f.Status != FileMissing {
+			t.Fatalf("gone: %+v", f)
+		}
+		_, err = c.Run(ctx(t), Request{Code: "pass", Outputs: []string{"../etc/passwd"}})
+		var apiErr *APIError
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 {
+			t.Fatalf("an output path out of the work dir: want 400, got %v", err)
+		}
+	})
+
 	t.Run("SubmitWait", func(t *testing.T) {
 		job, err := c.Submit(ctx(t), Request{Code: "print(2 ** 100)"})
 		if err != nil {
@@ -232,6 +262,102 @@ func TestAgainstServer(t *testing.T) {
 		}
 	})
 
+	t.Run("StreamChunksWhileRunning", func(t *testing.T) {
+		job, err := c.Submit(ctx(t), Request{Code: "import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second', flush=True)\n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var types []string
+		var stdout []byte
+		statusAtFirstChunk := ""
+		err = c.Stream(ctx(t), job.ID, func(e Event) {
+			types = append(types, e.Type)
+			if e.Type != "stdout" {
+				return
+			}
+			b, err := e.Chunk.Bytes()
+			if err != nil {
+				t.Errorf("chunk %+v: %v", e.Chunk, err)
+			}
+			if len(stdout) == 0 {
+				// The program is asleep after its first line: the job still runs.
+				j, err := c.Job(ctx(t), job.ID)
+				if err != nil {
+					t.Error(err)
+				} else {
+					statusAtFirstChunk = j.Status
+				}
+			}
+			stdout = append(stdout, b...)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(stdout) != "first\nsecond\n" {
+			t.Fatalf("streamed stdout %q, events %v", stdout, types)
+		}
+		if statusAtFirstChunk != StatusRunning {
+			t.Fatalf("the first chunk came when the job was %q, not running", statusAtFirstChunk)
+		}
+		first, outcome := -1, -1
+		for i, typ := range types {
+			if typ == "stdout" && first < 0 {
+				first = i
+			}
+			if typ == "outcome" {
+				outcome = i
+			}
+		}
+		if first < 0 || outcome != len(types)-1 || first > outcome {
+			t.Fatalf("want stdout chunks before the outcome, got %v", types)
+		}
+	})
+
+	t.Run("CancelRunning", func(t *testing.T) {
+		// Past the strict policy's 10 s wall time: a cancel that did
+		// nothing would end as a timeout.
+		job, err := c.Submit(ctx(t), Request{Code: "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cancelled *Job
+		var types []string
+		var line []byte
+		err = c.Stream(ctx(t), job.ID, func(e Event) {
+			types = append(types, e.Type)
+			if e.Type == "stdout" {
+				b, _ := e.Chunk.Bytes()
+				line = append(line, b...)
+			}
+			// Once the whole line is in (it may come in pieces).
+			if string(line) == "ready\n" && cancelled == nil {
+				var err error
+				if cancelled, err = c.Cancel(ctx(t), job.ID); err != nil {
+					t.Errorf("cancel of the running job: %v", err)
+				}
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cancelled == nil || cancelled.Status != StatusCancelled {
+			t.Fatalf("cancel answered %+v; events %v", cancelled, types)
+		}
+		out, err := c.Wait(ctx(t), job.ID)
+		if !errors.Is(err, ErrJobCancelled) {
+			t.Fatalf("Wait of a job cancelled while running: want ErrJobCancelled, got %v", err)
+		}
+		if out == nil || out.Verdict != VerdictSignaled || out.Message == nil ||
+			*out.Message != "cancelled by the client; the sandbox was killed" || out.Stdout != "ready\n" {
+			t.Fatalf("the outcome of the cancelled run: %+v", out)
+		}
+		_, err = c.Cancel(ctx(t), job.ID)
+		var apiErr *APIError
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 409 || apiErr.Code != "job_finished" {
+			t.Fatalf("second cancel: want 409 job_finished, got %v", err)
+		}
+	})
+
 	t.Run("CancelQueued", func(t *testing.T) {
 		// max_running = 1: the second job waits behind the first.
 		slow, err := c.Submit(ctx(t), Request{Code: "import time; time.sleep(2)"})
@@ -259,6 +385,29 @@ func TestAgainstServer(t *testing.T) {
 		}
 		if _, err := c.Wait(ctx(t), slow.ID); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("ImagesAndRouting", func(t *testing.T) {
+		images, err := c.Images(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(images) != 1 || images[0].Name != "host" || !images[0].Default || images[0].Runtime != "native" ||
+			len(images[0].Arches) != 1 || images[0].DefaultArch != images[0].Arches[0] || images[0].Python == nil {
+			t.Fatalf("want the one native image host, got %+v", images)
+		}
+		out, err := c.Run(ctx(t), Request{Code: "pass", Image: "host", Arch: images[0].DefaultArch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Image == nil || *out.Image != "host" || out.Arch == nil || *out.Arch != images[0].DefaultArch {
+			t.Fatalf("want the outcome to name host and %s, got %+v", images[0].DefaultArch, out)
+		}
+		_, err = c.Run(ctx(t), Request{Code: "pass", Image: "nope"})
+		var apiErr *APIError
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Code != "unknown_image" {
+			t.Fatalf("want 400 unknown_image, got %v", err)
 		}
 	})
 
@@ -292,12 +441,26 @@ func TestAgainstServer(t *testing.T) {
 
 func TestReadEvents(t *testing.T) {
 	stream := ": keep-alive\n\nevent: status\ndata: {\"id\":\"x\",\"status\":\"running\"}\n\n" +
+		"event: stdout\ndata: {\"data\":\"hi\\n\",\"encoding\":\"utf-8\"}\n\n" +
+		"event: stderr\ndata: {\"data\":\"/w==\",\"encoding\":\"base64\"}\n\n" +
+		"event: lagged\ndata: {\"missed_chunks\":3}\n\n" +
 		"event: error\ndata: {\"code\":\"run_failed\",\ndata: \"message\":\"m\"}\n\n"
 	var got []Event
 	if err := readEvents(bytes.NewBufferString(stream), func(e Event) { got = append(got, e) }); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0].Status.Status != StatusRunning || got[1].Error == nil || got[1].Error.Code != "run_failed" {
+	if len(got) != 5 || got[0].Status.Status != StatusRunning || got[4].Error == nil || got[4].Error.Code != "run_failed" {
 		t.Fatalf("got %+v", got)
+	}
+	out, err := got[1].Chunk.Bytes()
+	if err != nil || string(out) != "hi\n" || got[1].Type != "stdout" {
+		t.Fatalf("stdout chunk %+v: %q %v", got[1], out, err)
+	}
+	errBytes, err := got[2].Chunk.Bytes()
+	if err != nil || !bytes.Equal(errBytes, []byte{0xff}) || got[2].Type != "stderr" {
+		t.Fatalf("stderr chunk %+v: %q %v", got[2], errBytes, err)
+	}
+	if got[3].Lagged == nil || got[3].Lagged.MissedChunks != 3 {
+		t.Fatalf("lagged %+v", got[3])
 	}
 }

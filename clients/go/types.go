@@ -18,6 +18,31 @@ type Request struct {
 	Env         map[string]string `json:"env,omitempty"`
 	Policy      string            `json:"policy,omitempty"`
 	Limits      *Limits           `json:"limits,omitempty"`
+	// Outputs are paths in the work dir to bring back after the run (in
+	// Outcome.Files, in this order): relative, no "." or ".." component.
+	Outputs []string `json:"outputs,omitempty"`
+	// Image is a name from Images(); empty for the tenant's default.
+	Image string `json:"image,omitempty"`
+	// Arch is ArchAMD64 or ArchARM64, one of the image's Arches; empty for
+	// the image's DefaultArch.
+	Arch string `json:"arch,omitempty"`
+}
+
+// Architectures.
+const (
+	ArchAMD64 = "amd64"
+	ArchARM64 = "arm64"
+)
+
+// Image is one entry of GET /v1/images (docs/API.md, "Images").
+type Image struct {
+	Name        string   `json:"name"`
+	Default     bool     `json:"default"`
+	Runtime     string   `json:"runtime"`
+	Arches      []string `json:"arches"`
+	DefaultArch string   `json:"default_arch"`
+	// Python is the interpreter's version ("3.11.2"), nil when unknown.
+	Python *string `json:"python"`
 }
 
 // File is one file of the work dir: Text or Base64, never both. Use
@@ -106,8 +131,52 @@ type Outcome struct {
 	StderrTruncated bool    `json:"stderr_truncated"`
 	Usage           Usage   `json:"usage"`
 	Message         *string `json:"message"`
+	// Image and Arch say where the run ran; nil in outcomes stored by an
+	// older server.
+	Image *string `json:"image"`
+	Arch  *string `json:"arch"`
+	// Files holds one entry per path of Request.Outputs, in order.
+	Files []OutputFile `json:"files"`
 	// TraceID is set on the answer of POST /v1/runs only.
 	TraceID string `json:"trace_id,omitempty"`
+}
+
+// Statuses of an output file (docs/API.md, "Output files").
+const (
+	// FileOK: a regular file, read; Bytes gives its content.
+	FileOK = "ok"
+	// FileMissing: nothing at the path.
+	FileMissing = "missing"
+	// FileNotRegular: a directory, FIFO, socket, or a path through a symbolic link (never followed).
+	FileNotRegular = "not_regular"
+	// FileNotCollected: not read, because pyward stopped the run before the program ended.
+	FileNotCollected = "not_collected"
+)
+
+// OutputFile is one declared output file of a run. Read its content with
+// Bytes, which undoes the base64 encoding used for bytes that are not UTF-8.
+type OutputFile struct {
+	Path     string `json:"path"`
+	Status   string `json:"status"`
+	Content  string `json:"content"`
+	Encoding string `json:"encoding"`
+	// Size is the file's size when it was read; nil unless Status is FileOK.
+	Size *int64 `json:"size"`
+	// Truncated is true when the file held more than its cap: Content holds its first bytes.
+	Truncated bool `json:"truncated"`
+}
+
+// Bytes is the exact bytes kept of the file (empty unless Status is FileOK).
+func (f *OutputFile) Bytes() ([]byte, error) { return decodeStream(f.Content, f.Encoding) }
+
+// File is the declared output file at path, or nil.
+func (o *Outcome) File(path string) *OutputFile {
+	for i := range o.Files {
+		if o.Files[i].Path == path {
+			return &o.Files[i]
+		}
+	}
+	return nil
 }
 
 // Usage is what the run used.
@@ -170,14 +239,35 @@ type JobError struct {
 func (e *JobError) Error() string { return "pyward: job failed: " + e.Code + ": " + e.Message }
 
 // Event is one server-sent event of GET /v1/jobs/{id}/events. Type is
-// "status", "outcome" or "error"; the matching field is set. Data is the
+// "status", "stdout", "stderr", "lagged", "outcome" or "error"; the
+// matching field is set (Chunk for both "stdout" and "stderr"). Data is the
 // raw JSON, for event types this client does not know.
 type Event struct {
 	Type    string
 	Status  *StatusEvent
+	Chunk   *Chunk
+	Lagged  *LaggedEvent
 	Outcome *Outcome
 	Error   *JobError
 	Data    []byte
+}
+
+// Chunk is the data of a "stdout" or "stderr" event: a piece of a running
+// job's output, in order after the stream's previous chunk. The chunks a
+// client sees start when its stream saw the job running; the outcome holds
+// the whole output.
+type Chunk struct {
+	Data     string `json:"data"`
+	Encoding string `json:"encoding"`
+}
+
+// Bytes is the chunk's exact bytes (Data is base64 when they are not UTF-8).
+func (c *Chunk) Bytes() ([]byte, error) { return decodeStream(c.Data, c.Encoding) }
+
+// LaggedEvent is the data of a "lagged" event: the client read too slowly
+// and the server dropped this many chunks for it (the outcome has them).
+type LaggedEvent struct {
+	MissedChunks int64 `json:"missed_chunks"`
 }
 
 // StatusEvent is the data of a "status" event.

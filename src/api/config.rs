@@ -4,14 +4,17 @@
 //! Like a policy, a configuration that exists is valid: raw TOML structs with
 //! `deny_unknown_fields` become a `ServeConfig` only through validation.
 
-use crate::executor::admission::TenantConfig;
+use crate::arch::Arch;
+use crate::executor::admission::{CpuQuota, TenantConfig};
+use crate::executor::images::HOST_IMAGE;
 use crate::policy::{ByteSize, parse_duration};
+use crate::runtime::docker::DEFAULT_IMAGE;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The runtime a server runs submissions on.
+/// The runtime an image runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
@@ -21,13 +24,36 @@ pub enum RuntimeKind {
     Docker,
 }
 
+impl RuntimeKind {
+    /// `native` or `docker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Native => "native",
+            RuntimeKind::Docker => "docker",
+        }
+    }
+}
+
+/// An image the server offers (`[[image]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// The name requests use: `host` (the host's interpreter, native only) or
+    /// an image built by `pyward image build NAME` (its rootfs for native,
+    /// its Docker tags `pyward/NAME:ARCH` for docker).
+    pub name: String,
+    /// The runtime that runs it.
+    pub runtime: RuntimeKind,
+    /// The architectures it runs on; native: only the host's.
+    pub arches: Vec<Arch>,
+}
+
 /// A validated server configuration.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Address and port to listen on.
     pub listen: SocketAddr,
-    /// The runtime.
-    pub runtime: RuntimeKind,
+    /// The images offered; the first is the default of tenants that do not list theirs.
+    pub images: Vec<ImageConfig>,
     /// The SQLite database of async jobs.
     pub database: PathBuf,
     /// Runs at once, server-wide (sync runs and job workers).
@@ -42,8 +68,9 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Starts of a job after which a crash marks it `failed` instead of re-queuing it.
     pub max_attempts: u32,
-    /// With the Docker runtime: ready containers kept per policy (`[docker]
-    /// warm_pool`); 0 runs every call in a container created for it.
+    /// Ready containers kept per policy for each architecture of each image
+    /// with `runtime = "docker"` (`[docker] warm_pool`); 0 runs every call
+    /// in a container created for it.
     pub docker_warm_pool: usize,
     pub(crate) tenants: Vec<TenantConfig>,
 }
@@ -94,6 +121,8 @@ struct RawConfig {
     shutdown_grace: Option<String>,
     max_attempts: Option<u32>,
     docker: Option<RawDocker>,
+    #[serde(default, rename = "image")]
+    images: Vec<RawImage>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
 }
@@ -111,6 +140,14 @@ const MAX_WARM_POOL: usize = 32;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawImage {
+    name: String,
+    runtime: Option<RuntimeKind>,
+    arch: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTenant {
     name: String,
     #[serde(default)]
@@ -119,6 +156,9 @@ struct RawTenant {
     max_concurrent: Option<usize>,
     runs_per_minute: Option<u32>,
     burst: Option<u32>,
+    images: Option<Vec<String>>,
+    cpu_seconds_per_minute: Option<f64>,
+    cpu_seconds_burst: Option<f64>,
 }
 
 /// Where the job database goes without a `database` setting: systemd's
@@ -184,6 +224,7 @@ impl Check<'_> {
         index: usize,
         raw: RawTenant,
         max_running: usize,
+        images: &[ImageConfig],
     ) -> Result<TenantConfig, ConfigError> {
         let field = |name: &str| format!("tenant[{index}].{name}");
         let mut token_hashes = Vec::new();
@@ -202,10 +243,55 @@ impl Check<'_> {
             return Err(self.invalid(&field("policies"), "[]", "at least one policy name or file"));
         }
         let runs_per_minute = raw.runs_per_minute.unwrap_or(600);
+        let offered = || {
+            let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+            format!("names of [[image]] entries: {}", names.join(", "))
+        };
+        let tenant_images = match raw.images {
+            None => images.iter().map(|i| i.name.clone()).collect(),
+            Some(list) if list.is_empty() => {
+                return Err(self.invalid(&field("images"), "[]", &offered()));
+            }
+            Some(list) => {
+                if let Some(unknown) = list.iter().find(|n| !images.iter().any(|i| &i.name == *n)) {
+                    return Err(self.invalid(&field("images"), unknown, &offered()));
+                }
+                list
+            }
+        };
+        let cpu = match (raw.cpu_seconds_per_minute, raw.cpu_seconds_burst) {
+            (None, None) => None,
+            (None, Some(burst)) => {
+                return Err(self.invalid(
+                    &field("cpu_seconds_burst"),
+                    burst,
+                    "only together with cpu_seconds_per_minute",
+                ));
+            }
+            (Some(rate), burst) => {
+                let positive = |name: &str, v: f64| {
+                    if v.is_finite() && v >= 0.001 {
+                        Ok(v)
+                    } else {
+                        Err(self.invalid(
+                            &field(name),
+                            v,
+                            "a number of CPU seconds, at least 0.001",
+                        ))
+                    }
+                };
+                let rate = positive("cpu_seconds_per_minute", rate)?;
+                Some(CpuQuota {
+                    seconds_per_minute: rate,
+                    burst_seconds: positive("cpu_seconds_burst", burst.unwrap_or(rate))?,
+                })
+            }
+        };
         Ok(TenantConfig {
             name: raw.name,
             token_hashes,
             policies,
+            images: tenant_images,
             max_concurrent: self.at_least_one(
                 &field("max_concurrent"),
                 raw.max_concurrent,
@@ -213,6 +299,102 @@ impl Check<'_> {
             )?,
             runs_per_minute,
             burst: raw.burst.unwrap_or(runs_per_minute.max(1)),
+            cpu,
+        })
+    }
+
+    /// The offered images: `[[image]]`, or without any the one `runtime`
+    /// implies (`host` for native, python3.11-bookworm for docker), on the host's arch.
+    fn images(
+        &self,
+        runtime: Option<RuntimeKind>,
+        raw: Vec<RawImage>,
+    ) -> Result<Vec<ImageConfig>, ConfigError> {
+        if raw.is_empty() {
+            let runtime = runtime.unwrap_or(RuntimeKind::Native);
+            let name = match runtime {
+                RuntimeKind::Native => HOST_IMAGE,
+                RuntimeKind::Docker => DEFAULT_IMAGE,
+            };
+            return Ok(vec![ImageConfig {
+                name: name.to_owned(),
+                runtime,
+                arches: vec![Arch::host()],
+            }]);
+        }
+        if let Some(runtime) = runtime {
+            return Err(self.invalid(
+                "runtime",
+                runtime.as_str(),
+                "only without [[image]] entries; give each [[image]] its runtime instead",
+            ));
+        }
+        let mut images: Vec<ImageConfig> = Vec::new();
+        for (index, raw) in raw.into_iter().enumerate() {
+            let image = self.image(index, raw)?;
+            if images.iter().any(|i| i.name == image.name) {
+                return Err(self.invalid(
+                    &format!("image[{index}].name"),
+                    &image.name,
+                    "image names must be unique",
+                ));
+            }
+            images.push(image);
+        }
+        Ok(images)
+    }
+
+    fn image(&self, index: usize, raw: RawImage) -> Result<ImageConfig, ConfigError> {
+        let field = |name: &str| format!("image[{index}].{name}");
+        let plain = !raw.name.starts_with('.')
+            && !raw.name.is_empty()
+            && raw.name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+            });
+        if !plain {
+            return Err(self.invalid(
+                &field("name"),
+                &raw.name,
+                "`host` or the name of an image built by `pyward image build` \
+                 (lowercase letters, digits, '.', '-', '_')",
+            ));
+        }
+        let runtime = raw.runtime.unwrap_or(RuntimeKind::Native);
+        if raw.name == HOST_IMAGE && runtime != RuntimeKind::Native {
+            return Err(self.invalid(
+                &field("runtime"),
+                runtime.as_str(),
+                "`host` is this machine's own interpreter: only runtime = \"native\" runs it",
+            ));
+        }
+        let mut arches = Vec::new();
+        for text in raw.arch.unwrap_or_else(|| vec![Arch::host().to_string()]) {
+            let arch: Arch = text.parse().map_err(|e: crate::arch::UnknownArch| {
+                self.invalid(&field("arch"), &text, &e.to_string())
+            })?;
+            if arches.contains(&arch) {
+                return Err(self.invalid(&field("arch"), &text, "each architecture once"));
+            }
+            if runtime == RuntimeKind::Native && arch != Arch::host() {
+                return Err(self.invalid(
+                    &field("arch"),
+                    &text,
+                    &format!(
+                        "the native runtime has no emulation: it runs only this machine's \
+                         architecture ({}); use runtime = \"docker\" for {arch} (under qemu-user)",
+                        Arch::host()
+                    ),
+                ));
+            }
+            arches.push(arch);
+        }
+        if arches.is_empty() {
+            return Err(self.invalid(&field("arch"), "[]", "at least one of amd64, arm64"));
+        }
+        Ok(ImageConfig {
+            name: raw.name,
+            runtime,
+            arches,
         })
     }
 }
@@ -267,6 +449,7 @@ impl ServeConfig {
                 .bytes(),
             None => ByteSize::mib(8).bytes(),
         };
+        let images = check.images(raw.runtime, raw.images)?;
         let docker = raw.docker.unwrap_or_default();
         let docker_warm_pool = docker.warm_pool.unwrap_or(DEFAULT_WARM_POOL);
         if docker_warm_pool > MAX_WARM_POOL {
@@ -278,7 +461,7 @@ impl ServeConfig {
         }
         let mut tenants = Vec::new();
         for (index, tenant) in raw.tenants.into_iter().enumerate() {
-            tenants.push(check.tenant(index, tenant, max_running)?);
+            tenants.push(check.tenant(index, tenant, max_running, &images)?);
         }
         if tenants.is_empty() {
             tenants.push(check.tenant(
@@ -290,13 +473,17 @@ impl ServeConfig {
                     max_concurrent: None,
                     runs_per_minute: None,
                     burst: None,
+                    images: None,
+                    cpu_seconds_per_minute: None,
+                    cpu_seconds_burst: None,
                 },
                 max_running,
+                &images,
             )?);
         }
         let config = ServeConfig {
             listen,
-            runtime: raw.runtime.unwrap_or(RuntimeKind::Native),
+            images,
             database: raw.database.unwrap_or_else(default_database),
             max_running,
             queue_bound: check.at_least_one("queue_bound", raw.queue_bound, 1000)?,
@@ -397,6 +584,129 @@ mod tests {
         }
     }
 
+    fn images_of(text: &str) -> Result<Vec<ImageConfig>, String> {
+        ServeConfig::from_toml(text, "t.toml")
+            .map(|c| c.images)
+            .map_err(|e| e.to_string())
+    }
+
+    fn foreign() -> Arch {
+        match Arch::host() {
+            Arch::Amd64 => Arch::Arm64,
+            Arch::Arm64 => Arch::Amd64,
+        }
+    }
+
+    #[test]
+    fn without_images_the_runtime_setting_picks_the_one_default_image() {
+        let native = images_of("").unwrap();
+        assert_eq!(
+            native,
+            [ImageConfig {
+                name: "host".into(),
+                runtime: RuntimeKind::Native,
+                arches: vec![Arch::host()],
+            }]
+        );
+        let docker = images_of("runtime = \"docker\"").unwrap();
+        assert_eq!(
+            (docker[0].name.as_str(), docker[0].runtime),
+            ("python3.11-bookworm", RuntimeKind::Docker)
+        );
+        let local = ServeConfig::local();
+        assert_eq!(local.tenants[0].images, ["host"]);
+    }
+
+    #[test]
+    fn images_and_tenant_image_lists_are_checked() {
+        let config = ServeConfig::from_toml(
+            "[[image]]\nname = \"host\"\n\
+             [[image]]\nname = \"python3.11-bookworm\"\nruntime = \"docker\"\narch = [\"amd64\", \"aarch64\"]\n\
+             [[tenant]]\nname = \"a\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.images[1].arches, [Arch::Amd64, Arch::Arm64]);
+        assert_eq!(config.tenants[0].images, ["host", "python3.11-bookworm"]);
+
+        let foreign = foreign();
+        for (text, expect) in [
+            (
+                "[[image]]\nname = \"p\"\nruntime = \"docker\"\narch = [\"riscv64\"]".to_owned(),
+                "image[0].arch `riscv64`: unknown architecture",
+            ),
+            (
+                format!("[[image]]\nname = \"host\"\narch = [\"{foreign}\"]"),
+                "the native runtime has no emulation",
+            ),
+            (
+                format!("[[image]]\nname = \"p\"\nruntime = \"native\"\narch = [\"{foreign}\"]"),
+                "use runtime = \"docker\"",
+            ),
+            (
+                "[[image]]\nname = \"host\"\n[[image]]\nname = \"host\"".to_owned(),
+                "image[1].name `host`: image names must be unique",
+            ),
+            (
+                "[[image]]\nname = \"host\"\nruntime = \"docker\"".to_owned(),
+                "only runtime = \"native\" runs it",
+            ),
+            (
+                "[[image]]\nname = \"../etc\"".to_owned(),
+                "image[0].name `../etc`",
+            ),
+            (
+                "[[image]]\nname = \"p\"\nruntime = \"docker\"\narch = []".to_owned(),
+                "at least one of amd64, arm64",
+            ),
+            (
+                "runtime = \"native\"\n[[image]]\nname = \"host\"".to_owned(),
+                "give each [[image]] its runtime",
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\nimages = [\"python3.11-bookworm\"]".to_owned(),
+                "tenant[0].images `python3.11-bookworm`: names of [[image]] entries: host",
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\nimages = []".to_owned(),
+                "tenant[0].images",
+            ),
+        ] {
+            let err = images_of(&text).unwrap_err();
+            assert!(err.contains(expect), "{text}:\n{err}\nexpected: {expect}");
+        }
+    }
+
+    #[test]
+    fn cpu_quotas_are_positive_and_the_burst_defaults_to_a_minute() {
+        let config = ServeConfig::from_toml(
+            "[[tenant]]\nname = \"a\"\ncpu_seconds_per_minute = 30\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.tenants[0].cpu,
+            Some(CpuQuota {
+                seconds_per_minute: 30.0,
+                burst_seconds: 30.0
+            })
+        );
+        assert_eq!(ServeConfig::local().tenants[0].cpu, None);
+        for text in [
+            "cpu_seconds_per_minute = 0",
+            "cpu_seconds_per_minute = -1.0",
+            "cpu_seconds_per_minute = nan",
+            "cpu_seconds_per_minute = 1\ncpu_seconds_burst = 0",
+            "cpu_seconds_burst = 5",
+        ] {
+            let err =
+                ServeConfig::from_toml(&format!("[[tenant]]\nname = \"a\"\n{text}"), "t.toml")
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("tenant[0].cpu_seconds_"), "{text}: {err}");
+        }
+    }
+
     #[test]
     fn the_docker_warm_pool_is_on_by_default_and_zero_turns_it_off() {
         assert_eq!(ServeConfig::local().docker_warm_pool, 2);
@@ -420,5 +730,9 @@ mod tests {
         let config =
             ServeConfig::from_toml(include_str!("../../pyward.example.toml"), "example").unwrap();
         assert!(config.requires_auth());
+        let names: Vec<&str> = config.images.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["host", "python3.11-bookworm"]);
+        assert_eq!(config.tenants[1].images, ["host"]);
+        assert!(config.tenants.iter().all(|t| t.cpu.is_some()));
     }
 }

@@ -1,15 +1,19 @@
 //! The HTTP handlers: authenticate, decode, admit, then hand the work to the
-//! executor (sync runs) or the job store (async jobs).
+//! executor (sync runs) or the job store (async jobs). The steps between
+//! (`admit`, `run_now`, `enqueue`, `cancel_job`, `watch_job`, …) are shared
+//! with the gRPC front end, so that both answer alike.
 
 use super::error::ApiError;
-use super::wire::{JobJson, PolicyJson, RunRequest, RunResponse};
+use super::wire::{
+    ChunkEvent, ImageJson, JobJson, LaggedEvent, PolicyJson, RunRequest, RunResponse,
+};
 use crate::executor::admission::{Refusal, Tenant};
-use crate::executor::jobs::JobQueue;
+use crate::executor::jobs::{JobQueue, OutputChunk};
 use crate::executor::metrics::{Rejection, RunKind};
-use crate::executor::store::{CancelResult, JobStatus};
+use crate::executor::store::{CancelResult, JobRecord, JobStatus};
 use crate::executor::{ExecError, Executor};
 use crate::policy::SandboxPolicy;
-use crate::runtime::{OutcomeJson, RunError, Submission};
+use crate::runtime::{Outcome, OutcomeJson, RunError, Submission};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -21,7 +25,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// What every handler shares.
 pub struct AppState {
@@ -38,13 +43,22 @@ pub struct AppState {
 type Shared = State<Arc<AppState>>;
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    authenticate_bearer(state, authorization)
+}
+
+/// The tenant of an `Authorization` value (`Bearer TOKEN`); shared with gRPC.
+pub(super) fn authenticate_bearer(
+    state: &AppState,
+    authorization: Option<&str>,
+) -> Result<Arc<Tenant>, ApiError> {
     let admission = &state.queue.admission;
     if let Some(anonymous) = admission.anonymous() {
         return Ok(anonymous);
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let token = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     token
@@ -56,7 +70,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Ap
 }
 
 /// A decoded, checked request: the tenant's policy tightened and the submission.
-struct Admitted {
+pub(super) struct Admitted {
     policy: SandboxPolicy,
     submission: Submission,
 }
@@ -76,10 +90,12 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
     })
 }
 
-/// Decodes `body` and checks it against `tenant`'s policies; shared by sync
-/// runs, job submission and (through [`prepare`]) job workers.
-fn admit(
+/// Decodes `body` and checks it against `tenant`'s policies and images;
+/// shared by sync runs, job submission (HTTP and gRPC) and (through
+/// [`prepare`]) job workers.
+pub(super) fn admit(
     policies: &BTreeMap<String, Arc<SandboxPolicy>>,
+    executor: &Executor,
     tenant: &Tenant,
     body: &[u8],
 ) -> Result<Admitted, ApiError> {
@@ -87,10 +103,17 @@ fn admit(
         code: "invalid_json",
         message: format!("the body is not a valid run request: {e}"),
     })?;
-    let submission = request.submission().map_err(|e| ApiError::BadRequest {
+    let mut submission = request.submission().map_err(|e| ApiError::BadRequest {
         code: "invalid_request",
         message: e.0,
     })?;
+    let target = executor.route(
+        &tenant.config.images,
+        request.image.as_deref(),
+        request.arch.as_deref(),
+    )?;
+    submission.image = Some(target.image);
+    submission.arch = Some(target.arch);
     let name = request
         .policy
         .clone()
@@ -125,6 +148,7 @@ fn admit(
 pub fn prepare(
     policies: BTreeMap<String, Arc<SandboxPolicy>>,
     admission: Arc<crate::executor::admission::Admission>,
+    executor: Arc<Executor>,
 ) -> crate::executor::jobs::Prepare {
     Arc::new(move |job| {
         let failure = |code, message| crate::executor::jobs::JobFailure { code, message };
@@ -134,7 +158,7 @@ pub fn prepare(
                 format!("tenant {:?} is no longer configured", job.tenant),
             )
         })?;
-        admit(&policies, &tenant, job.request.as_bytes())
+        admit(&policies, &executor, &tenant, job.request.as_bytes())
             .map(|a| (a.policy, a.submission))
             .map_err(|e| {
                 failure(
@@ -164,6 +188,14 @@ fn refused(state: &AppState, refusal: Refusal) -> ApiError {
                 retry_after,
             }
         }
+        Refusal::Cpu { retry_after, .. } => {
+            state.queue.metrics.reject(Rejection::Cpu);
+            ApiError::TooManyRequests {
+                code: "cpu_quota",
+                message,
+                retry_after,
+            }
+        }
     }
 }
 
@@ -187,9 +219,24 @@ pub async fn post_run(
 ) -> Result<Json<RunResponse>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
     let body = body_bytes(&state, body)?;
-    let Admitted { policy, submission } = admit(&state.policies, &tenant, &body)?;
-    let slot = tenant.try_slot().map_err(|r| refused(&state, r))?;
-    tenant.take_rate().map_err(|r| refused(&state, r))?;
+    let admitted = admit(&state.policies, &state.queue.executor, &tenant, &body)?;
+    let outcome = run_now(&state, &tenant, admitted).await?;
+    Ok(Json(RunResponse {
+        outcome: OutcomeJson::from(&outcome),
+        trace_id: super::trace::current(),
+    }))
+}
+
+/// Runs an admitted request now, within the tenant's and the server's
+/// bounds; shared by POST /v1/runs and gRPC `Run`.
+pub(super) async fn run_now(
+    state: &AppState,
+    tenant: &Arc<Tenant>,
+    Admitted { policy, submission }: Admitted,
+) -> Result<Outcome, ApiError> {
+    let slot = tenant.try_slot().map_err(|r| refused(state, r))?;
+    tenant.check_cpu().map_err(|r| refused(state, r))?;
+    tenant.take_rate().map_err(|r| refused(state, r))?;
     let admission = &state.queue.admission;
     let queued = state
         .queue
@@ -199,7 +246,7 @@ pub async fn post_run(
         .map_err(|e| ApiError::internal(&e))?;
     let wait = admission
         .try_wait(queued)
-        .ok_or_else(|| queue_full(&state))?;
+        .ok_or_else(|| queue_full(state))?;
     let permit = admission
         .running
         .clone()
@@ -211,9 +258,13 @@ pub async fn post_run(
     let executor = state.queue.executor.clone();
     // The runtime is synchronous: run on the blocking pool, never on a reactor thread.
     // The permit and the slot travel with the run: a client that hangs up
-    // does not stop the run, so it must not free its place either.
+    // does not stop the run, so it must not free its place either, nor
+    // escape its CPU charge.
     let result = tokio::task::spawn_blocking(move || {
         let outcome = executor.run(&policy, &submission);
+        if let Ok(outcome) = &outcome {
+            slot.charge_cpu(outcome.usage.cpu);
+        }
         drop((permit, slot));
         outcome
     })
@@ -227,15 +278,13 @@ pub async fn post_run(
                 .metrics
                 .record(RunKind::Sync, outcome.verdict, started.elapsed());
             tracing::info!(verdict = %outcome.verdict, "run finished");
-            Ok(Json(RunResponse {
-                outcome: OutcomeJson::from(&outcome),
-                trace_id: super::trace::current(),
-            }))
+            Ok(outcome)
         }
         Err(ExecError::Run(RunError::InvalidSubmission(message))) => Err(ApiError::BadRequest {
             code: "invalid_request",
             message,
         }),
+        Err(ExecError::Route(e)) => Err(e.into()),
         Err(e) => Err(ApiError::internal(&e)),
     }
 }
@@ -248,7 +297,25 @@ pub async fn post_job(
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
     let body = body_bytes(&state, body)?;
-    admit(&state.policies, &tenant, &body)?;
+    admit(&state.policies, &state.queue.executor, &tenant, &body)?;
+    let request = String::from_utf8(body.to_vec()).map_err(|e| ApiError::internal(&e))?;
+    let job = enqueue(&state, &tenant, request).await?;
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(JobJson::from(&job)),
+    )
+        .into_response())
+}
+
+/// Stores an admitted job request (its JSON text) and wakes a worker;
+/// shared by POST /v1/jobs and gRPC `Submit`.
+pub(super) async fn enqueue(
+    state: &AppState,
+    tenant: &Tenant,
+    request: String,
+) -> Result<JobRecord, ApiError> {
     if *state.shutdown.borrow() {
         return Err(ApiError::Unavailable {
             code: "shutting_down",
@@ -263,10 +330,10 @@ pub async fn post_job(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     if queued >= state.queue.admission.queue_bound {
-        return Err(queue_full(&state));
+        return Err(queue_full(state));
     }
-    tenant.take_rate().map_err(|r| refused(&state, r))?;
-    let request = String::from_utf8(body.to_vec()).map_err(|e| ApiError::internal(&e))?;
+    tenant.check_cpu().map_err(|r| refused(state, r))?;
+    tenant.take_rate().map_err(|r| refused(state, r))?;
     let id = super::trace::random_hex(16);
     let job = state
         .queue
@@ -282,13 +349,7 @@ pub async fn post_job(
     state.queue.announce(&id, JobStatus::Queued);
     state.queue.wake.notify_one();
     tracing::info!(job = %id, "job queued");
-    let location = format!("/v1/jobs/{id}");
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(JobJson::from(&job)),
-    )
-        .into_response())
+    Ok(job)
 }
 
 fn no_job(id: &str) -> ApiError {
@@ -304,118 +365,323 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobJson>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let job = find_job(&state, &tenant, &id).await?;
+    Ok(Json(JobJson::from(&job)))
+}
+
+/// The tenant's job `id`; shared by GET /v1/jobs/{id} and gRPC `GetJob`.
+pub(super) async fn find_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
     let job = state
         .queue
         .store
-        .get(id.clone(), tenant.config.name.clone())
+        .get(id.to_owned(), tenant.config.name.clone())
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    job.map(|j| Json(JobJson::from(&j)))
-        .ok_or_else(|| no_job(&id))
+    job.ok_or_else(|| no_job(id))
 }
 
-/// DELETE /v1/jobs/{id}: cancel a queued job; a running one cannot be cancelled yet.
+/// DELETE /v1/jobs/{id}: cancel a queued job (200) or a running one (202:
+/// it is `cancelled` now, its sandbox is being killed and the outcome of
+/// what ran is attached when that is done).
 pub async fn delete_job(
     State(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<JobJson>, ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let cancelled = cancel_job(&state, &tenant, &id).await?;
+    let status = if cancelled.was_running {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(JobJson::from(&cancelled.job))).into_response())
+}
+
+/// A job [`cancel_job`] cancelled.
+pub(super) struct Cancelled {
+    /// The job, `cancelled`.
+    pub job: JobRecord,
+    /// Whether it was running: its sandbox is being killed, and the outcome
+    /// of what ran is attached once that is done.
+    pub was_running: bool,
+}
+
+/// Cancels the tenant's job `id`, queued or running; shared by
+/// DELETE /v1/jobs/{id} and gRPC `CancelJob`.
+pub(super) async fn cancel_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<Cancelled, ApiError> {
     let result = state
         .queue
-        .store
-        .cancel(id.clone(), tenant.config.name.clone())
+        .cancel(id, &tenant.config.name)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     match result {
-        CancelResult::Cancelled(job) => {
-            state.queue.announce(&id, JobStatus::Cancelled);
-            Ok(Json(JobJson::from(&job)))
-        }
-        CancelResult::NotCancellable(job) if job.status == JobStatus::Running => Err(ApiError::Conflict {
-            code: "cancel_running_unsupported",
-            message: "the job is already running; cancelling a running job is not supported yet (it ends at its wall-time limit)".into(),
+        CancelResult::Cancelled(job) => Ok(Cancelled {
+            job,
+            was_running: false,
         }),
+        CancelResult::Stopping(job) => {
+            tracing::info!(job = %id, "cancelling a running job");
+            Ok(Cancelled {
+                job,
+                was_running: true,
+            })
+        }
         CancelResult::NotCancellable(job) => Err(ApiError::Conflict {
             code: "job_finished",
             message: format!("the job is already {}", job.status.as_str()),
         }),
-        CancelResult::NotFound => Err(no_job(&id)),
+        CancelResult::NotFound => Err(no_job(id)),
     }
 }
 
-/// GET /v1/jobs/{id}/events: `status` on each state change, then `outcome` (or `error`).
+/// GET /v1/jobs/{id}/events: `status` on each state change; while the job
+/// runs, `stdout` and `stderr` chunks from the time the stream saw it running
+/// (and `lagged` when this client fell behind); then `outcome` (or `error`).
 pub async fn job_events(
     State(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
-    let mut changes = state.queue.events.subscribe();
-    let store = state.queue.store.clone();
-    let tenant_name = tenant.config.name.clone();
-    if store
-        .get(id.clone(), tenant_name.clone())
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .is_none()
-    {
-        return Err(no_job(&id));
-    }
-    let (tx, rx) = mpsc::channel::<Event>(8);
-    let mut shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let Ok(Some(job)) = store.get(id.clone(), tenant_name.clone()).await else {
-                return;
-            };
-            if last != Some(job.status) {
-                last = Some(job.status);
-                let event = Event::default()
-                    .event("status")
-                    .json_data(job.status.event(&job.id));
-                if tx.send(event.unwrap_or_default()).await.is_err() {
-                    return;
-                }
-            }
-            if job.status.is_terminal() {
-                let final_event = match (&job.outcome, &job.error) {
-                    (Some(outcome), _) => Event::default().event("outcome").data(outcome.as_str()),
-                    (None, Some((code, message))) => Event::default()
-                        .event("error")
-                        .json_data(serde_json::json!({"code": code, "message": message}))
-                        .unwrap_or_default(),
-                    (None, None) => return,
-                };
-                let _ = tx.send(final_event).await;
-                return;
-            }
-            // Wait for a change to this job; a lagging receiver or a quiet second just re-reads.
-            let wait_for_change = async {
-                loop {
-                    match changes.recv().await {
-                        Ok(event) if event.id == id => return,
-                        Ok(_) => {}
-                        Err(_) => return,
-                    }
-                }
-            };
-            tokio::select! {
-                () = wait_for_change => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
+    let updates = watch_job(&state, &tenant, &id).await?;
+    let stream = futures_util::stream::unfold(updates, move |mut updates| {
+        let id = id.clone();
+        async move {
+            let event = sse_event(&id, updates.recv().await?)?;
+            Some((Ok::<_, Infallible>(event), updates))
         }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), rx))
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The server-sent event of one update of job `id`; None for [`JobUpdate::End`].
+fn sse_event(id: &str, update: JobUpdate) -> Option<Event> {
+    let event = match update {
+        JobUpdate::Status(status) => Event::default().event("status").json_data(status.event(id)),
+        JobUpdate::Output(chunk) => Event::default()
+            .event(chunk.stream.as_str())
+            .json_data(ChunkEvent::new(&chunk.bytes)),
+        JobUpdate::Lagged { missed_chunks } => Event::default()
+            .event("lagged")
+            .json_data(LaggedEvent { missed_chunks }),
+        JobUpdate::Outcome(outcome) => Ok(Event::default().event("outcome").data(outcome)),
+        JobUpdate::Failed { code, message } => Event::default()
+            .event("error")
+            .json_data(serde_json::json!({"code": code, "message": message})),
+        JobUpdate::End => return None,
+    };
+    Some(event.unwrap_or_default())
+}
+
+/// One event of a watched job, before a front end renders it (SSE here,
+/// gRPC `WatchJob`), in the order a client receives it.
+pub(super) enum JobUpdate {
+    /// The job's status: first as it is, then at each change.
+    Status(JobStatus),
+    /// A chunk of the running job's output.
+    Output(OutputChunk),
+    /// The watcher fell behind and this many chunks were dropped for it
+    /// (the outcome has them all).
+    Lagged {
+        /// How many chunks were dropped.
+        missed_chunks: u64,
+    },
+    /// The outcome (its JSON text) of a job that ran: after its last chunk.
+    Outcome(String),
+    /// Why a failed job could not run.
+    Failed {
+        /// A stable snake_case code.
+        code: String,
+        /// A sentence.
+        message: String,
+    },
+    /// Nothing follows: the job ended and all of it was sent. Updates that
+    /// stop without it were cut short (the server is shutting down).
+    End,
+}
+
+/// The updates of the tenant's job `id` until it ends (or the server shuts
+/// down); shared by GET /v1/jobs/{id}/events and gRPC `WatchJob`.
+pub(super) async fn watch_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<mpsc::Receiver<JobUpdate>, ApiError> {
+    // Subscribed before the first read, so that no change is missed.
+    let changes = state.queue.events.subscribe();
+    let id = find_job(state, tenant, id).await?.id;
+    let (tx, rx) = mpsc::channel::<JobUpdate>(8);
+    let follow = FollowJob {
+        queue: state.queue.clone(),
+        id,
+        tenant: tenant.config.name.clone(),
+        changes,
+        output: None,
+        tx,
+    };
+    tokio::spawn(follow.run(state.shutdown.clone()));
+    Ok(rx)
+}
+
+/// The task behind one watch: it follows one job until it is terminal, or
+/// the watcher leaves, or the server shuts down.
+struct FollowJob {
+    queue: Arc<JobQueue>,
+    id: String,
+    tenant: String,
+    /// Every job's state changes (subscribed before the first read).
+    changes: broadcast::Receiver<crate::executor::jobs::JobEvent>,
+    /// The job's output, from when the job was seen running until its end.
+    output: Option<broadcast::Receiver<OutputChunk>>,
+    tx: mpsc::Sender<JobUpdate>,
+}
+
+/// The watcher has gone or the server is shutting down: stop following.
+struct Gone;
+
+impl FollowJob {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut last = None;
+        loop {
+            let job = match self
+                .queue
+                .store
+                .get(self.id.clone(), self.tenant.clone())
+                .await
+            {
+                Ok(Some(job)) => job,
+                Ok(None) => return tracing::info!(job = %self.id, "a watched job was purged"),
+                Err(e) => {
+                    return tracing::error!(job = %self.id, error = %e, "a watched job cannot be read");
+                }
+            };
+            // From when it is seen running (or cancelled while it runs).
+            if job.status != JobStatus::Queued && self.output.is_none() {
+                self.output = self.queue.subscribe_output(&self.id);
+            }
+            // A job cancelled while it ran is terminal before its run has
+            // ended: its status goes out at once, then its last output.
+            let run_over = job.outcome.is_some() || !self.queue.is_live(&self.id);
+            let done = job.status.is_terminal() && run_over;
+            if done && self.drain().await.is_err() {
+                return;
+            }
+            if last != Some(job.status) {
+                last = Some(job.status);
+                if self.send(JobUpdate::Status(job.status)).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                let _ = self.finish(job).await;
+                return;
+            }
+            if self.wait(&mut shutdown).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Forwards the job's output until the job changes state, its output
+    /// ends or a second passes (then the job is read again). A lagging
+    /// change receiver also just re-reads.
+    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Gone> {
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                () = wait_for_change(&mut self.changes, &self.id) => return Ok(()),
+                chunk = next_chunk(&mut self.output) => {
+                    self.forward(chunk).await?;
+                    if self.output.is_none() {
+                        return Ok(());
+                    }
+                }
+                () = &mut tick => return Ok(()),
+                _ = shutdown.changed() => return Err(Gone),
+            }
+        }
+    }
+
+    /// Sends the output still buffered: all of it, since the run produced
+    /// it before its result was stored.
+    async fn drain(&mut self) -> Result<(), Gone> {
+        while let Some(receiver) = &mut self.output {
+            let chunk = match receiver.try_recv() {
+                Ok(chunk) => Ok(chunk),
+                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            };
+            self.forward(chunk).await?;
+        }
+        self.output = None;
+        Ok(())
+    }
+
+    /// Sends the outcome or the error of a terminal job, then the end.
+    async fn finish(&self, job: JobRecord) -> Result<(), Gone> {
+        match (job.outcome, job.error) {
+            (Some(outcome), _) => self.send(JobUpdate::Outcome(outcome)).await?,
+            (None, Some((code, message))) => {
+                self.send(JobUpdate::Failed { code, message }).await?;
+            }
+            // Cancelled before it ran: its status was the last word.
+            (None, None) => {}
+        }
+        self.send(JobUpdate::End).await
+    }
+
+    /// Sends a chunk, or says how many were lost.
+    async fn forward(&mut self, chunk: Result<OutputChunk, RecvError>) -> Result<(), Gone> {
+        let update = match chunk {
+            Ok(chunk) => JobUpdate::Output(chunk),
+            Err(RecvError::Lagged(missed_chunks)) => JobUpdate::Lagged { missed_chunks },
+            Err(RecvError::Closed) => {
+                self.output = None;
+                return Ok(());
+            }
+        };
+        self.send(update).await
+    }
+
+    async fn send(&self, update: JobUpdate) -> Result<(), Gone> {
+        self.tx.send(update).await.map_err(|_| Gone)
+    }
+}
+
+/// Returns once job `id` changed state (or changes were missed).
+async fn wait_for_change(
+    changes: &mut broadcast::Receiver<crate::executor::jobs::JobEvent>,
+    id: &str,
+) {
+    loop {
+        match changes.recv().await {
+            Ok(event) if event.id == id => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The next chunk of output; never, when there is no output to follow.
+async fn next_chunk(
+    output: &mut Option<broadcast::Receiver<OutputChunk>>,
+) -> Result<OutputChunk, RecvError> {
+    match output {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// GET /v1/policies: the policies this tenant may use.
@@ -424,11 +690,7 @@ pub async fn policies(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = authenticate(&state, &headers)?;
-    let list: Vec<PolicyJson> = tenant
-        .config
-        .policies
-        .iter()
-        .filter_map(|name| state.policies.get(name))
+    let list: Vec<PolicyJson> = tenant_policies(&state, &tenant)
         .enumerate()
         .map(|(i, policy)| PolicyJson {
             name: policy.name.clone(),
@@ -441,6 +703,48 @@ pub async fn policies(
         })
         .collect();
     Ok(Json(serde_json::json!({ "policies": list })))
+}
+
+/// The policies `tenant` may use, its default first; shared with gRPC `ListPolicies`.
+pub(super) fn tenant_policies<'a>(
+    state: &'a AppState,
+    tenant: &'a Tenant,
+) -> impl Iterator<Item = &'a Arc<SandboxPolicy>> {
+    tenant
+        .config
+        .policies
+        .iter()
+        .filter_map(|name| state.policies.get(name))
+}
+
+/// GET /v1/images: the images this tenant may use, its default first.
+pub async fn images(
+    State(state): Shared,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = authenticate(&state, &headers)?;
+    let list = tenant_images(&state, &tenant);
+    Ok(Json(serde_json::json!({ "images": list })))
+}
+
+/// The images `tenant` may use, its default first; shared with gRPC `ListImages`.
+pub(super) fn tenant_images(state: &AppState, tenant: &Tenant) -> Vec<ImageJson> {
+    let offered = state.queue.executor.images();
+    tenant
+        .config
+        .images
+        .iter()
+        .filter_map(|name| offered.iter().find(|i| &i.name == name))
+        .enumerate()
+        .map(|(i, image)| ImageJson {
+            name: image.name.clone(),
+            default: i == 0,
+            runtime: image.runtime_name(),
+            arches: image.arches(),
+            default_arch: image.default_arch(),
+            python: image.python.clone(),
+        })
+        .collect()
 }
 
 /// GET /healthz: the process is up.

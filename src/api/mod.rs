@@ -1,5 +1,6 @@
-//! The HTTP front end of `pyward serve` (axum): routes, auth, wire types and
-//! the one mapping from `ApiError` to a status code. gRPC will live here too.
+//! The front ends of `pyward serve`: HTTP (axum) and gRPC (tonic, in
+//! `grpc`, on the same port): routes, auth, wire types and the one mapping
+//! from `ApiError` to a status code.
 //!
 //! Builds `Submission`s and renders `Outcome`s; runs go through the
 //! executor (sync runs on the blocking pool, async jobs through its store
@@ -7,17 +8,21 @@
 
 mod config;
 mod error;
+pub(crate) mod grpc;
 mod handlers;
 mod trace;
 mod wire;
 
-pub use config::{ConfigError, RuntimeKind, ServeConfig};
+pub use config::{ConfigError, ImageConfig, RuntimeKind, ServeConfig};
 
+use crate::arch::Arch;
 use crate::executor::Executor;
 use crate::executor::admission::Admission;
+use crate::executor::images::{HOST_IMAGE, OfferedImage};
 use crate::executor::jobs::JobQueue;
 use crate::executor::metrics::Metrics;
 use crate::executor::store::{JobStore, StoreError};
+use crate::image::{Cache as ImageCache, ImageError};
 use crate::policy::{PolicyError, SandboxPolicy};
 use crate::runtime::docker::{
     DockerConfig, DockerError, DockerRuntime, DockerWarmConfig, DockerWarmRuntime,
@@ -46,13 +51,60 @@ pub enum ServeError {
     /// The Docker runtime is not usable.
     #[error("cannot start the Docker runtime: {0}")]
     Docker(#[from] DockerError),
-    /// The Docker warm pool of a policy could not be prepared.
-    #[error("cannot prepare the Docker warm pool for policy {policy}: {source}")]
+    /// A native image's runtime could not start.
+    #[error("image {image} ({arch}): cannot start the native runtime: {source}")]
+    NativeImage {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
+        /// Why.
+        source: NativeError,
+    },
+    /// The Docker warm pool of an image could not be prepared for a policy.
+    #[error(
+        "image {image} ({arch}): cannot prepare the Docker warm pool for policy {policy}: {source}"
+    )]
     WarmPool {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
         /// The policy's name.
         policy: String,
+        /// Why (boxed: it is large, and rare).
+        source: Box<RunError>,
+    },
+    /// A Docker image's runtime could not start, or the image is not in the daemon.
+    #[error("image {image} ({arch}): {source}")]
+    DockerImage {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
         /// Why.
-        source: RunError,
+        source: DockerError,
+    },
+    /// A native image has no rootfs in the image cache.
+    #[error(
+        "image {image} is not built for {arch} (nothing in the image cache {}): \
+         run `pyward image build {image} --arch {arch}`", .cache.display()
+    )]
+    ImageNotBuilt {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
+        /// The cache looked in.
+        cache: std::path::PathBuf,
+    },
+    /// The image cache could not be read.
+    #[error("image {image}: cannot read the image cache: {source}")]
+    ImageCache {
+        /// The image's name.
+        image: String,
+        /// Why.
+        source: ImageError,
     },
     /// The job database could not be opened or recovered.
     #[error(transparent)]
@@ -78,45 +130,163 @@ pub enum ServeError {
 /// running after that are re-queued at the next start.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let policies = load_policies(&config)?;
-    // The runtime is set up before any async thread exists.
-    let runtime: Box<dyn Runtime> = match config.runtime {
-        RuntimeKind::Native => Box::new(NativeRuntime::new(NativeConfig::default())?),
-        RuntimeKind::Docker if config.docker_warm_pool == 0 => {
-            Box::new(DockerRuntime::new(DockerConfig::default())?)
-        }
-        RuntimeKind::Docker => Box::new(docker_warm(&config, &policies)?),
-    };
+    // The runtimes are set up before any async thread exists.
+    let executor = Executor::with_images(offered_images(&config, &policies)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(ServeError::AsyncRuntime)?;
-    let result = rt.block_on(serve_async(config, Executor::new(runtime), policies));
+    let result = rt.block_on(serve_async(config, executor, policies));
     // Runs still going after the grace period are abandoned (their sandboxes
     // die with the process) and re-queued at the next start.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-/// The Docker runtime with a warm pool for every policy a tenant names,
-/// filling from now on, and room for four shapes of per-call limits.
-fn docker_warm(
+/// A runtime for every (image, architecture) of the configuration, each
+/// checked now: a Docker image must be in the daemon (and qemu-user
+/// registered for a foreign arch), a native image's rootfs in the cache.
+/// A Docker image's warm pools start filling now (see `docker_runtime`).
+fn offered_images(
     config: &ServeConfig,
     policies: &BTreeMap<String, Arc<SandboxPolicy>>,
-) -> Result<DockerWarmRuntime, ServeError> {
+) -> Result<Vec<OfferedImage>, ServeError> {
+    let cache = ImageCache::from_env();
+    let mut offered = Vec::new();
+    for image in &config.images {
+        let mut entry = OfferedImage::new(&image.name, python_version(image, &cache));
+        for &arch in &image.arches {
+            let runtime = match image.runtime {
+                RuntimeKind::Native => native_runtime(image, arch, &cache)?,
+                RuntimeKind::Docker => {
+                    let users = policies_of_image(config, policies, &image.name);
+                    docker_runtime(image, arch, config.docker_warm_pool, &users)?
+                }
+            };
+            entry = entry.with_arch(arch, runtime);
+        }
+        tracing::info!(image = %image.name, runtime = image.runtime.as_str(), arches = ?image.arches, python = ?entry.python, "image offered");
+        offered.push(entry);
+    }
+    Ok(offered)
+}
+
+/// The native runtime of `image` on `arch` (the host's): on the host's
+/// interpreter for `host`, else on the image's rootfs from the cache.
+fn native_runtime(
+    image: &ImageConfig,
+    arch: Arch,
+    cache: &ImageCache,
+) -> Result<Box<dyn Runtime>, ServeError> {
+    let name = &image.name;
+    let rootfs = if name == HOST_IMAGE {
+        None
+    } else {
+        let built = cache
+            .load_meta(name, arch)
+            .map_err(|source| ServeError::ImageCache {
+                image: name.clone(),
+                source,
+            })?;
+        if built.is_none() {
+            return Err(ServeError::ImageNotBuilt {
+                image: name.clone(),
+                arch,
+                cache: cache.root().to_owned(),
+            });
+        }
+        Some(cache.rootfs_dir(name, arch))
+    };
+    let config = NativeConfig {
+        rootfs,
+        ..NativeConfig::default()
+    };
+    let native = NativeRuntime::new(config).map_err(|source| ServeError::NativeImage {
+        image: name.clone(),
+        arch,
+        source,
+    })?;
+    Ok(Box::new(native))
+}
+
+/// The Docker runtime of `image` on `arch`, its image checked in the
+/// daemon. With `warm_pool` above 0, a warm pool of that many containers
+/// per policy in `policies` (those of the tenants that may use the image),
+/// filling from now on, with room for four shapes of per-call limits; 0
+/// creates a container per call.
+fn docker_runtime(
+    image: &ImageConfig,
+    arch: Arch,
+    warm_pool: usize,
+    policies: &[(&String, &Arc<SandboxPolicy>)],
+) -> Result<Box<dyn Runtime>, ServeError> {
+    let name = &image.name;
+    let docker_error = |source| ServeError::DockerImage {
+        image: name.clone(),
+        arch,
+        source,
+    };
+    let config = DockerConfig::for_image(name, arch);
+    if warm_pool == 0 {
+        let docker = DockerRuntime::new(config).map_err(docker_error)?;
+        docker.check_image().map_err(docker_error)?;
+        return Ok(Box::new(docker));
+    }
     let warm = DockerWarmConfig {
-        size: config.docker_warm_pool,
+        size: warm_pool,
         max_pools: policies.len() + 4,
     };
-    let runtime = DockerWarmRuntime::new(DockerConfig::default(), warm)?;
-    for (name, policy) in policies {
+    let runtime = DockerWarmRuntime::new(config, warm).map_err(docker_error)?;
+    runtime.cold().check_image().map_err(docker_error)?;
+    for (policy_name, policy) in policies {
         runtime
             .prewarm(policy)
             .map_err(|source| ServeError::WarmPool {
-                policy: name.clone(),
-                source,
+                image: name.clone(),
+                arch,
+                policy: (*policy_name).clone(),
+                source: Box::new(source),
             })?;
     }
-    Ok(runtime)
+    Ok(Box::new(runtime))
+}
+
+/// The policies of the tenants that may use image `name`, each once.
+fn policies_of_image<'a>(
+    config: &ServeConfig,
+    policies: &'a BTreeMap<String, Arc<SandboxPolicy>>,
+    name: &str,
+) -> Vec<(&'a String, &'a Arc<SandboxPolicy>)> {
+    policies
+        .iter()
+        .filter(|(policy, _)| {
+            config
+                .tenants
+                .iter()
+                .any(|t| t.images.iter().any(|i| i == name) && t.policies.contains(policy))
+        })
+        .collect()
+}
+
+/// The image's Python version: the host interpreter's own answer for
+/// `host`, else what the image cache recorded when it was built (unknown
+/// for an image loaded into Docker from elsewhere).
+fn python_version(image: &ImageConfig, cache: &ImageCache) -> Option<String> {
+    if image.name == HOST_IMAGE {
+        let output = std::process::Command::new(NativeConfig::default().python)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        return text.trim().strip_prefix("Python ").map(str::to_owned);
+    }
+    let arch = *image.arches.first()?;
+    cache
+        .load_meta(&image.name, arch)
+        .ok()
+        .flatten()
+        .and_then(|built| built.python_version())
 }
 
 /// Every policy a tenant names, by the name requests use.
@@ -133,6 +303,7 @@ fn load_policies(config: &ServeConfig) -> Result<BTreeMap<String, Arc<SandboxPol
 }
 
 fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    let grpc = grpc::service(state.clone(), max_body);
     Router::new()
         .route("/v1/runs", post(handlers::post_run))
         .route("/v1/jobs", post(handlers::post_job))
@@ -142,9 +313,11 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         )
         .route("/v1/jobs/{id}/events", get(handlers::job_events))
         .route("/v1/policies", get(handlers::policies))
+        .route("/v1/images", get(handlers::images))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        .route_service(grpc::ROUTE, grpc)
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -171,14 +344,16 @@ async fn serve_async(
         config.max_running,
         config.queue_bound,
     ));
+    let executor = Arc::new(executor);
     let queue = Arc::new(JobQueue {
         store,
         admission: admission.clone(),
-        executor: Arc::new(executor),
+        executor: executor.clone(),
         metrics: Arc::new(Metrics::default()),
         events: broadcast::channel(1024).0,
         wake: Notify::new(),
-        prepare: handlers::prepare(policies.clone(), admission),
+        prepare: handlers::prepare(policies.clone(), admission, executor),
+        live: Default::default(),
     });
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -206,7 +381,7 @@ async fn serve_async(
         let _ = shutdown_tx.send(true);
     };
     eprintln!(
-        "pyward: listening on http://{addr} (auth: {})",
+        "pyward: listening on http://{addr}, HTTP/JSON and gRPC (auth: {})",
         if config.requires_auth() {
             "bearer tokens"
         } else {

@@ -6,7 +6,9 @@
 
 use crate::executor::store::{JobRecord, JobStatus};
 use crate::policy::{ByteSize, LimitOverrides, parse_duration};
-use crate::runtime::{Entrypoint, InputFile, OutcomeJson, Submission};
+use crate::runtime::{
+    Entrypoint, InputFile, OutcomeJson, StreamEncoding, Submission, encode_stream,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,13 @@ pub struct RunRequest {
     /// The policy's name; the tenant's first policy when absent.
     pub policy: Option<String>,
     limits: Option<LimitsJson>,
+    /// Paths in the work dir to bring back after the run.
+    #[serde(default)]
+    outputs: Vec<String>,
+    /// The image's name; the tenant's first image when absent.
+    pub image: Option<String>,
+    /// The architecture (`amd64`, `arm64`); the image's default when absent.
+    pub arch: Option<String>,
 }
 
 /// One input file: `text` or `base64` contents.
@@ -152,6 +161,7 @@ impl RunRequest {
             Some(limits) => limits.overrides()?,
             None => LimitOverrides::default(),
         };
+        crate::runtime::output_files::check_paths(&self.outputs).map_err(InvalidRequest)?;
         Ok(Submission {
             entrypoint,
             files,
@@ -159,6 +169,10 @@ impl RunRequest {
             stdin,
             env: self.env.clone(),
             limits,
+            outputs: self.outputs.clone(),
+            // Routed by the front end (tenant defaults, allowed images), then set.
+            image: None,
+            arch: None,
         })
     }
 }
@@ -235,6 +249,51 @@ impl JobStatus {
     }
 }
 
+/// The data of a `stdout` or `stderr` server-sent event: one chunk of a
+/// running job's output, encoded as the outcome encodes a stream. Each chunk
+/// is encoded on its own: one that is not valid UTF-8 by itself (a character
+/// split between two chunks) is base64.
+#[derive(Debug, Serialize)]
+pub struct ChunkEvent {
+    /// The chunk, as `encoding` says.
+    pub data: String,
+    /// `utf-8` or `base64`.
+    pub encoding: StreamEncoding,
+}
+
+impl ChunkEvent {
+    /// The event data for `bytes`.
+    pub fn new(bytes: &[u8]) -> ChunkEvent {
+        let (data, encoding) = encode_stream(bytes);
+        ChunkEvent { data, encoding }
+    }
+}
+
+/// The data of a `lagged` server-sent event: the client read too slowly and
+/// this many chunks of output were dropped for it (the outcome has them all).
+#[derive(Debug, Serialize)]
+pub struct LaggedEvent {
+    /// How many chunks were dropped.
+    pub missed_chunks: u64,
+}
+
+/// One entry of GET /v1/images.
+#[derive(Debug, Serialize)]
+pub struct ImageJson {
+    /// The name to give as `image`.
+    pub name: String,
+    /// Whether it is used when a request names none.
+    pub default: bool,
+    /// `native` or `docker`.
+    pub runtime: &'static str,
+    /// The architectures it runs on.
+    pub arches: Vec<crate::arch::Arch>,
+    /// The architecture used when a request names none.
+    pub default_arch: Option<crate::arch::Arch>,
+    /// The Python version (`3.11.2`), or `null` when unknown.
+    pub python: Option<String>,
+}
+
 /// One entry of GET /v1/policies.
 #[derive(Debug, Serialize)]
 pub struct PolicyJson {
@@ -266,8 +325,32 @@ mod tests {
         assert_eq!(s.stdin, b"x");
         assert_eq!(s.limits.memory, Some(ByteSize::mib(64)));
         let s = parse(r#"{"files":[{"path":"m.py","base64":"cHJpbnQoMik="}],"entrypoint":"m.py","stdin_base64":"/w=="}"#).unwrap();
+        let routed: RunRequest =
+            serde_json::from_str(r#"{"code":"1","image":"py","arch":"arm64"}"#).unwrap();
+        assert_eq!(
+            (routed.image.as_deref(), routed.arch.as_deref()),
+            (Some("py"), Some("arm64"))
+        );
         assert_eq!(s.files[0].contents, b"print(2)");
         assert_eq!(s.stdin, [0xff]);
+        assert!(s.outputs.is_empty());
+        let s = parse(r#"{"code":"1","outputs":["result.json","out/plot.png"]}"#).unwrap();
+        assert_eq!(s.outputs, ["result.json", "out/plot.png"]);
+    }
+
+    #[test]
+    fn chunks_are_text_when_utf8_and_base64_otherwise() {
+        let text = serde_json::to_value(ChunkEvent::new("héllo\n".as_bytes())).unwrap();
+        assert_eq!(
+            text,
+            serde_json::json!({"data": "héllo\n", "encoding": "utf-8"})
+        );
+        // The first byte of "é" alone, as when a character is split between chunks.
+        let split = serde_json::to_value(ChunkEvent::new(&[b'h', 0xc3])).unwrap();
+        assert_eq!(
+            split,
+            serde_json::json!({"data": "aMM=", "encoding": "base64"})
+        );
     }
 
     #[test]
@@ -295,6 +378,12 @@ mod tests {
                 "exactly one",
             ),
             ("[", "EOF"),
+            (
+                r#"{"code":"1","outputs":["../etc/passwd"]}"#,
+                "output path \"../etc/passwd\"",
+            ),
+            (r#"{"code":"1","outputs":["a","a"]}"#, "declared twice"),
+            (r#"{"code":"1","outputs":"a"}"#, "invalid type"),
         ] {
             let err = parse(body).unwrap_err();
             assert!(err.contains(expect), "{body}: {err}");

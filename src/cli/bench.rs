@@ -287,12 +287,13 @@ impl Runtime for SharedWarm {
         self.0.name()
     }
 
-    fn run(
+    fn run_watched(
         &self,
         policy: &SandboxPolicy,
         submission: &Submission,
+        watch: &pyward::RunWatch,
     ) -> Result<pyward::Outcome, pyward::RunError> {
-        self.0.run(policy, submission)
+        self.0.run_watched(policy, submission, watch)
     }
 }
 

@@ -208,6 +208,14 @@ pub enum CliError {
     /// pyward's own stdout or stderr could not be written.
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
+    /// An output file of the run could not be written on the host.
+    #[error("cannot write output file {path:?}: {source}")]
+    WriteOutputFile {
+        /// Where it was to go.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// The benchmark could not run or a measured path failed.
     #[error(transparent)]
     Bench(#[from] bench::BenchError),
@@ -236,13 +244,16 @@ impl CliError {
             | CliError::Policy(_)
             | CliError::Config(_)
             | CliError::Serve(pyward::ServeError::Policy(_))
+            | CliError::Serve(pyward::ServeError::ImageNotBuilt { .. })
             | CliError::Seccomp { .. }
             | CliError::Exec(ExecError::Policy(_))
+            | CliError::Exec(ExecError::Route(_))
             | CliError::Exec(ExecError::Run(RunError::InvalidSubmission(_))) => exit::USAGE,
             CliError::Exec(ExecError::Run(_))
             | CliError::Runtime(_)
             | CliError::Docker(_)
             | CliError::Output(_)
+            | CliError::WriteOutputFile { .. }
             | CliError::Bench(_)
             | CliError::Serve(_) => exit::SANDBOX_ERROR,
             CliError::Image(err) => image::exit_code(err),

@@ -4,8 +4,9 @@
 
 use super::{CliError, verdict_exit_code};
 use pyward::{
-    ByteSize, DockerConfig, DockerRuntime, Entrypoint, Executor, InputFile, LimitOverrides,
-    NativeConfig, NativeRuntime, Outcome, Runtime, SandboxPolicy, Submission,
+    ByteSize, DockerConfig, DockerRuntime, Entrypoint, ExecError, Executor, InputFile,
+    LimitOverrides, NativeConfig, NativeRuntime, Outcome, OutputFile, OutputStatus, Runtime,
+    SandboxPolicy, Submission,
 };
 use std::collections::BTreeMap;
 use std::io::{self, Read as _, Write as _};
@@ -79,6 +80,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     output: Option<ByteSize>,
 
+    /// Bring this file of the work dir back after the run (repeatable): a
+    /// relative path the program writes, e.g. result.json or out/plot.png.
+    /// Each comes back up to the output cap; see --output-dir.
+    #[arg(long = "output-file", value_name = "PATH")]
+    output_files: Vec<String>,
+
+    /// Where to write the --output-file files, under their paths (created as
+    /// needed, existing files overwritten). Default: the current directory,
+    /// or, with --json, nowhere (the JSON holds them).
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+
     /// Set an environment variable the policy allows (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_arg)]
     env: Vec<(String, String)>,
@@ -90,9 +103,7 @@ pub struct RunArgs {
 
 /// The rootfs of image `name` for this machine's architecture, from the image cache.
 fn image_rootfs(name: &str) -> Result<PathBuf, CliError> {
-    let cache_dir = std::env::var_os("PYWARD_IMAGE_CACHE")
-        .map_or(PathBuf::from(pyward::DEFAULT_CACHE_DIR), PathBuf::from);
-    let cache = pyward::ImageCache::new(cache_dir);
+    let cache = pyward::ImageCache::from_env();
     let arch = pyward::Arch::host();
     match cache.load_meta(name, arch)? {
         Some(_) => Ok(cache.rootfs_dir(name, arch)),
@@ -133,19 +144,36 @@ pub fn run(args: &RunArgs) -> Result<u8, CliError> {
     let submission = submission(args)?;
     // Refuse a bad request before touching the host.
     Executor::resolve_policy(&policy, &submission)?;
-    let outcome = Executor::new(runtime(
-        args.runtime,
-        args.image.as_deref(),
-        args.arch.unwrap_or_else(pyward::Arch::host),
-    )?)
-    .run(&policy, &submission)?;
+    submission.check_outputs().map_err(ExecError::Run)?;
+    let arch = args.arch.unwrap_or_else(pyward::Arch::host);
+    let runtime = runtime(args.runtime, args.image.as_deref(), arch)?;
+    let image = image_name(args.runtime, args.image.as_deref());
+    let outcome = Executor::for_image(image, arch, runtime).run(&policy, &submission)?;
+    let dir = match (&args.output_dir, args.json) {
+        (Some(dir), _) => Some(dir.as_path()),
+        (None, false) => Some(Path::new(".")),
+        (None, true) => None,
+    };
+    let written = match dir {
+        Some(dir) => write_output_files(&outcome.files, dir)?,
+        None => Vec::new(),
+    };
     if args.json {
         print_json(&outcome)
     } else {
-        print_plain(&outcome)
+        print_plain(&outcome, &written)
     }
     .map_err(CliError::Output)?;
     Ok(verdict_exit_code(outcome.verdict))
+}
+
+/// The image's name as the outcome reports it: `--image`, else `host`
+/// (native) or python3.11-bookworm (docker), as `pyward serve` names them.
+pub fn image_name(choice: RuntimeChoice, image: Option<&str>) -> &str {
+    image.unwrap_or(match choice {
+        RuntimeChoice::Native => pyward::HOST_IMAGE,
+        RuntimeChoice::Docker => pyward::DEFAULT_DOCKER_IMAGE,
+    })
 }
 
 /// The runtime to run on: native (this machine's architecture only) or a
@@ -207,6 +235,7 @@ fn submission(args: &RunArgs) -> Result<Submission, CliError> {
     submission.stdin = read_stdin(args.stdin.as_deref())?;
     submission.env = env(&args.env)?;
     submission.args = args.args.clone();
+    submission.outputs = args.output_files.clone();
     submission.limits = LimitOverrides {
         wall_time: args.wall_time,
         cpu_time: args.cpu_time,
@@ -293,8 +322,70 @@ fn print_json(outcome: &Outcome) -> io::Result<()> {
     out.flush()
 }
 
-/// The program's bytes, unchanged, then one summary line on stderr.
-fn print_plain(outcome: &Outcome) -> io::Result<()> {
+/// Writes each collected output file under `dir` at its path; returns
+/// where each went (None for a file that did not come back).
+fn write_output_files(files: &[OutputFile], dir: &Path) -> Result<Vec<Option<PathBuf>>, CliError> {
+    let mut written = Vec::with_capacity(files.len());
+    for file in files {
+        let OutputStatus::Collected { contents, .. } = &file.status else {
+            written.push(None);
+            continue;
+        };
+        // A path the runtime accepted: relative, with plain components only.
+        let path = dir.join(&file.path);
+        let failed = |source| CliError::WriteOutputFile {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(failed)?;
+        }
+        std::fs::write(&path, &contents.bytes).map_err(failed)?;
+        written.push(Some(path));
+    }
+    Ok(written)
+}
+
+/// One line per declared output file: where it went, or why it did not come back.
+fn file_lines(files: &[OutputFile], written: &[Option<PathBuf>]) -> Vec<String> {
+    files
+        .iter()
+        .zip(written.iter().chain(std::iter::repeat(&None)))
+        .map(|(file, to)| match (&file.status, to) {
+            (OutputStatus::Collected { contents, size }, Some(to)) if contents.truncated => {
+                format!(
+                    "pyward: {}: truncated to {} of {size} bytes, written to {}",
+                    file.path,
+                    contents.bytes.len(),
+                    to.display()
+                )
+            }
+            (OutputStatus::Collected { size, .. }, Some(to)) => {
+                format!(
+                    "pyward: {}: {size} bytes, written to {}",
+                    file.path,
+                    to.display()
+                )
+            }
+            (OutputStatus::Collected { size, .. }, None) => {
+                format!("pyward: {}: {size} bytes, not written", file.path)
+            }
+            (OutputStatus::Missing, _) => format!("pyward: {}: missing", file.path),
+            (OutputStatus::NotRegular, _) => format!(
+                "pyward: {}: not a regular file (links are never followed), not read",
+                file.path
+            ),
+            (OutputStatus::NotCollected, _) => format!(
+                "pyward: {}: not collected (the run was stopped before the program ended)",
+                file.path
+            ),
+        })
+        .collect()
+}
+
+/// The program's bytes, unchanged, then a line per output file and one
+/// summary line on stderr.
+fn print_plain(outcome: &Outcome, written: &[Option<PathBuf>]) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(&outcome.stdout.bytes)?;
     out.flush()?;
@@ -302,6 +393,9 @@ fn print_plain(outcome: &Outcome) -> io::Result<()> {
     err.write_all(&outcome.stderr.bytes)?;
     if outcome.stderr.bytes.last().is_some_and(|&b| b != b'\n') {
         err.write_all(b"\n")?;
+    }
+    for line in file_lines(&outcome.files, written) {
+        writeln!(err, "{line}")?;
     }
     writeln!(err, "{}", summary(outcome))?;
     err.flush()
@@ -370,6 +464,9 @@ mod tests {
                 peak_memory_bytes: 8_500_000,
             },
             message: Some("wall-time limit of 2s reached".into()),
+            image: None,
+            arch: None,
+            files: Vec::new(),
         };
         assert_eq!(
             summary(&outcome),
@@ -384,6 +481,43 @@ mod tests {
             let err = input_file(bad).unwrap_err();
             assert!(matches!(err, CliError::FileDest { .. }), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn output_files_are_written_under_the_dir_and_each_gets_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let collected = |bytes: &[u8], size, truncated| OutputStatus::Collected {
+            contents: Captured {
+                bytes: bytes.to_vec(),
+                truncated,
+            },
+            size,
+        };
+        let files = vec![
+            OutputFile {
+                path: "out/r.json".into(),
+                status: collected(b"{}", 2, false),
+            },
+            OutputFile {
+                path: "big".into(),
+                status: collected(b"abc", 10, true),
+            },
+            OutputFile {
+                path: "gone".into(),
+                status: OutputStatus::Missing,
+            },
+        ];
+        let written = write_output_files(&files, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("out/r.json")).unwrap(), b"{}");
+        assert_eq!(std::fs::read(dir.path().join("big")).unwrap(), b"abc");
+        assert!(!dir.path().join("gone").exists());
+        let lines = file_lines(&files, &written);
+        assert!(
+            lines[0].starts_with("pyward: out/r.json: 2 bytes, written to "),
+            "{lines:?}"
+        );
+        assert!(lines[1].contains("truncated to 3 of 10 bytes"), "{lines:?}");
+        assert_eq!(lines[2], "pyward: gone: missing");
     }
 
     #[test]

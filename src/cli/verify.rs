@@ -228,8 +228,10 @@ pub fn run(args: &VerifyArgs) -> Result<u8, CliError> {
     let executors = arches
         .iter()
         .map(|&arch| {
-            run::runtime(RuntimeChoice::Docker, args.image.as_deref(), arch)
-                .map(|runtime| (arch, Executor::new(runtime)))
+            run::runtime(RuntimeChoice::Docker, args.image.as_deref(), arch).map(|runtime| {
+                let image = run::image_name(RuntimeChoice::Docker, args.image.as_deref());
+                (arch, Executor::for_image(image, arch, runtime))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut runs = Vec::new();

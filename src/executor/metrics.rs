@@ -1,5 +1,5 @@
 //! Counters the server exposes at /metrics: runs by verdict, run latency,
-//! in-flight runs, queue depth. Lock-free atomics, rendered as Prometheus text.
+//! in-flight runs, queue depth, gRPC calls by method. Lock-free atomics, rendered as Prometheus text.
 
 use crate::runtime::Verdict;
 use std::fmt::Write as _;
@@ -34,7 +34,8 @@ struct Histogram {
 pub struct Metrics {
     runs: [[AtomicU64; VERDICTS.len()]; 2],
     latency: Histogram,
-    rejected: [AtomicU64; 4],
+    rejected: [AtomicU64; REJECTION_NAMES.len()],
+    grpc_calls: [AtomicU64; GRPC_METHODS.len()],
 }
 
 /// Why admission turned a request away, for `pyward_rejections_total`.
@@ -48,9 +49,40 @@ pub enum Rejection {
     QueueFull = 2,
     /// 401/403.
     Auth = 3,
+    /// 429: tenant out of its CPU-seconds quota.
+    Cpu = 4,
 }
 
-const REJECTION_NAMES: [&str; 4] = ["concurrency", "rate", "queue_full", "auth"];
+const REJECTION_NAMES: [&str; 5] = ["concurrency", "rate", "queue_full", "auth", "cpu"];
+
+/// A method of the gRPC service, for `pyward_grpc_requests_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum GrpcMethod {
+    /// `Run`.
+    Run = 0,
+    /// `Submit`.
+    Submit = 1,
+    /// `GetJob`.
+    GetJob = 2,
+    /// `CancelJob`.
+    CancelJob = 3,
+    /// `WatchJob`.
+    WatchJob = 4,
+    /// `ListPolicies`.
+    ListPolicies = 5,
+    /// `ListImages`.
+    ListImages = 6,
+}
+
+const GRPC_METHODS: [&str; 7] = [
+    "Run",
+    "Submit",
+    "GetJob",
+    "CancelJob",
+    "WatchJob",
+    "ListPolicies",
+    "ListImages",
+];
 
 impl Metrics {
     /// Counts a run that ended with `verdict` after `wall` (measured by the server).
@@ -71,6 +103,11 @@ impl Metrics {
     /// Counts a request turned away by admission.
     pub fn reject(&self, why: Rejection) {
         self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a gRPC call, whatever its result.
+    pub fn grpc_call(&self, method: GrpcMethod) {
+        self.grpc_calls[method as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition, with the gauges passed in.
@@ -112,6 +149,12 @@ impl Metrics {
             let n = count.load(Ordering::Relaxed);
             let _ = writeln!(out, "pyward_rejections_total{{reason=\"{name}\"}} {n}");
         }
+        out.push_str("# HELP pyward_grpc_requests_total gRPC calls received, by method.\n");
+        out.push_str("# TYPE pyward_grpc_requests_total counter\n");
+        for (name, count) in GRPC_METHODS.iter().zip(&self.grpc_calls) {
+            let n = count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "pyward_grpc_requests_total{{method=\"{name}\"}} {n}");
+        }
         out.push_str("# HELP pyward_queue_depth Async jobs waiting for a worker.\n");
         out.push_str("# TYPE pyward_queue_depth gauge\n");
         let _ = writeln!(out, "pyward_queue_depth {queued}");
@@ -138,5 +181,9 @@ mod tests {
         assert!(text.contains("pyward_run_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
         assert!(text.contains("pyward_queue_depth 3\n"));
         assert!(text.contains("pyward_runs_in_flight 1\n"));
+        metrics.grpc_call(GrpcMethod::WatchJob);
+        let text = metrics.render(0, 0);
+        assert!(text.contains("pyward_grpc_requests_total{method=\"WatchJob\"} 1\n"));
+        assert!(text.contains("pyward_grpc_requests_total{method=\"Run\"} 0\n"));
     }
 }

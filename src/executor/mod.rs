@@ -2,19 +2,23 @@
 //! queue worker) goes through it; none talks to a runtime directly.
 //!
 //! Owns the order of the checks before a run: tighten the policy with the
-//! submission's limits (never loosen), check the requested environment, then
-//! hand both to the runtime. `admission` (tenants, quotas, bounds), `store`
+//! submission's limits (never loosen), check the requested environment, pick
+//! the runtime of the submission's image and architecture (`images`), then
+//! hand both to it. `admission` (tenants, quotas, bounds), `store`
 //! (durable jobs in SQLite), `jobs` (the workers) and `metrics` serve the
 //! HTTP front end; warm pools will live here too. Nothing here touches the
 //! sandbox itself or speaks HTTP.
 
 pub(crate) mod admission;
+pub(crate) mod images;
 pub(crate) mod jobs;
 pub(crate) mod metrics;
 pub(crate) mod store;
 
+use crate::arch::Arch;
 use crate::policy::{PolicyError, SandboxPolicy};
-use crate::runtime::{Outcome, RunError, Runtime, Submission};
+use crate::runtime::{Outcome, RunError, RunWatch, Runtime, Submission};
+use images::{OfferedImage, RouteError, Target};
 
 /// Why the executor refused or could not start a run.
 #[derive(Debug, thiserror::Error)]
@@ -23,25 +27,73 @@ pub enum ExecError {
     /// environment variable the policy does not allow).
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The submission names an image or architecture the executor does not offer.
+    #[error(transparent)]
+    Route(#[from] RouteError),
     /// The runtime could not start the run.
     #[error(transparent)]
     Run(#[from] RunError),
 }
 
-/// Runs submissions on one runtime, under the policies callers name.
+/// Runs submissions on the runtime of their image and architecture, under
+/// the policies callers name.
 pub struct Executor {
-    runtime: Box<dyn Runtime>,
+    images: Vec<OfferedImage>,
 }
 
 impl Executor {
-    /// An executor that runs everything on `runtime`.
+    /// An executor that runs everything on `runtime`, offered as image
+    /// `default` for the host's architecture.
     pub fn new(runtime: Box<dyn Runtime>) -> Executor {
-        Executor { runtime }
+        Executor::for_image("default", Arch::host(), runtime)
     }
 
-    /// The runtime's name (`native`, `docker`).
+    /// An executor with one image, `name`, on one architecture.
+    pub fn for_image(name: &str, arch: Arch, runtime: Box<dyn Runtime>) -> Executor {
+        Executor::with_images(vec![OfferedImage::new(name, None).with_arch(arch, runtime)])
+    }
+
+    /// An executor offering `images`; the first is the default.
+    pub fn with_images(images: Vec<OfferedImage>) -> Executor {
+        Executor { images }
+    }
+
+    /// The images offered, the default first.
+    pub fn images(&self) -> &[OfferedImage] {
+        &self.images
+    }
+
+    /// The runtime's name (`native`, `docker`) of the default image.
     pub fn runtime_name(&self) -> &'static str {
-        self.runtime.name()
+        self.images
+            .first()
+            .map_or("none", OfferedImage::runtime_name)
+    }
+
+    /// Where a request for `image` and `arch` runs, for a caller that may use
+    /// the images `allowed` (the first is its default). Front ends call it
+    /// and put the answer in the `Submission`; see [`images::route`].
+    pub fn route(
+        &self,
+        allowed: &[String],
+        image: Option<&str>,
+        arch: Option<&str>,
+    ) -> Result<Target, RouteError> {
+        images::route(&self.images, allowed, image, arch)
+    }
+
+    /// The image and runtime for `submission` (defaults: the first image, its default arch).
+    fn runtime_for(
+        &self,
+        submission: &Submission,
+    ) -> Result<(&OfferedImage, Arch, &dyn Runtime), RouteError> {
+        let all: Vec<String> = self.images.iter().map(|i| i.name.clone()).collect();
+        images::resolve(
+            &self.images,
+            &all,
+            submission.image.as_deref(),
+            submission.arch.map(Arch::as_str),
+        )
     }
 
     /// The policy a run of `submission` gets: `policy` tightened with
@@ -58,7 +110,9 @@ impl Executor {
         Ok(policy)
     }
 
-    /// Runs `submission` under `policy` tightened with `submission.limits`.
+    /// Runs `submission` under `policy` tightened with `submission.limits`,
+    /// on the runtime of `submission.image` and `submission.arch`; the
+    /// outcome says which image and architecture ran it.
     ///
     /// `Err` means the run never started; everything that happened once it
     /// started (limits, crashes, sandbox setup failures) is in the `Outcome`.
@@ -67,10 +121,25 @@ impl Executor {
         policy: &SandboxPolicy,
         submission: &Submission,
     ) -> Result<Outcome, ExecError> {
+        self.run_watched(policy, submission, &RunWatch::default())
+    }
+
+    /// [`Executor::run`], with `watch` seeing the output as it comes and
+    /// able to cancel the run (see [`Runtime::run_watched`]).
+    pub fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, ExecError> {
         let policy = Executor::resolve_policy(policy, submission)?;
-        tracing::debug!(policy = %policy.name, runtime = self.runtime.name(), "starting run");
-        let outcome = self.runtime.run(&policy, submission)?;
+        submission.check_outputs()?;
+        let (image, arch, runtime) = self.runtime_for(submission)?;
+        tracing::debug!(policy = %policy.name, image = %image.name, %arch, runtime = runtime.name(), "starting run");
+        let mut outcome = runtime.run_watched(&policy, submission, watch)?;
         tracing::debug!(verdict = %outcome.verdict, "run finished");
+        outcome.image = Some(image.name.clone());
+        outcome.arch = Some(arch);
         Ok(outcome)
     }
 }
@@ -90,7 +159,12 @@ mod tests {
             "recorder"
         }
 
-        fn run(&self, policy: &SandboxPolicy, _: &Submission) -> Result<Outcome, RunError> {
+        fn run_watched(
+            &self,
+            policy: &SandboxPolicy,
+            _: &Submission,
+            _: &RunWatch,
+        ) -> Result<Outcome, RunError> {
             self.0.lock().unwrap().push(policy.clone());
             Ok(Outcome {
                 verdict: Verdict::Ok,
@@ -100,6 +174,9 @@ mod tests {
                 stderr: Captured::default(),
                 usage: Usage::default(),
                 message: None,
+                image: None,
+                arch: None,
+                files: Vec::new(),
             })
         }
     }
@@ -144,5 +221,41 @@ mod tests {
         );
 
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_submission_runs_on_its_image_and_arch_and_the_outcome_says_which() {
+        let (host_seen, py_arm_seen) = (Arc::default(), Arc::default());
+        let executor = Executor::with_images(vec![
+            OfferedImage::new("host", None)
+                .with_arch(Arch::host(), Box::new(Recorder(Arc::clone(&host_seen)))),
+            OfferedImage::new("py", None)
+                .with_arch(Arch::Arm64, Box::new(Recorder(Arc::clone(&py_arm_seen))))
+                .with_arch(Arch::Amd64, Box::new(Recorder(Arc::default()))),
+        ]);
+        let strict = SandboxPolicy::builtin("strict").unwrap();
+        let default = executor.run(&strict, &Submission::code("pass")).unwrap();
+        assert_eq!(
+            (default.image.as_deref(), default.arch),
+            (Some("host"), Some(Arch::host()))
+        );
+        let mut on_arm = Submission::code("pass");
+        on_arm.image = Some("py".into());
+        on_arm.arch = Some(Arch::Arm64);
+        let outcome = executor.run(&strict, &on_arm).unwrap();
+        assert_eq!(
+            (outcome.image.as_deref(), outcome.arch),
+            (Some("py"), Some(Arch::Arm64))
+        );
+        assert_eq!(host_seen.lock().unwrap().len(), 1);
+        assert_eq!(py_arm_seen.lock().unwrap().len(), 1);
+
+        let mut unknown = Submission::code("pass");
+        unknown.image = Some("nope".into());
+        let err = executor.run(&strict, &unknown).unwrap_err();
+        assert!(
+            matches!(err, ExecError::Route(RouteError::UnknownImage { .. })),
+            "{err}"
+        );
     }
 }

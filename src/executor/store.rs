@@ -21,7 +21,8 @@ pub enum JobStatus {
     Finished,
     /// It could not run (invalid after a restart, interrupted too often); the error is stored.
     Failed,
-    /// Cancelled while queued; it never ran.
+    /// Cancelled by the client: while queued (it never ran), or while it ran
+    /// (its sandbox was killed; the outcome of what ran is kept).
     Cancelled,
 }
 
@@ -113,9 +114,12 @@ pub enum StoreError {
 /// What cancelling a job did.
 #[derive(Debug)]
 pub enum CancelResult {
-    /// It was queued and is now cancelled.
+    /// It was queued and is now cancelled; it never runs.
     Cancelled(JobRecord),
-    /// It is running or already terminal: nothing changed.
+    /// It was running and is now cancelled; its run is to be stopped, and
+    /// its outcome is attached when the run ends.
+    Stopping(JobRecord),
+    /// It is already terminal: nothing changed.
     NotCancellable(JobRecord),
     /// No such job for this tenant.
     NotFound,
@@ -323,33 +327,61 @@ impl JobStore {
         .await
     }
 
-    /// Stores the outcome of a running job.
-    pub async fn finish(&self, id: String, outcome: String) -> Result<(), StoreError> {
+    /// Stores the outcome of a job's run: a running job becomes `finished`;
+    /// one cancelled while it ran stays `cancelled` and gets the outcome.
+    /// Returns the job's status (`None` when the job is gone).
+    pub async fn finish(
+        &self,
+        id: String,
+        outcome: String,
+    ) -> Result<Option<JobStatus>, StoreError> {
         self.call(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            let finished = tx.execute(
                 "UPDATE jobs SET status = 'finished', outcome = ?2, finished_ms = ?3
                  WHERE id = ?1 AND status = 'running'",
                 params![id, outcome, now_ms()],
-            )
-            .map(drop)
+            )?;
+            if finished == 0 {
+                tx.execute(
+                    "UPDATE jobs SET outcome = ?2
+                     WHERE id = ?1 AND status = 'cancelled' AND outcome IS NULL",
+                    params![id, outcome],
+                )?;
+            }
+            let status = tx
+                .query_row("SELECT status FROM jobs WHERE id = ?1", params![id], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?;
+            tx.commit()?;
+            Ok(status.map(|s| JobStatus::parse(&s)))
         })
         .await
     }
 
-    /// Marks a running job failed with a code and a sentence.
-    pub async fn fail(&self, id: String, code: String, message: String) -> Result<(), StoreError> {
+    /// Marks a running job failed with a code and a sentence; false when it
+    /// was not running (cancelled meanwhile), which leaves it as it is.
+    pub async fn fail(
+        &self,
+        id: String,
+        code: String,
+        message: String,
+    ) -> Result<bool, StoreError> {
         self.call(move |c| {
             c.execute(
                 "UPDATE jobs SET status = 'failed', error_code = ?2, error_message = ?3,
                  finished_ms = ?4 WHERE id = ?1 AND status = 'running'",
                 params![id, code, message, now_ms()],
             )
-            .map(drop)
+            .map(|n| n > 0)
         })
         .await
     }
 
-    /// Cancels job `id` of `tenant` if it is still queued.
+    /// Cancels job `id` of `tenant` if it is queued or running. The new
+    /// state is durable before this returns: a crash after it never runs
+    /// the job again, and a run that ends afterwards cannot make it `finished`.
     pub async fn cancel(&self, id: String, tenant: String) -> Result<CancelResult, StoreError> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -360,7 +392,8 @@ impl JobStore {
             else {
                 return Ok(CancelResult::NotFound);
             };
-            if job.status != JobStatus::Queued {
+            let was = job.status;
+            if was.is_terminal() {
                 return Ok(CancelResult::NotCancellable(job));
             }
             tx.execute(
@@ -369,7 +402,10 @@ impl JobStore {
             )?;
             let job = tx.query_row(&select, params![id, tenant], record)?;
             tx.commit()?;
-            Ok(CancelResult::Cancelled(job))
+            Ok(match was {
+                JobStatus::Running => CancelResult::Stopping(job),
+                _ => CancelResult::Cancelled(job),
+            })
         })
         .await
     }
@@ -449,17 +485,18 @@ mod tests {
             ("a", JobStatus::Running, 1)
         );
         assert!(store.claim_next(vec![]).await.unwrap().is_none());
-        store
+        let status = store
             .finish(s("a"), s("{\"verdict\":\"ok\"}"))
             .await
             .unwrap();
+        assert_eq!(status, Some(JobStatus::Finished));
         let job = store.get(s("a"), s("t")).await.unwrap().unwrap();
         assert_eq!(job.status, JobStatus::Finished);
         assert!(store.get(s("a"), s("other")).await.unwrap().is_none());
     }
 
     #[tokio::test]
-    async fn skipped_tenants_wait_and_cancel_only_takes_queued_jobs() {
+    async fn skipped_tenants_wait_and_cancel_takes_queued_and_running_jobs() {
         let (store, _dir) = store().await;
         store
             .insert(s("a"), s("busy"), s("{}"), s("tr"))
@@ -473,8 +510,22 @@ mod tests {
         assert_eq!(job.id, "b");
         assert!(matches!(
             store.cancel(s("b"), s("free")).await.unwrap(),
+            CancelResult::Stopping(j) if j.status == JobStatus::Cancelled
+        ));
+        // The run that ends afterwards attaches its outcome, and the job stays cancelled.
+        let status = store.finish(s("b"), s("{}")).await.unwrap();
+        assert_eq!(status, Some(JobStatus::Cancelled));
+        let job = store.get(s("b"), s("free")).await.unwrap().unwrap();
+        assert_eq!(
+            (job.status, job.outcome.as_deref()),
+            (JobStatus::Cancelled, Some("{}"))
+        );
+        assert!(matches!(
+            store.cancel(s("b"), s("free")).await.unwrap(),
             CancelResult::NotCancellable(_)
         ));
+        // Nor does recovery after a crash run it again.
+        assert_eq!(store.recover(5).await.unwrap(), Recovery::default());
         assert!(matches!(
             store.cancel(s("a"), s("busy")).await.unwrap(),
             CancelResult::Cancelled(j) if j.status == JobStatus::Cancelled

@@ -68,10 +68,32 @@ pub struct BuiltArch {
     pub build_secs: f64,
 }
 
+impl BuiltArch {
+    /// The Python version the image holds (`3.11.2`): the upstream part of
+    /// the `python3` package's version (no epoch, no Debian revision).
+    pub fn python_version(&self) -> Option<String> {
+        let version = self
+            .packages
+            .iter()
+            .find_map(|p| p.strip_prefix("python3="))?;
+        let version = version.split_once(':').map_or(version, |(_, v)| v);
+        let upstream = version.rsplit_once('-').map_or(version, |(u, _)| u);
+        (!upstream.is_empty()).then(|| upstream.to_owned())
+    }
+}
+
 impl Cache {
     /// A cache rooted at `root` (created on first build).
     pub fn new(root: impl Into<PathBuf>) -> Cache {
         Cache { root: root.into() }
+    }
+
+    /// The cache at `$PYWARD_IMAGE_CACHE`, else at [`DEFAULT_CACHE_DIR`].
+    pub fn from_env() -> Cache {
+        Cache::new(
+            std::env::var_os("PYWARD_IMAGE_CACHE")
+                .map_or(PathBuf::from(DEFAULT_CACHE_DIR), PathBuf::from),
+        )
     }
 
     /// The cache directory.
@@ -297,6 +319,13 @@ mod tests {
         assert!(cache.hit(&r, Arch::Amd64, &other).unwrap().is_none());
         std::fs::remove_file(blobs.join("layer.tar.gz")).unwrap();
         assert!(cache.hit(&r, Arch::Amd64, &key).unwrap().is_none());
-        assert_eq!(cache.list().unwrap(), vec![meta]);
+        assert_eq!(cache.list().unwrap(), vec![meta.clone()]);
+
+        assert_eq!(meta.python_version(), None);
+        let with_python = BuiltArch {
+            packages: pkgs(&["python3-minimal=3.11.2-1+b1", "python3=1:3.11.2-1+b1"]),
+            ..meta
+        };
+        assert_eq!(with_python.python_version().as_deref(), Some("3.11.2"));
     }
 }

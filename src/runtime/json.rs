@@ -5,7 +5,8 @@
 //! spells a JSON field name of an outcome; change a name here and the
 //! contract breaks, so don't.
 
-use super::{Captured, Outcome, Usage, Verdict};
+use super::{Captured, Outcome, OutputFile, OutputStatus, Usage, Verdict};
+use crate::arch::Arch;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,85 @@ pub struct UsageJson {
     pub peak_memory_bytes: u64,
 }
 
+/// The `status` of an [`OutputFileJson`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStatusJson {
+    /// A regular file, read: `content` holds its bytes up to the caps.
+    Ok,
+    /// Nothing at the path.
+    Missing,
+    /// Not a regular file, or a path through a symbolic link (never followed).
+    NotRegular,
+    /// Not read: the run was stopped before the program ended, or the file could not be opened.
+    NotCollected,
+}
+
+/// One entry of `files` in [`OutcomeJson`]: a declared output file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFileJson {
+    /// The path as declared, relative to the work dir.
+    pub path: String,
+    /// `ok`, `missing`, `not_regular` or `not_collected`.
+    pub status: OutputStatusJson,
+    /// The bytes kept, encoded as `encoding` says; empty unless `status` is `ok`.
+    pub content: String,
+    /// `utf-8` or `base64`, as for stdout.
+    pub encoding: StreamEncoding,
+    /// The file's size in bytes when it was read; `null` unless `status` is `ok`.
+    pub size: Option<u64>,
+    /// True when the file held more than was kept.
+    pub truncated: bool,
+}
+
+impl From<&OutputFile> for OutputFileJson {
+    fn from(file: &OutputFile) -> OutputFileJson {
+        let (status, kept, size) = match &file.status {
+            OutputStatus::Collected { contents, size } => {
+                (OutputStatusJson::Ok, Some(contents), Some(*size))
+            }
+            OutputStatus::Missing => (OutputStatusJson::Missing, None, None),
+            OutputStatus::NotRegular => (OutputStatusJson::NotRegular, None, None),
+            OutputStatus::NotCollected => (OutputStatusJson::NotCollected, None, None),
+        };
+        let (content, encoding) = encode_stream(kept.map_or(&[][..], |c| &c.bytes));
+        OutputFileJson {
+            path: file.path.clone(),
+            status,
+            content,
+            encoding,
+            size,
+            truncated: kept.is_some_and(|c| c.truncated),
+        }
+    }
+}
+
+impl TryFrom<OutputFileJson> for OutputFile {
+    type Error = OutcomeJsonError;
+
+    fn try_from(wire: OutputFileJson) -> Result<OutputFile, OutcomeJsonError> {
+        let status = match wire.status {
+            OutputStatusJson::Ok => {
+                let bytes = decode_stream("files[].content", wire.content, wire.encoding)?;
+                OutputStatus::Collected {
+                    size: wire.size.unwrap_or(bytes.len() as u64),
+                    contents: Captured {
+                        bytes,
+                        truncated: wire.truncated,
+                    },
+                }
+            }
+            OutputStatusJson::Missing => OutputStatus::Missing,
+            OutputStatusJson::NotRegular => OutputStatus::NotRegular,
+            OutputStatusJson::NotCollected => OutputStatus::NotCollected,
+        };
+        Ok(OutputFile {
+            path: wire.path,
+            status,
+        })
+    }
+}
+
 /// The JSON form of an [`Outcome`], field for field as docs/API.md describes it.
 ///
 /// Build one with `OutcomeJson::from(&outcome)`, read one back with
@@ -74,6 +154,18 @@ pub struct OutcomeJson {
     pub usage: UsageJson,
     /// A sentence saying what happened (limits, sandbox errors), or `null`.
     pub message: Option<String>,
+    /// The image the run used (`host`, `python3.11-bookworm`, …), or `null`
+    /// when the outcome did not come through an executor. Outcomes stored
+    /// before the field existed lack it; they read back as `null`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The architecture the run used (`amd64`, `arm64`), or `null` like `image`.
+    #[serde(default)]
+    pub arch: Option<Arch>,
+    /// The declared output files, in the order of the request's `outputs`
+    /// (absent in outcomes stored before output files existed: read as none).
+    #[serde(default)]
+    pub files: Vec<OutputFileJson>,
 }
 
 /// A JSON outcome that cannot be turned back into an [`Outcome`].
@@ -85,7 +177,7 @@ pub enum OutcomeJsonError {
     /// A stream marked `base64` does not hold valid base64.
     #[error("field {field:?} is marked base64 but does not decode: {source}")]
     Base64 {
-        /// `stdout` or `stderr`.
+        /// `stdout`, `stderr` or `files[].content`.
         field: &'static str,
         /// What the decoder found.
         source: base64::DecodeError,
@@ -93,7 +185,7 @@ pub enum OutcomeJsonError {
 }
 
 /// Encodes bytes as text when they are UTF-8, as base64 otherwise: never lossy.
-fn encode_stream(bytes: &[u8]) -> (String, StreamEncoding) {
+pub(crate) fn encode_stream(bytes: &[u8]) -> (String, StreamEncoding) {
     match std::str::from_utf8(bytes) {
         Ok(text) => (text.to_owned(), StreamEncoding::Utf8),
         Err(_) => (BASE64.encode(bytes), StreamEncoding::Base64),
@@ -145,6 +237,9 @@ impl From<&Outcome> for OutcomeJson {
                 peak_memory_bytes: outcome.usage.peak_memory_bytes,
             },
             message: outcome.message.clone(),
+            image: outcome.image.clone(),
+            arch: outcome.arch,
+            files: outcome.files.iter().map(OutputFileJson::from).collect(),
         }
     }
 }
@@ -173,6 +268,13 @@ impl TryFrom<OutcomeJson> for Outcome {
                 peak_memory_bytes: wire.usage.peak_memory_bytes,
             },
             message: wire.message,
+            image: wire.image,
+            arch: wire.arch,
+            files: wire
+                .files
+                .into_iter()
+                .map(OutputFile::try_from)
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -215,6 +317,9 @@ mod tests {
                 peak_memory_bytes: 8_500_000,
             },
             message: None,
+            image: None,
+            arch: None,
+            files: Vec::new(),
         }
     }
 
@@ -237,7 +342,92 @@ mod tests {
                 "stderr_truncated": true,
                 "usage": {"wall_ms": 12, "cpu_ms": 9, "peak_memory_bytes": 8_500_000},
                 "message": null,
+                "image": null,
+                "arch": null,
+                "files": [],
             })
+        );
+    }
+
+    #[test]
+    fn image_and_arch_are_written_and_read_back() {
+        let mut o = outcome(b"", b"");
+        o.image = Some("python3.11-bookworm".into());
+        o.arch = Some(Arch::Arm64);
+        let json: Value = serde_json::from_str(&o.to_json()).unwrap();
+        assert_eq!(
+            (&json["image"], &json["arch"]),
+            (&json!("python3.11-bookworm"), &json!("arm64"))
+        );
+        assert_eq!(Outcome::from_json(&o.to_json()).unwrap(), o);
+    }
+
+    #[test]
+    fn outcomes_written_before_image_and_arch_still_read() {
+        let mut json: Value = serde_json::from_str(&outcome(b"x", b"").to_json()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("image");
+        object.remove("arch");
+        assert_eq!(
+            Outcome::from_json(&json.to_string()).unwrap(),
+            outcome(b"x", b"")
+        );
+    }
+
+    #[test]
+    fn output_files_are_encoded_like_stdout_and_round_trip() {
+        let mut o = outcome(b"", b"");
+        let collected = |bytes: &[u8], size, truncated| OutputStatus::Collected {
+            contents: Captured {
+                bytes: bytes.to_vec(),
+                truncated,
+            },
+            size,
+        };
+        o.files = vec![
+            OutputFile {
+                path: "result.json".into(),
+                status: collected(b"{}", 2, false),
+            },
+            OutputFile {
+                path: "out/plot.png".into(),
+                status: collected(b"\x89PNG\xff", 9000, true),
+            },
+            OutputFile {
+                path: "gone".into(),
+                status: OutputStatus::Missing,
+            },
+            OutputFile {
+                path: "link".into(),
+                status: OutputStatus::NotRegular,
+            },
+            OutputFile {
+                path: "late".into(),
+                status: OutputStatus::NotCollected,
+            },
+        ];
+        let text = o.to_json();
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["files"],
+            json!([
+                {"path": "result.json", "status": "ok", "content": "{}", "encoding": "utf-8", "size": 2, "truncated": false},
+                {"path": "out/plot.png", "status": "ok", "content": "iVBOR/8=", "encoding": "base64", "size": 9000, "truncated": true},
+                {"path": "gone", "status": "missing", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+                {"path": "link", "status": "not_regular", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+                {"path": "late", "status": "not_collected", "content": "", "encoding": "utf-8", "size": null, "truncated": false},
+            ])
+        );
+        assert_eq!(Outcome::from_json(&text).unwrap(), o);
+    }
+
+    #[test]
+    fn outcomes_without_files_read_as_none() {
+        let mut json: Value = serde_json::from_str(&outcome(b"x", b"").to_json()).unwrap();
+        json.as_object_mut().unwrap().remove("files");
+        assert_eq!(
+            Outcome::from_json(&json.to_string()).unwrap(),
+            outcome(b"x", b"")
         );
     }
 

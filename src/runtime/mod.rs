@@ -1,16 +1,25 @@
 //! Runtimes: the `Runtime` trait, and the `Outcome` and `Verdict` every runtime
-//! produces; `json` holds the stable JSON form of an `Outcome`. `native/` runs
+//! produces; `json` holds the stable JSON form of an `Outcome`, `watch` what a
+//! caller may watch a run with (output as it comes, a cancel token). `native/` runs
 //! a submission in Linux namespaces set up by pyward itself; `docker/` runs it
 //! in a fresh hardened container through the Docker daemon.
 
 mod json;
 mod outcome;
+pub(crate) mod output_files;
 mod submission;
 pub(crate) mod verdict;
+pub(crate) mod watch;
 
-pub use json::{OutcomeJson, OutcomeJsonError, StreamEncoding, UsageJson, signal_name};
-pub use outcome::{Captured, Outcome, Usage, Verdict};
+pub(crate) use json::encode_stream;
+pub use json::{
+    OutcomeJson, OutcomeJsonError, OutputFileJson, OutputStatusJson, StreamEncoding, UsageJson,
+    signal_name,
+};
+pub use outcome::{Captured, Outcome, OutputFile, OutputStatus, Usage, Verdict};
+pub use output_files::{MAX_OUTPUT_PATH, MAX_OUTPUTS};
 pub use submission::{Entrypoint, InputFile, Submission};
+pub use watch::{CancelToken, RunWatch, Stream};
 
 pub mod docker;
 pub mod native;
@@ -26,7 +35,33 @@ pub trait Runtime: Send + Sync {
     /// with the submission's overrides. Setup failures inside the sandbox come
     /// back as an `Outcome` with verdict `sandbox_error`; `Err` means the run
     /// never started.
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError>;
+    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
+        self.run_watched(policy, submission, &RunWatch::default())
+    }
+
+    /// [`Runtime::run`], watched: `watch` gets the output as the program
+    /// writes it (in order per stream, never past the output cap), and a
+    /// cancelled token kills the sandbox (the outcome's message says so).
+    /// The outcome is the same as an unwatched run's.
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError>;
+
+    /// Starts now what this runtime keeps warm for calls under `policy`
+    /// (a zygote, pooled containers) instead of at the first call; an error
+    /// says why it cannot. Nothing to do for a runtime without a warm path.
+    fn prewarm(&self, _policy: &SandboxPolicy) -> Result<(), RunError> {
+        Ok(())
+    }
+
+    /// Sandboxes ready to take a call without a cold start (running
+    /// zygotes, pooled containers); 0 for a runtime without a warm path.
+    fn warm_ready(&self) -> usize {
+        0
+    }
 }
 
 /// Why a run could not start.

@@ -1,5 +1,6 @@
 //! What one run produced: the verdict, the output and the resources used.
 
+use crate::arch::Arch;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -77,6 +78,49 @@ pub struct Captured {
     pub truncated: bool,
 }
 
+/// One file the submission declared in `outputs`, as the run left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// The path as declared, relative to the work dir.
+    pub path: String,
+    /// What was found there.
+    pub status: OutputStatus,
+}
+
+/// What a declared output path held when the program ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputStatus {
+    /// A regular file: its bytes up to the caps (`truncated` when it held
+    /// more), and its size in bytes when it was read.
+    Collected {
+        /// The bytes kept.
+        contents: Captured,
+        /// The file's size when it was read.
+        size: u64,
+    },
+    /// Nothing at the path: no such entry, or a component before the last
+    /// is not a directory.
+    Missing,
+    /// Something that is not a regular file (a directory, a FIFO, a socket),
+    /// or a path through a symbolic link: links are never followed.
+    NotRegular,
+    /// Not read: pyward stopped the run (a limit, a setup failure) before the
+    /// program ended by itself, or the file could not be opened.
+    NotCollected,
+}
+
+impl OutputStatus {
+    /// The name used in JSON: `ok`, `missing`, `not_regular` or `not_collected`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OutputStatus::Collected { .. } => "ok",
+            OutputStatus::Missing => "missing",
+            OutputStatus::NotRegular => "not_regular",
+            OutputStatus::NotCollected => "not_collected",
+        }
+    }
+}
+
 /// Resources one run used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -105,4 +149,11 @@ pub struct Outcome {
     pub usage: Usage,
     /// For `sandbox_error` and limit verdicts: a sentence saying what happened.
     pub message: Option<String>,
+    /// The image the run used, by the name the executor offers it under. The
+    /// executor sets it; a runtime called directly leaves it `None`.
+    pub image: Option<String>,
+    /// The architecture the run used. Set by the executor, like `image`.
+    pub arch: Option<Arch>,
+    /// The submission's declared output files, one per path, in its order.
+    pub files: Vec<OutputFile>,
 }

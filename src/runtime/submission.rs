@@ -1,5 +1,6 @@
 //! What a caller hands pyward: the program, its inputs and its limits.
 
+use crate::arch::Arch;
 use crate::policy::LimitOverrides;
 use std::collections::BTreeMap;
 
@@ -36,9 +37,25 @@ pub struct Submission {
     pub env: BTreeMap<String, String>,
     /// Limits that tighten the policy's.
     pub limits: LimitOverrides,
+    /// The image to run in, by the name the executor offers it under; `None`
+    /// for the executor's first image. Runtimes ignore it: the executor routes on it.
+    pub image: Option<String>,
+    /// The architecture to run on; `None` for the image's default (the host's
+    /// when the image has it). Runtimes ignore it: the executor routes on it.
+    pub arch: Option<Arch>,
+    /// Paths in the work dir to bring back after the run (relative, no `..`,
+    /// no NUL, at most [`MAX_OUTPUTS`](crate::MAX_OUTPUTS)); they come
+    /// back in [`Outcome::files`](crate::Outcome::files), in this order.
+    pub outputs: Vec<String>,
 }
 
 impl Submission {
+    /// Checks the declared output paths (see [`Submission::outputs`]); the
+    /// error names the path and what is allowed.
+    pub fn check_outputs(&self) -> Result<(), super::RunError> {
+        super::output_files::check_paths(&self.outputs).map_err(super::RunError::InvalidSubmission)
+    }
+
     /// A submission that runs `code` with `python3 -c` and nothing else.
     pub fn code(code: impl Into<String>) -> Submission {
         Submission {
@@ -48,6 +65,9 @@ impl Submission {
             stdin: Vec::new(),
             env: BTreeMap::new(),
             limits: LimitOverrides::default(),
+            image: None,
+            arch: None,
+            outputs: Vec::new(),
         }
     }
 }

@@ -13,7 +13,12 @@ pub enum Kill {
     CpuTime,
     /// stdout or stderr passed its cap.
     Output,
+    /// The caller cancelled the run.
+    Cancelled,
 }
+
+/// The message of a cancelled run's outcome.
+pub const CANCELLED_MESSAGE: &str = "cancelled by the client; the sandbox was killed";
 
 /// How the program ended, as far as the runtime could tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,11 @@ pub fn decide(o: &Observation) -> (Verdict, Option<i32>, Option<i32>, Option<Str
             "wall-clock limit reached; the sandbox was killed".to_owned(),
         ),
         Some(Kill::CpuTime) => (Verdict::CpuLimit, cpu_message()),
+        Some(Kill::Cancelled) => {
+            // pyward's own SIGKILL ended it, whatever the program was doing.
+            let message = Some(CANCELLED_MESSAGE.to_owned());
+            return (Verdict::Signaled, None, Some(libc::SIGKILL), message);
+        }
         None if o.oom_kills > 0 && !clean_exit => (
             Verdict::MemoryLimit,
             format!(
@@ -194,6 +204,31 @@ mod tests {
                 ..ended(Ended::Signaled(libc::SIGKILL))
             };
             assert_eq!(verdict(o), expected);
+        }
+    }
+
+    #[test]
+    fn a_cancelled_run_is_a_sigkill_that_says_it_was_cancelled() {
+        // Even over a CPU limit the kill would otherwise explain, or a clean exit.
+        for ended_as in [
+            Ended::Signaled(libc::SIGKILL),
+            Ended::Exited(0),
+            Ended::Unknown,
+        ] {
+            let o = Observation {
+                killed: Some(Kill::Cancelled),
+                cpu_used: Duration::from_secs(2),
+                ..ended(ended_as)
+            };
+            assert_eq!(
+                decide(&o),
+                (
+                    Verdict::Signaled,
+                    None,
+                    Some(libc::SIGKILL),
+                    Some(CANCELLED_MESSAGE.to_owned())
+                )
+            );
         }
     }
 

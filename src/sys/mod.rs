@@ -1,10 +1,11 @@
 //! The only home of `unsafe` and raw syscalls in pyward: clone, mounts,
-//! pivot_root, capabilities, rlimits, fds and cgroup files. Each unsafe block
-//! says why it is sound. Code here knows nothing of policies or verdicts.
+//! pivot_root, capabilities, rlimits, fds, cgroup files and output files.
+//! Each unsafe block says why it is sound. Code here knows nothing of policies or verdicts.
 
 pub mod caps;
 pub mod cgroup;
 pub mod clone;
+pub mod files;
 pub mod netns;
 pub mod probe;
 pub mod process;

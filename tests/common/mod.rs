@@ -219,3 +219,21 @@ pub fn describe(outcome: &Outcome) -> String {
 pub fn stderr(outcome: &Outcome) -> String {
     String::from_utf8_lossy(&outcome.stderr.bytes).into_owned()
 }
+
+/// Host processes (other than this test's) whose command line holds
+/// `marker`: a sandboxed program re-executes itself with a marker to be
+/// found from the host.
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == std::process::id().to_string() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            found.push(name);
+        }
+    }
+    found
+}

@@ -3,9 +3,13 @@
 //!
 //! `host_config` is the only place a policy becomes Docker settings,
 //! `workdir` gets the files in (on stdin, since the rootfs is read-only),
+//! `files` gets the declared output files out (on stdout, after a marker),
 //! `usage` samples the container's cgroup, `verdict` decides. This module owns
 //! the container's life: create, attach, start, watch, and always remove.
+//! `warm` keeps single-use containers started ahead of their call; a run in
+//! one ends in the same `collect` as a run in a fresh one.
 
+mod files;
 mod host_config;
 mod usage;
 mod verdict;
@@ -15,7 +19,8 @@ mod workdir;
 pub use host_config::{WORK_DIR, host_config};
 pub use warm::{DockerWarmConfig, DockerWarmRuntime};
 
-use super::{Captured, Outcome, RunError, Runtime, Submission, Usage};
+use super::output_files::OutputCaps;
+use super::{Captured, Outcome, RunError, RunWatch, Runtime, Stream, Submission, Usage};
 use crate::arch::Arch;
 use crate::policy::{DeniedAction, Limits, SandboxPolicy};
 use crate::seccomp::{self, Allowlist, SeccompError};
@@ -30,12 +35,16 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 use usage::{CgroupFiles, Sample};
 use verdict::{KillReason, Observed};
+
+/// The image recipe the Docker runtime runs when none is named.
+pub const DEFAULT_IMAGE: &str = "python3.11-bookworm";
 
 /// Label on every container pyward creates: the job's id.
 pub const LABEL_JOB: &str = "dev.pyward.job";
@@ -75,8 +84,18 @@ impl Default for DockerConfig {
 impl DockerConfig {
     /// The default settings for `arch`: the image `pyward/python3.11-bookworm:ARCH`.
     pub fn for_arch(arch: Arch) -> DockerConfig {
+        DockerConfig::for_image(DEFAULT_IMAGE, arch)
+    }
+
+    /// The default settings for the image built from recipe `name` for
+    /// `arch`: its tag `pyward/NAME:ARCH`.
+    pub fn for_image(name: &str, arch: Arch) -> DockerConfig {
         DockerConfig {
-            image: format!("pyward/python3.11-bookworm:{}", arch.as_str()),
+            image: format!(
+                "{}:{}",
+                crate::image::docker_repository(name),
+                arch.as_str()
+            ),
             arch,
             socket: "/var/run/docker.sock".into(),
             api_timeout_secs: 30,
@@ -156,6 +175,12 @@ pub enum DockerError {
     /// The policy's seccomp allowlist could not be loaded.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The random marker of the output files could not be made.
+    #[error("failed to read random bytes for the output files' marker from /dev/urandom")]
+    Random {
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 fn api(step: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
@@ -397,18 +422,20 @@ impl DockerRuntime {
         &self,
         policy: &SandboxPolicy,
         submission: &Submission,
+        observer: &RunWatch,
     ) -> Result<Outcome, RunError> {
         policy
             .check_env(&submission.env)
             .map_err(|e| RunError::InvalidSubmission(e.to_string()))?;
         let filters = self.filters(policy)?;
-        let launch = workdir::launch(submission, &filters.native)?;
+        let caps = OutputCaps::of(&policy.limits);
+        let launch = workdir::launch(submission, &filters.native, caps)?;
         self.inspect_image().await?;
         let env = policy.environment(&submission.env);
         let body = self.container_body(policy, &launch.cmd, &filters.profile, &env);
         let id = create(&self.docker, &self.platform(), body, self.labels()).await?;
         // Whatever happens from here on, the container goes.
-        let result = self.watch(&id, policy, launch).await;
+        let result = self.watch(&id, policy, launch, observer).await;
         let removed = self.remove(&id).await;
         let outcome = result?;
         removed?;
@@ -466,37 +493,37 @@ impl DockerRuntime {
         id: &str,
         policy: &SandboxPolicy,
         launch: workdir::Launch,
+        observer: &RunWatch,
     ) -> Result<Outcome, RunError> {
         let io = attach_and_start(&self.docker, id).await?;
-        let started = Instant::now();
-        self.collect(
-            id,
-            &policy.limits,
-            io,
-            launch.stdin,
-            started,
-            Sample::default(),
-        )
-        .await
+        let start = Start {
+            at: Instant::now(),
+            baseline: Sample::default(),
+        };
+        self.collect(id, &policy.limits, io, launch, start, observer)
+            .await
     }
 
-    /// Feeds `stdin` to a started container, captures output under the caps
-    /// and the wall clock (counted from `started`), then reads the exit
-    /// state. The cgroup's CPU time and pids-limit hits count from
-    /// `baseline`, what the container had used before the run was handed to
-    /// it (nothing for a fresh container; a pooled one's bootstrap start).
+    /// Feeds `launch.stdin` to a started container, captures output under
+    /// the caps and the wall clock (counted from `start`), passing it to the
+    /// observer as it comes and splitting the declared output files off its
+    /// stdout, kills the container when the observer's token is cancelled,
+    /// then reads the exit state. Both paths end here: a fresh container
+    /// (`watch`) and a pooled one (`DockerWarmRuntime`).
     async fn collect(
         &self,
         id: &str,
         limits: &Limits,
         io: AttachContainerResults,
-        stdin: Vec<u8>,
-        started: Instant,
-        baseline: Sample,
+        launch: workdir::Launch,
+        start: Start,
+        observer: &RunWatch,
     ) -> Result<Outcome, RunError> {
+        let started = start.at;
         let deadline = tokio::time::Instant::from_std(started) + limits.wall_time;
         let mut input = io.input;
         let mut output = io.output;
+        let stdin = launch.stdin;
         let feed = tokio::spawn(async move {
             // A program that exits without reading its stdin breaks the pipe: not an error.
             let _ = input.write_all(&stdin).await;
@@ -510,30 +537,12 @@ impl DockerRuntime {
         };
 
         let cap = usize::try_from(limits.output.bytes()).unwrap_or(usize::MAX);
-        let mut stdout = Captured::default();
-        let mut stderr = Captured::default();
-        let mut killed = None;
-        loop {
-            let chunk = tokio::select! {
-                chunk = output.next() => chunk,
-                () = tokio::time::sleep_until(deadline) => {
-                    killed = Some(KillReason::WallTime);
-                    break;
-                }
-            };
-            let (stream, bytes) = match chunk {
-                None => break,
-                // The attach stream breaking mid-run ends the capture; the state below still tells.
-                Some(Err(_)) => break,
-                Some(Ok(LogOutput::StdOut { message })) => (&mut stdout, message),
-                Some(Ok(LogOutput::StdErr { message })) => (&mut stderr, message),
-                Some(Ok(_)) => continue,
-            };
-            if !keep(stream, &bytes, cap) {
-                killed = Some(KillReason::Output);
-                break;
-            }
-        }
+        let mut splitter = launch.outputs.as_ref().map(files::Splitter::new);
+        let Captures {
+            stdout,
+            stderr,
+            killed,
+        } = capture(&mut output, deadline, cap, splitter.as_mut(), observer).await;
         // Close the attach connection first: a daemon blocked writing output
         // we no longer read holds the container, and kill and inspect would wait on it.
         drop(output);
@@ -544,7 +553,7 @@ impl DockerRuntime {
         let state = self.finished_state(id, exited).await?;
         let wall = started.elapsed();
         sampler.abort();
-        let sample = usage::since(baseline, sample_after(id, *samples.borrow()));
+        let sample = usage::since(start.baseline, sample_after(id, *samples.borrow()));
 
         let observed = Observed {
             killed,
@@ -568,6 +577,16 @@ impl DockerRuntime {
                 peak_memory_bytes: sample.peak_memory,
             },
             message,
+            image: None,
+            arch: None,
+            files: match (&launch.outputs, &splitter) {
+                // The setup failed: whatever the bootstrap found, the program never ran.
+                (Some(spec), _) if verdict == super::Verdict::SandboxError => {
+                    super::output_files::not_collected(&spec.paths)
+                }
+                (Some(spec), Some(splitter)) => splitter.files(spec),
+                _ => Vec::new(),
+            },
         })
     }
 
@@ -616,8 +635,13 @@ impl Runtime for DockerRuntime {
         "docker"
     }
 
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
-        self.rt.block_on(self.run_async(policy, submission))
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError> {
+        self.rt.block_on(self.run_async(policy, submission, watch))
     }
 }
 
@@ -832,6 +856,114 @@ fn check_emulator(arch: Arch) -> Result<(), DockerError> {
         host: Arch::host(),
         path,
     })
+}
+
+/// A container's attached stdout and stderr.
+type OutputStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
+
+/// Where a run's budgets count from: when it was handed to the container,
+/// and the container's cgroup figures then (nothing for a fresh container;
+/// a pooled one's bootstrap start), from which CPU time and pids-limit hits
+/// count.
+struct Start {
+    at: Instant,
+    baseline: Sample,
+}
+
+/// The program's output as `capture` kept it, and why it stopped the run, if it did.
+struct Captures {
+    stdout: Captured,
+    stderr: Captured,
+    killed: Option<KillReason>,
+}
+
+/// Reads the container's output until it ends, the wall clock's `deadline`
+/// passes, a stream passes `cap`, or the observer's token is cancelled.
+/// Each chunk goes to the observer as it comes (only the bytes kept under
+/// the cap); with output files declared, `splitter` takes the records off
+/// stdout first.
+async fn capture(
+    output: &mut OutputStream,
+    deadline: tokio::time::Instant,
+    cap: usize,
+    mut splitter: Option<&mut files::Splitter>,
+    observer: &RunWatch,
+) -> Captures {
+    let mut stdout = Captured::default();
+    let mut stderr = Captured::default();
+    let mut killed = None;
+    // A cancel wakes the loop below; the caller kills the container.
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    let _cancel = observer.cancel_token().map(|token| {
+        token.on_cancel(move || {
+            let _ = cancel_tx.send(());
+        })
+    });
+    // Without a token the sender is gone: never cancelled.
+    let cancelled = async move {
+        if cancel_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(cancelled);
+    loop {
+        let chunk = tokio::select! {
+            chunk = output.next() => chunk,
+            () = tokio::time::sleep_until(deadline) => {
+                killed = Some(KillReason::WallTime);
+                break;
+            }
+            () = &mut cancelled => {
+                killed = Some(KillReason::Cancelled);
+                break;
+            }
+        };
+        let (kind, stream, bytes) = match chunk {
+            None => break,
+            // The attach stream breaking mid-run ends the capture; the state still tells.
+            Some(Err(_)) => break,
+            Some(Ok(LogOutput::StdOut { message })) => match splitter.as_deref_mut() {
+                None => (Stream::Stdout, &mut stdout, message),
+                Some(splitter) => match splitter.feed(&message) {
+                    (program, true) => (Stream::Stdout, &mut stdout, program.into()),
+                    (_, false) => {
+                        killed = Some(KillReason::Output);
+                        break;
+                    }
+                },
+            },
+            Some(Ok(LogOutput::StdErr { message })) => (Stream::Stderr, &mut stderr, message),
+            Some(Ok(_)) => continue,
+        };
+        if !keep_and_emit(kind, stream, &bytes, cap, observer) {
+            killed = Some(KillReason::Output);
+            break;
+        }
+    }
+    if let Some(tail) = splitter.map(files::Splitter::finish) {
+        if !keep_and_emit(Stream::Stdout, &mut stdout, &tail, cap, observer) {
+            killed.get_or_insert(KillReason::Output);
+        }
+    }
+    Captures {
+        stdout,
+        stderr,
+        killed,
+    }
+}
+
+/// `keep`, passing the observer the bytes kept.
+fn keep_and_emit(
+    kind: Stream,
+    stream: &mut Captured,
+    bytes: &[u8],
+    cap: usize,
+    observer: &RunWatch,
+) -> bool {
+    let room = cap.saturating_sub(stream.bytes.len());
+    observer.emit(kind, &bytes[..bytes.len().min(room)]);
+    keep(stream, bytes, cap)
 }
 
 /// Appends `bytes` to `stream` up to `cap`; false once the stream passed its cap.

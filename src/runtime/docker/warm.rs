@@ -6,11 +6,12 @@
 //! user, the policy's fixed environment). A call computes the shape its
 //! policy (tightened by the call's limits) gives, claims a ready container
 //! of that shape, and hands it the call the way the cold path does, on the
-//! container's stdin (see `workdir::warm_payload`); the container's
+//! container's stdin (see `workdir::warm_launch`); the container's
 //! bootstrap has been waiting there, with python started and what it needs
 //! imported, and runs the program in that interpreter as `python3 -s` would.
-//! Output, limits, exit status and the verdict are the cold path's own code
-//! (`DockerRuntime::collect`). The container is then removed in the
+//! Output (streamed to a watcher as it comes, under the cap), cancelling,
+//! declared output files, limits, exit status and the verdict are the cold
+//! path's own code (`DockerRuntime::collect`). The container is then removed in the
 //! background, and a refill starts in the background: the caller never
 //! waits for either. A call costs the payload's trip, the program, and the
 //! daemon's handling of the container's exit (most of the time, here).
@@ -41,9 +42,10 @@
 
 use super::usage::CgroupFiles;
 use super::workdir::{self, READY};
-use super::{DockerConfig, DockerError, DockerRuntime};
+use super::{DockerConfig, DockerError, DockerRuntime, Start};
 use crate::policy::SandboxPolicy;
-use crate::runtime::{Outcome, RunError, Runtime, Submission};
+use crate::runtime::output_files::OutputCaps;
+use crate::runtime::{Outcome, RunError, RunWatch, Runtime, Submission};
 use bollard::Docker;
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::models::ContainerCreateBody;
@@ -199,16 +201,6 @@ impl DockerWarmRuntime {
         self.docker()
     }
 
-    /// Starts filling the pool of `policy`'s shape, without waiting for it.
-    pub fn prewarm(&self, policy: &SandboxPolicy) -> Result<(), RunError> {
-        let shape = self.shape(policy)?;
-        let mut state = self.pools.lock();
-        if let Some(index) = self.pool_index(&mut state, shape) {
-            self.refill(&mut state, index);
-        }
-        Ok(())
-    }
-
     /// How many containers of `policy`'s shape wait for a call now.
     pub fn ready(&self, policy: &SandboxPolicy) -> Result<usize, RunError> {
         let shape = self.shape(policy)?;
@@ -335,6 +327,7 @@ impl DockerWarmRuntime {
         &self,
         policy: &SandboxPolicy,
         submission: &Submission,
+        observer: &RunWatch,
     ) -> Result<Outcome, RunError> {
         let docker = self.docker();
         policy
@@ -342,18 +335,21 @@ impl DockerWarmRuntime {
             .map_err(|e| RunError::InvalidSubmission(e.to_string()))?;
         let filters = docker.filters(policy)?;
         let env = policy.environment(&submission.env);
+        let caps = OutputCaps::of(&policy.limits);
         // A bad submission is refused before it takes a container.
-        let payload = workdir::warm_payload(submission, &filters.native, &env)?;
+        let launch = workdir::warm_launch(submission, &filters.native, caps, &env)?;
         let Some(waiting) = self.claim(self.shape(policy)?).await else {
-            return docker.run_async(policy, submission).await;
+            return docker.run_async(policy, submission, observer).await;
         };
-        let started = Instant::now();
-        let baseline = CgroupFiles::new(Path::new("/sys/fs/cgroup"), &waiting.id)
-            .sample()
-            .unwrap_or_default();
+        let start = Start {
+            at: Instant::now(),
+            baseline: CgroupFiles::new(Path::new("/sys/fs/cgroup"), &waiting.id)
+                .sample()
+                .unwrap_or_default(),
+        };
         let Waiting { id, io } = waiting;
         let result = docker
-            .collect(&id, &policy.limits, io, payload, started, baseline)
+            .collect(&id, &policy.limits, io, launch, start, observer)
             .await;
         self.remove_later(&mut self.pools.lock(), id);
         result
@@ -470,10 +466,30 @@ impl Runtime for DockerWarmRuntime {
         "docker-warm"
     }
 
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError> {
         self.docker()
             .rt
-            .block_on(self.run_async(policy, submission))
+            .block_on(self.run_async(policy, submission, watch))
+    }
+
+    /// Starts filling the pool of `policy`'s shape, without waiting for it.
+    fn prewarm(&self, policy: &SandboxPolicy) -> Result<(), RunError> {
+        let shape = self.shape(policy)?;
+        let mut state = self.pools.lock();
+        if let Some(index) = self.pool_index(&mut state, shape) {
+            self.refill(&mut state, index);
+        }
+        Ok(())
+    }
+
+    /// Containers waiting for a call now, all pools together.
+    fn warm_ready(&self) -> usize {
+        self.pools.lock().pools.iter().map(|p| p.ready.len()).sum()
     }
 }
 

@@ -21,18 +21,23 @@
 //! and the filters from fd 0 (unbuffered, so not one byte of the program's
 //! stdin), unpack the tar into the `/work` tmpfs as the sandbox user, install
 //! the filters with `prctl(PR_SET_SECCOMP)`, and `execv` python3 with the real
-//! command line. No process is forked.
+//! command line. No process is forked, unless output files are declared
+//! (`files`: the bootstrap then forks the program, whose process installs the
+//! filters, and reads the files' spec from fd 0 itself).
 //!
 //! A warm pool's container is started before its call exists, so its
 //! command carries nothing of a call (`--wait`): its bootstrap imports what
 //! it needs, prints `READY` on stdout and blocks on fd 0, where the call's
-//! `warm_payload` brings a header (the same parameters as the cold command's
+//! `warm_launch` brings a header (the same parameters as the cold command's
 //! argv, and the program's environment) ahead of the same bytes as above.
-//! It unpacks and installs the filters the same way, then runs the program
-//! in the interpreter that waited instead of exec'ing a second one, which
-//! saves an interpreter's start (see `bootstrap`).
+//! It unpacks, installs the filters and forks for output files the same
+//! way, then runs the program in the interpreter that waited instead of
+//! exec'ing a second one, which saves an interpreter's start (see
+//! `bootstrap`).
 
+use super::files::{COLLECTOR, OutputsSpec};
 use super::host_config::WORK_DIR;
+use crate::runtime::output_files::OutputCaps;
 use crate::runtime::{Entrypoint, InputFile, RunError, Submission};
 
 /// Exit status of the bootstrap when it could not unpack the files or install the filters.
@@ -45,46 +50,62 @@ pub const UNPACK_MESSAGE: &str = "pyward: sandbox setup failed in the container"
 pub struct Launch {
     /// argv of the container's main process (docker-init runs it as its child).
     pub cmd: Vec<String>,
-    /// The tar of the work dir (may be empty), the filters, then the submission's stdin.
+    /// The tar of the work dir (may be empty), the filters, the output
+    /// files' spec (may be empty), then the submission's stdin.
     pub stdin: Vec<u8>,
+    /// The declared output files, when there are any.
+    pub outputs: Option<OutputsSpec>,
 }
 
 /// What a waiting bootstrap prints on stdout once it is ready for its call.
 pub const READY: &[u8] = b"pyward: ready\n";
 
-/// The command of a warm pool's container: the bootstrap, waiting for its call.
+/// The command of a warm pool's container: the bootstrap, waiting for its
+/// call, with the collector of output files (a call may declare some).
 pub fn warm_cmd() -> Vec<String> {
-    ["python3", "-s", "-c", &bootstrap(), "--wait"]
+    ["python3", "-s", "-c", &bootstrap(true), "--wait"]
         .map(str::to_owned)
         .to_vec()
 }
 
-/// The bytes a waiting bootstrap reads: a header of ten decimal digits (the
-/// length of the JSON that follows), the JSON `{"argv": [...], "env": {...}}`
-/// (the parameters the cold command carries on its argv, and the program's
-/// environment, which the bootstrap lays over its own as Docker lays a
-/// container's over the image's), then what `launch` sends on stdin.
-pub fn warm_payload(
+/// What a waiting bootstrap reads for `submission`: a header of ten decimal
+/// digits (the length of the JSON that follows), the JSON `{"argv": [...],
+/// "env": {...}}` (the parameters the cold command carries on its argv, and
+/// the program's environment, which the bootstrap lays over its own as
+/// Docker lays a container's over the image's), then what `launch` sends on
+/// stdin. The command is the pool's (`warm_cmd`).
+pub fn warm_launch(
     submission: &Submission,
     filters: &[Vec<u8>],
+    caps: OutputCaps,
     env: &[(String, String)],
-) -> Result<Vec<u8>, RunError> {
-    let launch = launch(submission, filters)?;
+) -> Result<Launch, RunError> {
+    let cold = launch(submission, filters, caps)?;
     let env: serde_json::Map<String, serde_json::Value> = env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone().into()))
         .collect();
-    let header = serde_json::json!({ "argv": launch.cmd[4..], "env": env }).to_string();
-    let mut payload = format!("{:010}", header.len()).into_bytes();
-    payload.extend_from_slice(header.as_bytes());
-    payload.extend_from_slice(&launch.stdin);
-    Ok(payload)
+    let header = serde_json::json!({ "argv": cold.cmd[4..], "env": env }).to_string();
+    let mut stdin = format!("{:010}", header.len()).into_bytes();
+    stdin.extend_from_slice(header.as_bytes());
+    stdin.extend_from_slice(&cold.stdin);
+    Ok(Launch {
+        cmd: warm_cmd(),
+        stdin,
+        outputs: cold.outputs,
+    })
 }
 
 /// The command and stdin for `submission`, the program's process to install
-/// `filters` (raw `struct sock_filter` arrays, in order) before it execs.
-pub fn launch(submission: &Submission, filters: &[Vec<u8>]) -> Result<Launch, RunError> {
+/// `filters` (raw `struct sock_filter` arrays, in order) before it execs, and
+/// the declared output files to come back under `caps`.
+pub fn launch(
+    submission: &Submission,
+    filters: &[Vec<u8>],
+    caps: OutputCaps,
+) -> Result<Launch, RunError> {
     let python = python_argv(submission)?;
+    let outputs = OutputsSpec::new(submission, caps)?;
     let mut stdin = if submission.files.is_empty() {
         Vec::new()
     } else {
@@ -95,31 +116,41 @@ pub fn launch(submission: &Submission, filters: &[Vec<u8>]) -> Result<Launch, Ru
     for filter in filters {
         stdin.extend_from_slice(filter);
     }
+    let spec = outputs.as_ref().map(OutputsSpec::json).unwrap_or_default();
+    stdin.extend_from_slice(&spec);
     stdin.extend_from_slice(&submission.stdin);
     let mut cmd = vec![
         "python3".to_owned(),
         "-s".to_owned(),
         "-c".to_owned(),
-        bootstrap(),
+        bootstrap(outputs.is_some()),
     ];
     cmd.push(tar_len.to_string());
     cmd.push(filter_lens.join(","));
+    cmd.push(spec.len().to_string());
     cmd.extend(python);
-    Ok(Launch { cmd, stdin })
+    Ok(Launch {
+        cmd,
+        stdin,
+        outputs,
+    })
 }
 
-/// argv[1]: the tar's length; argv[2]: the filters' lengths; argv[3:]: the
-/// program's command line. Reads them from fd 0, unpacks, installs, execs.
+/// argv[1]: the tar's length; argv[2]: the filters' lengths; argv[3]: the
+/// output files' spec's length; argv[4:]: the program's command line. Reads
+/// the tar and the filters from fd 0, unpacks, installs, execs (or, with
+/// output files, goes on with `files::COLLECTOR`, which `collector` adds).
 ///
 /// With `--wait` alone, imports first, says `READY`, and reads those
-/// parameters and the environment from fd 0 too (see `warm_payload`); then,
+/// parameters and the environment from fd 0 too (see `warm_launch`); then,
 /// instead of starting a second interpreter, runs the program in its own as
 /// `python3 -s -c CODE` or `python3 -s FILE` would: the call's environment,
 /// a fresh `__main__`, `sys.argv` and `sys.path[0]`, the program's own
 /// traceback, `SystemExit` and `KeyboardInterrupt` as python3 handles them,
 /// and a normal interpreter shutdown (threads joined, atexit, flushes).
-fn bootstrap() -> String {
+fn bootstrap(collector: bool) -> String {
     let ready = String::from_utf8_lossy(READY).escape_default().to_string();
+    let collector = if collector { COLLECTOR } else { "" };
     format!(
         r#"import os, sys
 def take(n):
@@ -129,22 +160,9 @@ def take(n):
         if not chunk: raise EOFError("short input")
         buf += chunk
     return bytes(buf)
-env = os.environ
-warm = sys.argv[1:] == ["--wait"]
-if warm:
-    import ctypes, io, json, tarfile, types
-    os.write(1, b"{ready}")
-try:
-    if warm:
-        header = json.loads(take(int(take(10))))
-        sys.argv[1:] = header["argv"]
-        env = dict(os.environ, **header["env"])
-    tar = take(int(sys.argv[1]))
-    filters = [take(int(n)) for n in sys.argv[2].split(",") if n]
-    if tar:
-        import io, tarfile
-        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-            t.extractall("{WORK_DIR}")
+def fail(e):
+    os.write(2, b"{UNPACK_MESSAGE}: " + repr(e).encode() + b"\n"); os._exit({UNPACK_FAILED})
+def install_filters():
     if filters:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -153,12 +171,28 @@ try:
         for f in filters:
             if libc.prctl(22, 2, ctypes.byref(Prog(len(f) // 8, f)), 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+env = os.environ
+warm = sys.argv[1:] == ["--wait"]
+if warm:
+    import ctypes, errno, io, json, signal, stat, struct, tarfile, time, types
+    os.write(1, b"{ready}")
+try:
+    if warm:
+        header = json.loads(take(int(take(10))))
+        sys.argv[1:] = header["argv"]
+        env = dict(os.environ, **header["env"])
+    tar = take(int(sys.argv[1]))
+    filters = [take(int(n)) for n in sys.argv[2].split(",") if n]
+    spec_len = int(sys.argv[3])
+    if tar:
+        import io, tarfile
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            t.extractall("{WORK_DIR}")
+    del tar
+    if not spec_len:
+        install_filters()
 except BaseException as e:
-    os.write(2, b"{UNPACK_MESSAGE}: " + repr(e).encode() + b"\n"); os._exit({UNPACK_FAILED})
-if not warm:
-    os.execve("/usr/bin/python3", sys.argv[3:], env)
-del tar, filters
-os.environ.clear(); os.environ.update(env)
+    fail(e)
 def run(argv):
     main = types.ModuleType("__main__")
     main.__builtins__ = __builtins__
@@ -185,7 +219,15 @@ def run(argv):
                 except Exception: pass
             signal.signal(signal.SIGINT, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGINT)
         sys.exit(1)
-run(sys.argv[5:])"#
+def program():
+    if not warm:
+        os.execve("/usr/bin/python3", sys.argv[4:], env)
+    os.environ.clear(); os.environ.update(env)
+    run(sys.argv[6:])
+if not spec_len:
+    program()
+    sys.exit(0)
+{collector}"#
     )
 }
 
@@ -280,6 +322,11 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    const CAPS: OutputCaps = OutputCaps {
+        per_file: 1 << 20,
+        total: 16 << 20,
+    };
+
     fn file(path: &str, contents: &[u8]) -> InputFile {
         InputFile {
             path: path.to_owned(),
@@ -342,11 +389,13 @@ mod tests {
         submission.args = vec!["a".into()];
         submission.stdin = b"in".to_vec();
         let filters = [vec![1u8; 16], vec![2u8; 8]];
-        let launch = launch(&submission, &filters).unwrap();
+        let launch = launch(&submission, &filters, CAPS).unwrap();
         assert_eq!(&launch.cmd[..3], ["python3", "-s", "-c"]);
-        assert_eq!(&launch.cmd[4..6], ["0", "16,8"]);
-        assert_eq!(&launch.cmd[6..], ["python3", "-s", "-c", "print(1)", "a"]);
+        assert_eq!(&launch.cmd[4..7], ["0", "16,8", "0"]);
+        assert_eq!(&launch.cmd[7..], ["python3", "-s", "-c", "print(1)", "a"]);
         assert_eq!(launch.stdin, [&[1u8; 16][..], &[2u8; 8], b"in"].concat());
+        assert!(launch.outputs.is_none());
+        assert!(!launch.cmd[3].contains("os.fork"));
     }
 
     #[test]
@@ -355,12 +404,13 @@ mod tests {
         submission.entrypoint = Entrypoint::File("main.py".into());
         submission.files = vec![file("main.py", b"print(input())\n")];
         submission.stdin = b"hello\n".to_vec();
-        let launch = launch(&submission, &[vec![7u8; 8]]).unwrap();
+        let launch = launch(&submission, &[vec![7u8; 8]], CAPS).unwrap();
         let tar = work_tar(&submission.files).unwrap();
         assert_eq!(&launch.cmd[..3], ["python3", "-s", "-c"]);
         assert_eq!(launch.cmd[4], tar.len().to_string());
         assert_eq!(launch.cmd[5], "8");
-        assert_eq!(&launch.cmd[6..], ["python3", "-s", "main.py"]);
+        assert_eq!(launch.cmd[6], "0");
+        assert_eq!(&launch.cmd[7..], ["python3", "-s", "main.py"]);
         assert_eq!(
             launch.stdin,
             [tar.as_slice(), &[7u8; 8], b"hello\n"].concat()
@@ -368,24 +418,68 @@ mod tests {
     }
 
     #[test]
-    fn a_warm_payload_is_a_sized_header_then_what_the_cold_stdin_holds() {
+    fn a_warm_launch_is_a_sized_header_then_what_the_cold_stdin_holds() {
         let mut submission = Submission::code("print(input())");
         submission.stdin = b"hi\n".to_vec();
         let env = [("LANG".to_owned(), "C.UTF-8".to_owned())];
-        let payload = warm_payload(&submission, &[vec![7u8; 8]], &env).unwrap();
-        let len: usize = std::str::from_utf8(&payload[..10])
-            .unwrap()
-            .parse()
-            .unwrap();
-        let header: serde_json::Value = serde_json::from_slice(&payload[10..10 + len]).unwrap();
-        let cold = launch(&submission, &[vec![7u8; 8]]).unwrap();
+        let warm = warm_launch(&submission, &[vec![7u8; 8]], CAPS, &env).unwrap();
+        let (header, rest) = warm_header(&warm.stdin);
+        let cold = launch(&submission, &[vec![7u8; 8]], CAPS).unwrap();
         assert_eq!(header["argv"], serde_json::json!(cold.cmd[4..]));
         assert_eq!(header["env"], serde_json::json!({"LANG": "C.UTF-8"}));
-        assert_eq!(&payload[10 + len..], cold.stdin.as_slice());
-        let wait = warm_cmd();
-        assert_eq!(wait[..3], ["python3", "-s", "-c"]);
-        assert_eq!(wait[3], cold.cmd[3], "one bootstrap for both");
-        assert_eq!(wait[4..], ["--wait"]);
+        assert_eq!(rest, cold.stdin.as_slice());
+        assert!(warm.outputs.is_none());
+        assert_eq!(warm.cmd[..3], ["python3", "-s", "-c"]);
+        assert_eq!(warm.cmd[4..], ["--wait"]);
+        // One bootstrap for both, with the collector: a call may declare files.
+        submission.outputs = vec!["out.txt".into()];
+        let cold = launch(&submission, &[vec![7u8; 8]], CAPS).unwrap();
+        assert_eq!(warm.cmd[3], cold.cmd[3]);
+        assert!(warm.cmd[3].contains("os.fork"));
+    }
+
+    /// The JSON header of a warm launch's stdin, and the bytes after it.
+    fn warm_header(stdin: &[u8]) -> (serde_json::Value, &[u8]) {
+        let len: usize = std::str::from_utf8(&stdin[..10]).unwrap().parse().unwrap();
+        let header = serde_json::from_slice(&stdin[10..10 + len]).unwrap();
+        (header, &stdin[10 + len..])
+    }
+
+    #[test]
+    fn a_warm_launch_with_output_files_sends_their_spec_where_the_cold_one_does() {
+        let mut submission = Submission::code("pass");
+        submission.outputs = vec!["result.json".into()];
+        submission.stdin = b"in".to_vec();
+        let warm = warm_launch(&submission, &[vec![7u8; 8]], CAPS, &[]).unwrap();
+        let spec = warm.outputs.as_ref().unwrap().json();
+        let (header, rest) = warm_header(&warm.stdin);
+        assert_eq!(header["argv"][2], spec.len().to_string());
+        assert_eq!(rest, [&[7u8; 8][..], &spec, b"in"].concat());
+        // The marker is on stdin only, never in the container's argv.
+        let marker = &warm.outputs.as_ref().unwrap().marker;
+        let argv = warm.cmd.concat().into_bytes();
+        assert!(!argv.windows(marker.len()).any(|w| w == marker.as_slice()));
+    }
+
+    #[test]
+    fn output_files_put_their_spec_after_the_filters_and_the_collector_in_the_script() {
+        let mut submission = Submission::code("pass");
+        submission.outputs = vec!["result.json".into()];
+        submission.stdin = b"in".to_vec();
+        let launch = launch(&submission, &[vec![7u8; 8]], CAPS).unwrap();
+        let spec = launch.outputs.as_ref().unwrap().json();
+        assert_eq!(launch.cmd[6], spec.len().to_string());
+        assert_eq!(launch.stdin, [&[7u8; 8][..], &spec, b"in"].concat());
+        assert!(launch.cmd[3].contains("os.fork"));
+        // The marker travels on stdin only: the program can read argv in /proc.
+        let marker = &launch.outputs.as_ref().unwrap().marker;
+        let argv = launch.cmd.concat().into_bytes();
+        assert!(!argv.windows(marker.len()).any(|w| w == marker.as_slice()));
+        submission.outputs = vec!["../etc/passwd".into()];
+        assert!(matches!(
+            super::launch(&submission, &[], CAPS),
+            Err(RunError::InvalidSubmission(_))
+        ));
     }
 
     #[test]
@@ -393,7 +487,7 @@ mod tests {
         let mut submission = Submission::code("");
         submission.entrypoint = Entrypoint::File("main.py".into());
         assert!(matches!(
-            launch(&submission, &[]),
+            launch(&submission, &[], CAPS),
             Err(RunError::InvalidSubmission(_))
         ));
     }

@@ -3,6 +3,7 @@
 //! multi-threaded parent, so it only makes raw syscalls on the prepared
 //! [`Plan`]: no allocation, no locks, no logging.
 
+use super::outputs;
 use super::plan::{Bind, FileWrite, HOSTNAME, Plan};
 use super::status::{Message, Step};
 use crate::sys;
@@ -28,6 +29,8 @@ pub struct ChildFds {
     pub go: RawFd,
     /// A pidfd of pyward's own process, to notice that it died.
     pub parent: RawFd,
+    /// The memfd for the declared output files' records, or -1 when none are declared.
+    pub files: RawFd,
 }
 
 /// Where the status pipe sits in the payload once stdio is in place.
@@ -73,6 +76,9 @@ pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
         report(fds.status, Message::setup_failed(failed, errno));
         exit(1);
     }
+    // The root before the payload's pivot_root, to check that it moved before
+    // reading output files.
+    let host_root = sys::files::identity(c"/").ok();
     let payload_pid = match sys::clone::clone(sys::clone::CloneArgs::default()) {
         Ok(sys::clone::Cloned::Child) => payload(plan, fds),
         Ok(sys::clone::Cloned::Parent { pid, .. }) => pid,
@@ -82,10 +88,13 @@ pub fn stub(plan: &Plan, fds: ChildFds) -> ! {
             exit(1);
         }
     };
-    // The payload owns stdio now. The stub keeps only the status pipe, and is
-    // not dumpable, so the program cannot reach pyward's fds through /proc/1.
-    let status = keep_only_status(fds.status);
+    // The payload owns stdio now. The stub keeps only the status pipe and the
+    // output files' memfd, and is not dumpable, so the program cannot reach
+    // pyward's fds through /proc/1.
+    let (status, files) = keep_only_status(fds.status, fds.files);
     let reaped = reap_until_payload_ends(payload_pid);
+    // The declared output files, before pyward hears that the program ended.
+    outputs::collect(plan, files, host_root);
     // What it used, then how it ended: the parent may stop watching after that.
     report(
         status,
@@ -133,29 +142,32 @@ fn stub_setup(fds: ChildFds) -> StepResult {
 /// Where the stub keeps its run's fds: above stdio and the payload's status fd.
 const OWN_FDS_BASE: RawFd = 10;
 
-/// Moves this run's six fds to `OWN_FDS_BASE..+6` and closes every other fd
-/// from 3 up. Allocation-free.
+/// Moves this run's seven fds to `OWN_FDS_BASE..+7` (an absent one, -1,
+/// stays absent) and closes every other fd from 3 up. Allocation-free.
 fn keep_only_own_fds(fds: ChildFds) -> nix::Result<ChildFds> {
     let own = [
-        fds.stdin, fds.stdout, fds.stderr, fds.status, fds.go, fds.parent,
+        fds.stdin, fds.stdout, fds.stderr, fds.status, fds.go, fds.parent, fds.files,
     ];
     // Copies above every source and every target first, so that no move
     // below lands on something not yet moved.
-    let above = own.iter().copied().max().unwrap_or(0).max(OWN_FDS_BASE + 5) + 1;
-    let mut high = [0; 6];
-    for (slot, fd) in high.iter_mut().zip(own) {
+    let last_target = OWN_FDS_BASE + own.len() as RawFd - 1;
+    let above = own.iter().copied().max().unwrap_or(0).max(last_target) + 1;
+    let mut high = [-1; 7];
+    for (slot, fd) in high.iter_mut().zip(own).filter(|(_, fd)| *fd >= 0) {
         *slot = rawfd::dup_at_least(fd, above)?;
     }
-    let mut moved = [0; 6];
+    let mut moved = [-1; 7];
     for (i, (slot, fd)) in moved.iter_mut().zip(high).enumerate() {
-        *slot = OWN_FDS_BASE + i as RawFd;
-        rawfd::dup_to(fd, *slot, true)?;
+        if fd >= 0 {
+            *slot = OWN_FDS_BASE + i as RawFd;
+            rawfd::dup_to(fd, *slot, true)?;
+        }
     }
     for fd in 3..OWN_FDS_BASE {
         rawfd::close(fd);
     }
     sys::process::close_fds_from(OWN_FDS_BASE + own.len() as RawFd)?;
-    let [stdin, stdout, stderr, status, go, parent] = moved;
+    let [stdin, stdout, stderr, status, go, parent, files] = moved;
     Ok(ChildFds {
         stdin,
         stdout,
@@ -163,23 +175,34 @@ fn keep_only_own_fds(fds: ChildFds) -> nix::Result<ChildFds> {
         status,
         go,
         parent,
+        files,
     })
 }
 
-/// Closes every fd but the status pipe (moved to fd 3) and makes the stub
-/// undumpable. Best effort: the stub reports the payload's status regardless.
-fn keep_only_status(status: RawFd) -> RawFd {
+/// Where the stub keeps the output files' memfd once the payload runs.
+const FILES_FD: RawFd = STATUS_FD + 1;
+
+/// Closes every fd but the status pipe (moved to fd 3) and the output
+/// files' memfd (fd 4, when there is one), and makes the stub undumpable.
+/// Best effort: the stub reports the payload's status regardless.
+fn keep_only_status(status: RawFd, files: RawFd) -> (RawFd, RawFd) {
     let _ = nix::sys::prctl::set_dumpable(false);
+    // Both sit at OWN_FDS_BASE and above, clear of fds 3 and 4.
     let kept = if status == STATUS_FD || rawfd::dup_to(status, STATUS_FD, true).is_ok() {
         STATUS_FD
     } else {
-        return status;
+        return (status, files);
+    };
+    let files = if files >= 0 && rawfd::dup_to(files, FILES_FD, true).is_ok() {
+        FILES_FD
+    } else {
+        -1
     };
     for fd in 0..STATUS_FD {
         rawfd::close(fd);
     }
-    let _ = sys::process::close_fds_from(STATUS_FD + 1);
-    kept
+    let _ = sys::process::close_fds_from(if files < 0 { FILES_FD } else { FILES_FD + 1 });
+    (kept, files)
 }
 
 fn become_namespace_root() -> nix::Result<()> {

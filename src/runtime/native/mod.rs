@@ -3,11 +3,13 @@
 //!
 //! `plan` prepares every byte the sandbox needs, `child` is the sandbox's own
 //! setup (the pid-1 stub and the payload), `supervise` is the parent's watch,
-//! `verdict` turns what was seen into a verdict. Raw syscalls live in `sys`.
+//! `verdict` turns what was seen into a verdict, `outputs` brings the
+//! declared output files back. Raw syscalls live in `sys`.
 //! `warm` is the opt-in warm path: calls forked from a sandboxed zygote
 //! interpreter (`zygote.py`) instead of a fresh one.
 
 mod child;
+mod outputs;
 mod plan;
 mod status;
 mod supervise;
@@ -16,7 +18,7 @@ mod warm;
 
 pub use warm::{WarmConfig, WarmRuntime};
 
-use super::{Outcome, RunError, Runtime, Submission};
+use super::{Outcome, RunError, RunWatch, Runtime, Submission};
 use crate::arch::Arch;
 use crate::policy::{DeniedAction, Network, SandboxPolicy};
 use crate::seccomp::{self, Allowlist, SeccompError, SeccompProgram};
@@ -228,7 +230,12 @@ impl Runtime for NativeRuntime {
         "native"
     }
 
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError> {
         let seccomp = self.seccomp(policy)?;
         let plan = plan::Plan::new(&self.config, policy, submission, seccomp)?;
         let loopback = policy.network == Network::Loopback;
@@ -238,7 +245,7 @@ impl Runtime for NativeRuntime {
         cgroup
             .set_limits(&cgroup_limits(limits))
             .map_err(NativeError::from)?;
-        let ran = supervise::run(&netns, &plan, limits, &cgroup, &submission.stdin, self.ids);
+        let ran = supervise::run(&netns, &plan, limits, &cgroup, submission, self.ids, watch);
         match ran {
             Ok((outcome, Some(stub))) => {
                 self.reaper.finish(Leftover {

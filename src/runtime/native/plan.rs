@@ -2,7 +2,9 @@
 //! setup needs, prepared in the parent so that the child allocates nothing.
 
 use super::NativeConfig;
+use super::outputs::OutputPlan;
 use crate::policy::SandboxPolicy;
+use crate::runtime::output_files::OutputCaps;
 use crate::runtime::{Entrypoint, RunError, Submission};
 use crate::seccomp::SeccompProgram;
 use nix::mount::MsFlags;
@@ -49,6 +51,8 @@ pub struct Plan {
     pub work_dirs: Vec<CString>,
     pub work_files: Vec<FileWrite>,
     pub cwd: CString,
+    /// The declared output files, which the stub reads after the program (`outputs`).
+    pub outputs: OutputPlan,
     pub rlimits: Vec<(Resource, u64, u64)>,
     pub uid: u32,
     pub gid: u32,
@@ -151,6 +155,7 @@ impl Plan {
             .collect();
 
         let (work_dirs, work_files) = work_files(submission, &root, limits.tmpfs.bytes())?;
+        let outputs = OutputPlan::new(&submission.outputs, OutputCaps::of(limits))?;
         let argv = argv(config, submission)?;
         let envp: Vec<CString> = policy
             .environment(&submission.env)
@@ -181,6 +186,7 @@ impl Plan {
             work_dirs,
             work_files,
             cwd: cstring(WORK_DIR),
+            outputs,
             rlimits: rlimits(limits),
             uid,
             gid,

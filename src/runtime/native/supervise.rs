@@ -3,11 +3,14 @@
 
 use super::NativeError;
 use super::child::{self, ChildFds};
+use super::outputs;
 use super::plan::Plan;
 use super::status::{MESSAGE_LEN, Message};
 use super::verdict::{self, KillReason, Observed};
 use crate::policy::Limits;
-use crate::runtime::{Captured, Outcome, Usage};
+use crate::runtime::output_files::OutputCaps;
+use crate::runtime::watch::CancelGuard;
+use crate::runtime::{Captured, Outcome, RunWatch, Stream as Output, Submission, Usage};
 use crate::sys;
 use crate::sys::cgroup::{Cgroup, CgroupError, Counters};
 use nix::fcntl::OFlag;
@@ -17,6 +20,8 @@ use nix::unistd::pipe2;
 use std::fs;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How pyward maps the sandbox's ids onto the host's: ids 0..65536 inside
@@ -28,22 +33,28 @@ pub struct IdMap {
 
 /// Runs the plan inside `cgroup` until the program has ended. The stub may
 /// still be exiting: it comes back with the outcome, to be reaped (before
-/// `cgroup` and `netns` are reused).
+/// `cgroup` and `netns` are reused). `submission` gives the stdin and the
+/// declared output files (its program is in `plan`).
 pub fn run(
     netns: &OwnedFd,
     plan: &Plan,
     limits: &Limits,
     cgroup: &Cgroup,
-    stdin: &[u8],
+    submission: &Submission,
     ids: IdMap,
+    observer: &RunWatch,
 ) -> Result<(Outcome, Option<Stub>), NativeError> {
-    let io = StdioPipes::new(stdin)?;
+    let io = StdioPipes::new(&submission.stdin)?;
+    let files = outputs::records_memfd(plan)?;
     let before = cgroup.counters()?;
     // The slot is reused: its CPU counter starts where the last run left it.
     let cpu_before = cgroup.cpu_usage()?;
     let clone_target = cgroup.clone_target()?;
     let flags = sandbox_clone_flags(clone_target.is_some());
-    let fds = io.child_fds();
+    let fds = ChildFds {
+        files: files.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        ..io.child_fds()
+    };
     let started = Instant::now();
     let args = sys::clone::CloneArgs {
         flags,
@@ -60,7 +71,7 @@ pub fn run(
         return Err(error);
     }
     let cpu_used = || cgroup.cpu_usage().map(|now| now.saturating_sub(cpu_before));
-    let watched = watch(&parent, &pidfd, limits, &cpu_used, started);
+    let watched = watch(&parent, &pidfd, limits, &cpu_used, started, observer);
     let wall = started.elapsed();
     let stub = Stub { pid, pidfd };
     // A stub that is gone is reaped now (its rusage covers a payload it could
@@ -76,7 +87,14 @@ pub fn run(
             )
         }
     };
-    let outcome = outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+    let last = watched.message;
+    let mut outcome = outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+    outcome.files = outputs::read_records(
+        files.as_ref(),
+        last,
+        &submission.outputs,
+        OutputCaps::of(limits),
+    );
     Ok((outcome, stub))
 }
 
@@ -121,6 +139,9 @@ pub(super) fn outcome(
             peak_memory_bytes: usage.1,
         },
         message,
+        image: None,
+        arch: None,
+        files: Vec::new(),
     })
 }
 
@@ -246,6 +267,7 @@ impl StdioPipes {
             status: self.status.1.as_raw_fd(),
             go: self.go.0.as_raw_fd(),
             parent: self.parent.as_raw_fd(),
+            files: -1,
         }
     }
 
@@ -262,22 +284,25 @@ impl StdioPipes {
 
 /// A captured stream with its cap.
 struct Stream {
+    kind: Output,
     captured: Captured,
     cap: usize,
     open: bool,
 }
 
 impl Stream {
-    fn new(cap: u64) -> Stream {
+    fn new(kind: Output, cap: u64) -> Stream {
         Stream {
+            kind,
             captured: Captured::default(),
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             open: true,
         }
     }
 
-    /// Reads what is available; returns true when the cap was passed.
-    fn drain(&mut self, fd: &OwnedFd) -> bool {
+    /// Reads what is available and hands what it keeps to `observer` as it
+    /// goes; returns true when the cap was passed.
+    fn drain(&mut self, fd: &OwnedFd, observer: &RunWatch) -> bool {
         let mut buf = [0u8; 64 * 1024];
         let mut file = fs::File::from(fd.try_clone().expect("dup of a pipe fd"));
         let mut over = false;
@@ -289,7 +314,9 @@ impl Stream {
                 }
                 Ok(n) => {
                     let room = self.cap.saturating_sub(self.captured.bytes.len());
-                    self.captured.bytes.extend_from_slice(&buf[..n.min(room)]);
+                    let kept = &buf[..n.min(room)];
+                    self.captured.bytes.extend_from_slice(kept);
+                    observer.emit(self.kind, kept);
                     if n > room {
                         self.captured.truncated = true;
                         over = true;
@@ -316,18 +343,21 @@ pub(super) struct Watched {
 
 /// Polls the pipes and the pidfd until the payload has ended (the stub said
 /// so, or the stub is gone) and stdout and stderr are at EOF, killing the
-/// sandbox when a limit is passed. Does not wait for the stub's own exit,
-/// whose namespace teardown costs a few hundred microseconds.
+/// sandbox when a limit is passed or the observer's token is cancelled.
+/// Output goes to the observer as it is read. Does not wait for the stub's
+/// own exit, whose namespace teardown costs a few hundred microseconds.
 pub(super) fn watch(
     pipes: &ParentSide,
     pidfd: &OwnedFd,
     limits: &Limits,
     cpu_used: &dyn Fn() -> Result<Duration, CgroupError>,
     started: Instant,
+    observer: &RunWatch,
 ) -> Watched {
     let (stdout, stderr, status) = (&pipes.stdout, &pipes.stderr, &pipes.status);
-    let mut out = Stream::new(limits.output.bytes());
-    let mut err = Stream::new(limits.output.bytes());
+    let mut out = Stream::new(Output::Stdout, limits.output.bytes());
+    let mut err = Stream::new(Output::Stderr, limits.output.bytes());
+    let cancel = CancelKill::arm(observer, pidfd);
     let mut status_bytes = Vec::new();
     let mut status_open = true;
     let mut exited = false;
@@ -342,6 +372,10 @@ pub(super) fn watch(
         }
     };
     loop {
+        if cancel.fired() && killed.is_none() && ended_at.is_none() {
+            // The canceller has sent the SIGKILL; the pidfd and the pipes tell the rest.
+            killed = Some(KillReason::Cancelled);
+        }
         let now = Instant::now();
         let reported = payload_ended(&status_bytes);
         if (reported || exited) && ended_at.is_none() {
@@ -401,8 +435,8 @@ pub(super) fn watch(
         drop(fds);
         for slot in ready {
             match slot {
-                0 if out.drain(stdout) => kill(KillReason::Output, &mut killed),
-                1 if err.drain(stderr) => kill(KillReason::Output, &mut killed),
+                0 if out.drain(stdout, observer) => kill(KillReason::Output, &mut killed),
+                1 if err.drain(stderr, observer) => kill(KillReason::Output, &mut killed),
                 2 => status_open = read_status(status, &mut status_bytes),
                 3 => exited = true,
                 _ => {}
@@ -416,6 +450,43 @@ pub(super) fn watch(
         usage: reported_usage(&status_bytes),
         killed,
         exited,
+    }
+}
+
+/// The kill a cancel token sends: a SIGKILL to the sandbox's pid 1 (which
+/// takes its whole pid namespace down) from the cancelling thread, which also
+/// wakes the watch through the pidfd and the pipes. Unregistered on drop.
+struct CancelKill {
+    fired: Arc<AtomicBool>,
+    _guard: Option<CancelGuard>,
+}
+
+impl CancelKill {
+    fn arm(observer: &RunWatch, pidfd: &OwnedFd) -> CancelKill {
+        let fired = Arc::new(AtomicBool::new(false));
+        let guard = observer.cancel_token().and_then(|token| {
+            // The waker outlives this borrow of the pidfd: it keeps its own.
+            let pidfd = match pidfd.try_clone() {
+                Ok(pidfd) => pidfd,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot duplicate the sandbox's pidfd: this run cannot be cancelled");
+                    return None;
+                }
+            };
+            let flag = fired.clone();
+            Some(token.on_cancel(move || {
+                flag.store(true, Ordering::SeqCst);
+                let _ = sys::process::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            }))
+        });
+        CancelKill {
+            fired,
+            _guard: guard,
+        }
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 }
 

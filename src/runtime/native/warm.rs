@@ -11,12 +11,14 @@
 //! capabilities, no_new_privs and its seccomp filters before its program runs,
 //! and is watched by `supervise::watch` like a cold run.
 
+use super::outputs;
 use super::plan::{self, Plan, WORK_DIR};
 use super::status::{MESSAGE_LEN, Message, Step};
 use super::supervise::{self, ParentSide, Stub, Watched};
 use super::{NativeError, NativeRuntime};
 use crate::policy::{Network, SandboxPolicy};
-use crate::runtime::{Entrypoint, Outcome, RunError, Runtime, Submission};
+use crate::runtime::output_files::{self, OutputCaps};
+use crate::runtime::{Entrypoint, Outcome, RunError, RunWatch, Runtime, Submission};
 use crate::sys;
 use crate::sys::cgroup::{Cgroup, CgroupLimits};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -35,17 +37,31 @@ const ZYGOTE_SCRIPT: &str = include_str!("zygote.py");
 const ZYGOTE_START: Duration = Duration::from_secs(30);
 
 /// Settings of the warm path.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WarmConfig {
     /// Modules every zygote imports before it forks (site is always there).
     pub modules: Vec<String>,
+    /// Most zygotes kept at once (one per sandbox user and base environment
+    /// in use); starting one more stops the one used least recently.
+    pub max_zygotes: usize,
+}
+
+impl Default for WarmConfig {
+    fn default() -> Self {
+        WarmConfig {
+            modules: Vec::new(),
+            max_zygotes: 8,
+        }
+    }
 }
 
 /// The native runtime's warm path: calls fork from a pre-initialised,
 /// sandboxed interpreter instead of starting a fresh one.
 pub struct WarmRuntime {
     native: Arc<NativeRuntime>,
-    zygotes: Mutex<HashMap<ZygoteKey, Arc<Zygote>>>,
+    /// The zygotes, each with when a call last used it.
+    zygotes: Mutex<HashMap<ZygoteKey, (Arc<Zygote>, Instant)>>,
+    max_zygotes: usize,
     /// Starts zygotes on a thread of its own (see [`Spawner`]).
     spawner: Spawner,
     /// Frees each call's cgroup slot once the call's processes are gone.
@@ -67,6 +83,7 @@ impl WarmRuntime {
             .ok();
         let native = Arc::new(native);
         WarmRuntime {
+            max_zygotes: config.max_zygotes.max(1),
             spawner: Spawner::new(native.clone(), config),
             native,
             zygotes: Mutex::default(),
@@ -87,7 +104,7 @@ impl WarmRuntime {
             .zygotes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for zygote in zygotes.values() {
+        for (zygote, _) in zygotes.values() {
             let _ = sys::process::pidfd_send_signal(zygote.stub.pidfd.as_fd(), libc::SIGKILL);
             let mut fds = [PollFd::new(zygote.stub.pidfd.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, PollTimeout::from(5000u16));
@@ -104,15 +121,38 @@ impl WarmRuntime {
             .zygotes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(zygote) = zygotes.get(&key)
+        if let Some((zygote, used)) = zygotes.get_mut(&key)
             && !restart
             && zygote.alive()
         {
+            *used = Instant::now();
             return Ok(zygote.clone());
         }
+        if !zygotes.contains_key(&key) && zygotes.len() >= self.max_zygotes {
+            // Calls in flight keep theirs alive; it stops with the last of them.
+            let oldest = zygotes
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                zygotes.remove(&oldest);
+            }
+        }
         let zygote = Arc::new(self.spawner.start(policy)?);
-        zygotes.insert(key, zygote.clone());
+        zygotes.insert(key, (zygote.clone(), Instant::now()));
         Ok(zygote)
+    }
+
+    /// Zygotes running now, ready to fork a call.
+    pub fn zygotes(&self) -> usize {
+        let zygotes = self
+            .zygotes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        zygotes
+            .values()
+            .filter(|(zygote, _)| zygote.alive())
+            .count()
     }
 
     fn finish(&self, finished: Finished) {
@@ -192,7 +232,20 @@ impl Runtime for WarmRuntime {
         "native-warm"
     }
 
-    fn run(&self, policy: &SandboxPolicy, submission: &Submission) -> Result<Outcome, RunError> {
+    fn prewarm(&self, policy: &SandboxPolicy) -> Result<(), RunError> {
+        self.prestart(policy)
+    }
+
+    fn warm_ready(&self) -> usize {
+        self.zygotes()
+    }
+
+    fn run_watched(
+        &self,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError> {
         let request = Request::new(&self.native, policy, submission)?;
         let cgroup = self.native.cgroups.acquire().map_err(NativeError::from)?;
         cgroup
@@ -200,7 +253,7 @@ impl Runtime for WarmRuntime {
             .map_err(NativeError::from)?;
         let loopback = policy.network == Network::Loopback;
         let mut zygote = self.zygote(policy, false)?;
-        let mut call = Call::new(&submission.stdin)?;
+        let mut call = Call::new(&submission.stdin, !request.outputs.is_empty())?;
         let mut netns = zygote.take_netns(loopback);
         let started = Instant::now();
         if zygote.fork(&call, netns.as_ref()).is_err() {
@@ -216,7 +269,7 @@ impl Runtime for WarmRuntime {
                 })?;
         }
         call.close_child_ends();
-        let ran = call.run(&request, &cgroup, &policy.limits, started)?;
+        let ran = call.run(&request, &cgroup, &policy.limits, started, watch)?;
         // A network namespace is reused only when the call's pid 1 was in
         // the cgroup, whose emptiness then proves every user of it gone.
         let netns = ran
@@ -332,6 +385,7 @@ impl Zygote {
             status: status.1.as_raw_fd(),
             go: go.0.as_raw_fd(),
             parent: parent.as_raw_fd(),
+            files: -1,
         };
         let clone_target = cgroup.clone_target().map_err(NativeError::from)?;
         let flags = super::supervise::sandbox_clone_flags(clone_target.is_some());
@@ -394,14 +448,17 @@ impl Zygote {
             child.stdout.as_raw_fd(),
             child.stderr.as_raw_fd(),
         ];
-        let kind = match netns {
-            Some(netns) => {
-                fds.push(netns.as_raw_fd());
-                b"N"
-            }
-            None => b"F",
-        };
-        sys::unix::send_with_fds(&self.control, kind, &fds)
+        // "F" or "N" (with a network namespace), then "O" with the output files' memfd.
+        let mut kind = Vec::with_capacity(2);
+        kind.push(if netns.is_some() { b'N' } else { b'F' });
+        if let Some(files) = &call.files {
+            kind.push(b'O');
+            fds.push(files.as_raw_fd());
+        }
+        if let Some(netns) = netns {
+            fds.push(netns.as_raw_fd());
+        }
+        sys::unix::send_with_fds(&self.control, &kind, &fds)
     }
 
     fn take_netns(&self, loopback: bool) -> Option<OwnedFd> {
@@ -438,6 +495,8 @@ struct Call {
     call: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// The memfd the call's pid 1 writes the output files' records into, when files are declared.
+    files: Option<OwnedFd>,
     child: Option<ChildEnds>,
 }
 
@@ -450,7 +509,7 @@ struct ChildEnds {
 }
 
 impl Call {
-    fn new(stdin: &[u8]) -> Result<Call, NativeError> {
+    fn new(stdin: &[u8], outputs: bool) -> Result<Call, NativeError> {
         let warm = |step: &'static str| move |source| NativeError::Warm { step, source };
         let (call, child_call) = sys::unix::call_pair().map_err(warm("make the call's socket"))?;
         let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(warm("make a pipe"));
@@ -464,10 +523,15 @@ impl Call {
         for fd in [&stdout.0, &stderr.0] {
             fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(warm("set O_NONBLOCK"))?;
         }
+        let files = outputs
+            .then(|| memfd_create(c"pyward-output-files", MFdFlags::MFD_CLOEXEC))
+            .transpose()
+            .map_err(warm("make the output files' memfd"))?;
         Ok(Call {
             call,
             stdout: stdout.0,
             stderr: stderr.0,
+            files,
             child: Some(ChildEnds {
                 call: child_call,
                 stdin: file.into(),
@@ -485,20 +549,27 @@ impl Call {
     /// Sends the request, moves the call's stub into `cgroup`, lets it go on
     /// and watches it like a cold run. Returns the outcome and the stub's pidfd.
     fn run(
-        self,
+        mut self,
         request: &Request,
         cgroup: &Cgroup,
         limits: &crate::policy::Limits,
         started: Instant,
+        watch: &RunWatch,
     ) -> Result<Ran, NativeError> {
         let before = cgroup.counters()?;
         let cpu_before = cgroup.cpu_usage()?;
         // The stub's own report is the payload's usage on this path (it is
         // never reaped here: the zygote is its parent).
+        let files = self.files.take();
         let finish = |watched: Watched| {
             let usage = watched.usage.unwrap_or_default();
             let wall = started.elapsed();
-            supervise::outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)
+            let last = watched.message;
+            let mut outcome =
+                supervise::outcome(watched, usage, cgroup, &before, cpu_before, limits, wall)?;
+            outcome.files =
+                outputs::read_records(files.as_ref(), last, &request.outputs, request.caps);
+            Ok::<_, NativeError>(outcome)
         };
         let (stub, new_netns) = match self.handshake(cgroup, limits, started) {
             Ok(Handshake::Released(pidfd, netns)) => {
@@ -543,7 +614,7 @@ impl Call {
             status: self.call,
         };
         let cpu_used = || cgroup.cpu_usage().map(|now| now.saturating_sub(cpu_before));
-        let watched = supervise::watch(&pipes, &stub, limits, &cpu_used, started);
+        let watched = supervise::watch(&pipes, &stub, limits, &cpu_used, started, watch);
         let outcome = finish(watched)?;
         Ok(Ran {
             outcome,
@@ -655,6 +726,9 @@ fn steps_json() -> String {
 /// then the files' contents and the seccomp programs, back to back.
 struct Request {
     bytes: Vec<u8>,
+    /// The declared output files, and how much of them comes back.
+    outputs: Vec<String>,
+    caps: OutputCaps,
 }
 
 impl Request {
@@ -666,6 +740,8 @@ impl Request {
         let limits = &policy.limits;
         let tmpfs = limits.tmpfs.bytes();
         let (dirs, files) = plan::work_files(submission, std::path::Path::new(""), tmpfs)?;
+        output_files::check_paths(&submission.outputs).map_err(RunError::InvalidSubmission)?;
+        let caps = OutputCaps::of(limits);
         let text = |c: &std::ffi::CString| c.to_string_lossy().into_owned();
         let mut blobs: Vec<u8> = Vec::new();
         let mut file_list = Vec::new();
@@ -730,12 +806,19 @@ impl Request {
             "code": code,
             "file": file,
             "args": submission.args,
+            "outputs": submission.outputs,
+            "output_cap": caps.per_file,
+            "output_total": caps.total,
         });
         let header = serde_json::to_vec(&header).unwrap_or_default();
         let mut bytes = Vec::with_capacity(4 + header.len() + blobs.len());
         bytes.extend_from_slice(&(header.len() as u32).to_ne_bytes());
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&blobs);
-        Ok(Request { bytes })
+        Ok(Request {
+            bytes,
+            outputs: submission.outputs.clone(),
+            caps,
+        })
     }
 }
