@@ -8,6 +8,7 @@ use common::describe;
 use pyward::{DockerWarmRuntime, LimitOverrides, Runtime, SandboxPolicy, Submission, Verdict};
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn strict() -> SandboxPolicy {
@@ -431,7 +432,7 @@ fn parallel_calls_each_get_their_own_container() {
     let Some(warm) = common::docker_warm(2) else {
         return;
     };
-    let warm = std::sync::Arc::new(warm);
+    let warm = Arc::new(warm);
     let policy = strict();
     warm.prewarm(&policy).unwrap();
     wait_ready(&warm, &policy, 2);
@@ -518,4 +519,143 @@ fn a_container_that_died_in_the_pool_is_not_handed_out() {
     assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
     let (id, _) = who_and_age(&outcome);
     assert_ne!(id, pooled[0], "the dead container ran the call");
+}
+
+/// Cancels its token once a whole line is on stdout, and keeps that line.
+fn cancel_on_first_line(token: &pyward::CancelToken) -> (pyward::RunWatch, Arc<Mutex<Vec<u8>>>) {
+    let streamed = Arc::new(Mutex::new(Vec::new()));
+    let (seen, canceller) = (streamed.clone(), token.clone());
+    let watch = pyward::RunWatch::new()
+        .on_output(move |stream, bytes| {
+            if stream == pyward::Stream::Stdout {
+                let mut seen = seen.lock().unwrap();
+                seen.extend_from_slice(bytes);
+                if seen.ends_with(b"\n") {
+                    canceller.cancel();
+                }
+            }
+        })
+        .cancel_with(token.clone());
+    (watch, streamed)
+}
+
+/// A pooled container's output reaches the watcher while the program runs
+/// (the cancel below comes from the first line, while it sleeps), and the
+/// cancel kills that container, which then goes.
+#[test]
+fn a_pooled_run_streams_live_and_a_cancel_kills_its_container() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let policy = strict();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, 1);
+    assert_eq!(
+        warm.warm_ready(),
+        1,
+        "one container waits, all pools together"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let token = pyward::CancelToken::new();
+    let (watch, streamed) = cancel_on_first_line(&token);
+    let code = format!("import sys, time\n{WHO_AND_AGE}\nsys.stdout.flush()\ntime.sleep(30)\n");
+    let outcome = warm
+        .run_watched(&policy, &Submission::code(code), &watch)
+        .unwrap();
+    assert!(token.is_cancelled(), "no line came while the program ran");
+    assert_eq!(
+        (outcome.verdict, outcome.message.as_deref()),
+        (
+            Verdict::Signaled,
+            Some("cancelled by the client; the sandbox was killed")
+        ),
+        "{}",
+        describe(&outcome)
+    );
+    assert_eq!(*streamed.lock().unwrap(), outcome.stdout.bytes);
+    let (id, age) = who_and_age(&outcome);
+    assert!(age >= 1.0, "not from the pool: {age} s");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers(&warm.pool_label()).contains(&id) {
+        assert!(
+            Instant::now() < deadline,
+            "container {id} outlived the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Finds every `pyward-output-files:` marker (32 hex digits after it) in
+/// the memory of the program's own process, after planting one to show
+/// that the scan sees that memory.
+const MARKERS_IN_MY_MEMORY: &str = r#"
+import re
+prefix = b"pyward-output-" + b"files:"
+planted = bytes(prefix + b"ab" * 16)
+found = set()
+pattern = re.compile(re.escape(prefix) + rb"[0-9a-f]{32}")
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+    for line in maps:
+        addrs, perms = line.split()[:2]
+        start, end = (int(x, 16) for x in addrs.split("-"))
+        if not perms.startswith("r") or end - start > 64 << 20:
+            continue
+        try:
+            mem.seek(start)
+            data = mem.read(end - start)
+        except (OSError, OverflowError, ValueError):
+            continue
+        found.update(m.group().decode() for m in pattern.finditer(data))
+print(sorted(found))
+"#;
+
+/// Declared output files come back from a pooled container as from a
+/// fresh one, the program gets exactly its stdin, and its process never
+/// holds the run's marker (the bootstrap reads it only after the fork).
+#[test]
+fn output_files_come_back_from_a_pooled_container_whose_program_never_holds_the_marker() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let policy = strict();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, 1);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let code = format!(
+        "import os, sys\nos.makedirs('out')\n\
+         open('out/result.bin', 'wb').write(bytes(range(256)))\n\
+         print(repr(sys.stdin.read()))\n{MARKERS_IN_MY_MEMORY}\n{WHO_AND_AGE}"
+    );
+    let mut submission = Submission::code(code);
+    submission.stdin = b"to the program\n".to_vec();
+    submission.outputs = vec!["out/result.bin".into(), "absent".into()];
+    let outcome = warm.run(&policy, &submission).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+    let stdout = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", describe(&outcome));
+    assert_eq!(lines[0], "'to the program\\n'");
+    assert_eq!(
+        lines[1],
+        format!("['pyward-output-files:{}']", "ab".repeat(16)),
+        "the program's memory holds only the marker it planted"
+    );
+    let (_, age) = who_and_age(&outcome);
+    assert!(age >= 1.0, "not from the pool: {age} s");
+
+    let statuses: Vec<(&str, &str)> = outcome
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.status.as_str()))
+        .collect();
+    assert_eq!(statuses, [("out/result.bin", "ok"), ("absent", "missing")]);
+    match &outcome.files[0].status {
+        pyward::OutputStatus::Collected { contents, size } => {
+            assert_eq!(contents.bytes, (0..=255u8).collect::<Vec<_>>());
+            assert_eq!(*size, 256);
+        }
+        other => panic!("{other:?}"),
+    }
 }
