@@ -1261,3 +1261,124 @@ fn a_native_image_runs_on_its_rootfs_and_host_on_the_hosts_usr() {
         "{host}"
     );
 }
+
+/// The warm pool containers a `pyward serve` with pid `pid` owns, as
+/// (image, id), sorted.
+fn pool_containers(pid: u32) -> Vec<(String, String)> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            "label=dev.pyward.pool",
+            "--format",
+            "{{.Image}} {{.ID}} {{.Label \"dev.pyward.owner\"}}",
+        ])
+        .output()
+        .expect("docker runs");
+    assert!(out.status.success(), "{out:?}");
+    let mut found: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let (image, id, owner) = (fields.next()?, fields.next()?, fields.next()?);
+            owner
+                .starts_with(&format!("{pid}-"))
+                .then(|| (image.to_owned(), id.to_owned()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// How long the container's pid 1 has been up, in seconds, and its id.
+const CONTAINER_AGE: &str = r#"
+import re
+ids = set(re.findall(r"[0-9a-f]{64}", open("/proc/self/mountinfo").read()))
+ticks = int(open("/proc/1/stat").read().rsplit(")", 1)[1].split()[19])
+print(",".join(sorted(ids)), float(open("/proc/uptime").read().split()[0]) - ticks / 100)
+"#;
+
+#[test]
+fn docker_images_keep_a_warm_pool_per_arch_for_the_policies_of_their_tenants() {
+    if !can_serve() || common::docker().is_none() || common::foreign_docker().is_none() {
+        return;
+    }
+    // Tenant a uses the Docker image under strict; only tenant b, which may
+    // not use it, names standard: the image's pools are strict's, one per arch.
+    let mut server = Server::start(&format!(
+        "[docker]\nwarm_pool = 1\n\
+         [[image]]\nname = \"host\"\n\
+         [[image]]\nname = \"python3.11-bookworm\"\nruntime = \"docker\"\narch = [\"amd64\", \"arm64\"]\n\
+         [[tenant]]\nname = \"a\"\ntokens_sha256 = [\"{HASH_A}\"]\nimages = [\"python3.11-bookworm\"]\n\
+         [[tenant]]\nname = \"b\"\ntokens_sha256 = [\"{HASH_B}\"]\nimages = [\"host\"]\n\
+         policies = [\"strict\", \"standard\"]\n"
+    ));
+    let pid = server.child.as_ref().unwrap().id();
+    let images = |pool: &[(String, String)]| -> Vec<String> {
+        pool.iter().map(|(image, _)| image.clone()).collect()
+    };
+    let expected = [
+        "pyward/python3.11-bookworm:amd64",
+        "pyward/python3.11-bookworm:arm64",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while images(&pool_containers(pid)) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "the pools did not fill: {:?}\n{}",
+            pool_containers(pid),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Listed once created; started and ready within a second here. A run
+    // that lands in one sees its pid 1 up for more than a second.
+    std::thread::sleep(Duration::from_secs(2));
+    let pooled = pool_containers(pid);
+    assert_eq!(images(&pooled), expected, "no pool for standard");
+
+    let bearer = format!("Bearer {TOKEN_A}");
+    let body = serde_json::json!({"code": CONTAINER_AGE, "arch": "amd64"});
+    let response = server.request(
+        "POST",
+        "/v1/runs",
+        &[("Authorization", bearer.as_str())],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(response.status, 200, "{}", response.body);
+    let outcome = response.json();
+    assert_eq!(outcome["verdict"], "ok", "{outcome}");
+    let stdout = outcome["stdout"].as_str().unwrap();
+    let (id, age) = stdout.trim().split_once(' ').unwrap();
+    let age: f64 = age.parse().unwrap();
+    assert!(
+        age >= 1.0,
+        "the run did not take the pooled container: {stdout}"
+    );
+    assert!(
+        pooled
+            .iter()
+            .any(|(image, pooled)| pooled == id && image.ends_with(":amd64")),
+        "{id} is not the amd64 pool's {pooled:?}"
+    );
+
+    // A graceful shutdown removes every container of the pools.
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait(Duration::from_secs(30)), "{}", server.log());
+    assert_eq!(
+        pool_containers(pid),
+        [],
+        "pooled containers outlived the server"
+    );
+
+    // With warm_pool = 0, a container per run and none kept.
+    let cold = Server::start(
+        "[docker]\nwarm_pool = 0\n\
+         [[image]]\nname = \"python3.11-bookworm\"\nruntime = \"docker\"\n",
+    );
+    let outcome = cold.post("/v1/runs", r#"{"code": "print('cold')"}"#).json();
+    assert_eq!(outcome["stdout"], "cold\n", "{outcome}");
+    assert_eq!(pool_containers(cold.child.as_ref().unwrap().id()), []);
+}
