@@ -20,7 +20,8 @@ use std::time::Duration;
 pub enum RuntimeKind {
     /// Linux namespaces set up by pyward (the default).
     Native,
-    /// A fresh hardened container per run.
+    /// A hardened single-use container per run, from a warm pool unless
+    /// `[docker] warm_pool = 0`.
     Docker,
 }
 

@@ -2,7 +2,8 @@
 //! produces; `json` holds the stable JSON form of an `Outcome`, `watch` what a
 //! caller may watch a run with (output as it comes, a cancel token). `native/` runs
 //! a submission in Linux namespaces set up by pyward itself; `docker/` runs it
-//! in a fresh hardened container through the Docker daemon.
+//! in a hardened single-use container through the Docker daemon (created for
+//! the run, or started ahead of it in a warm pool).
 
 mod json;
 mod outcome;
