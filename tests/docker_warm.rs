@@ -659,3 +659,38 @@ fn output_files_come_back_from_a_pooled_container_whose_program_never_holds_the_
         other => panic!("{other:?}"),
     }
 }
+
+/// A call cancelled while it waits for a container that is still starting
+/// stops waiting (and ends as cancelled); that container is not lost, it
+/// waits in the pool for the next call.
+#[test]
+fn a_call_cancelled_while_its_container_starts_leaves_that_container_to_the_pool() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let policy = strict();
+    assert_eq!(warm.ready(&policy).unwrap(), 0, "no pool before the call");
+    let token = pyward::CancelToken::new();
+    token.cancel();
+    let watch = pyward::RunWatch::new().cancel_with(token);
+    // The call makes the pool and would wait for its first container.
+    let outcome = warm
+        .run_watched(
+            &policy,
+            &Submission::code("import time\ntime.sleep(30)"),
+            &watch,
+        )
+        .unwrap();
+    assert_eq!(
+        outcome.message.as_deref(),
+        Some("cancelled by the client; the sandbox was killed"),
+        "{}",
+        describe(&outcome)
+    );
+    // Nothing refills a pool between calls: the one container it holds is
+    // the one the cancelled call was promised.
+    wait_ready(&warm, &policy, 1);
+    assert_eq!(containers(&warm.pool_label()).len(), 1);
+    let outcome = warm.run(&policy, &Submission::code(WHO_AND_AGE)).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+}

@@ -20,6 +20,7 @@ pub use host_config::{WORK_DIR, host_config};
 pub use warm::{DockerWarmConfig, DockerWarmRuntime};
 
 use super::output_files::OutputCaps;
+use super::watch::CancelGuard;
 use super::{Captured, Outcome, RunError, RunWatch, Runtime, Stream, Submission, Usage};
 use crate::arch::Arch;
 use crate::policy::{DeniedAction, Limits, SandboxPolicy};
@@ -894,18 +895,7 @@ async fn capture(
     let mut stderr = Captured::default();
     let mut killed = None;
     // A cancel wakes the loop below; the caller kills the container.
-    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
-    let _cancel = observer.cancel_token().map(|token| {
-        token.on_cancel(move || {
-            let _ = cancel_tx.send(());
-        })
-    });
-    // Without a token the sender is gone: never cancelled.
-    let cancelled = async move {
-        if cancel_rx.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+    let (_cancel, cancelled) = cancelled(observer);
     tokio::pin!(cancelled);
     loop {
         let chunk = tokio::select! {
@@ -951,6 +941,24 @@ async fn capture(
         stderr,
         killed,
     }
+}
+
+/// A future that ends when the observer's token is cancelled (at once if it
+/// already is; never without a token), and the guard that keeps it armed.
+fn cancelled(observer: &RunWatch) -> (Option<CancelGuard>, impl Future<Output = ()>) {
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    let guard = observer.cancel_token().map(|token| {
+        token.on_cancel(move || {
+            let _ = cancel_tx.send(());
+        })
+    });
+    // Without a token the sender is gone: never cancelled.
+    let cancelled = async move {
+        if cancel_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    (guard, cancelled)
 }
 
 /// `keep`, passing the observer the bytes kept.

@@ -124,6 +124,16 @@ impl Waiting {
     }
 }
 
+/// What a call gets from its pool.
+enum Claim {
+    /// A container that waits for it.
+    Ready(Waiting),
+    /// The promise of a container that is starting.
+    Promised(oneshot::Receiver<Waiting>),
+    /// Nothing: the call runs cold.
+    Cold,
+}
+
 /// Every pool, and the background tasks that fill them and remove used containers.
 #[derive(Default)]
 struct Pools {
@@ -272,41 +282,39 @@ impl DockerWarmRuntime {
         while tasks.try_join_next().is_some() {}
     }
 
-    /// A waiting container of `shape`, or None: the call runs cold.
-    async fn claim(&self, shape: Shape) -> Option<Waiting> {
-        let waiter = {
-            let mut state = self.pools.lock();
-            let index = self.pool_index(&mut state, shape)?;
-            let pool = &mut state.pools[index];
-            let mut dead = Vec::new();
-            let mut claimed = None;
-            while let Some(mut waiting) = pool.ready.pop_front() {
-                if waiting.is_waiting() {
-                    claimed = Some(waiting);
-                    break;
-                }
-                dead.push(waiting.id);
+    /// A waiting container of `shape`, the promise of one that is
+    /// starting, or nothing (the call runs cold).
+    fn claim(&self, shape: Shape) -> Claim {
+        let mut state = self.pools.lock();
+        let Some(index) = self.pool_index(&mut state, shape) else {
+            return Claim::Cold;
+        };
+        let pool = &mut state.pools[index];
+        let mut dead = Vec::new();
+        let mut claimed = None;
+        while let Some(mut waiting) = pool.ready.pop_front() {
+            if waiting.is_waiting() {
+                claimed = Some(waiting);
+                break;
             }
-            self.refill(&mut state, index);
-            let pool = &mut state.pools[index];
-            let waiter = if claimed.is_none() && pool.starting > pool.waiters.len() {
+            dead.push(waiting.id);
+        }
+        self.refill(&mut state, index);
+        let pool = &mut state.pools[index];
+        let claim = match claimed {
+            Some(waiting) => Claim::Ready(waiting),
+            None if pool.starting > pool.waiters.len() => {
                 let (tx, rx) = oneshot::channel();
                 pool.waiters.push_back(tx);
-                Some(rx)
-            } else {
-                None
-            };
-            for id in dead {
-                tracing::warn!(container = %id, "a pooled container ended before its call; removed");
-                self.remove_later(&mut state, id);
+                Claim::Promised(rx)
             }
-            match claimed {
-                Some(waiting) => return Some(waiting),
-                None => waiter,
-            }
+            None => Claim::Cold,
         };
-        // A refill that fails drops this sender: the call runs cold.
-        waiter?.await.ok()
+        for id in dead {
+            tracing::warn!(container = %id, "a pooled container ended before its call; removed");
+            self.remove_later(&mut state, id);
+        }
+        claim
     }
 
     /// Removes a used container in the background.
@@ -338,7 +346,24 @@ impl DockerWarmRuntime {
         let caps = OutputCaps::of(&policy.limits);
         // A bad submission is refused before it takes a container.
         let launch = workdir::warm_launch(submission, &filters.native, caps, &env)?;
-        let Some(waiting) = self.claim(self.shape(policy)?).await else {
+        let claimed = match self.claim(self.shape(policy)?) {
+            Claim::Ready(waiting) => Some(waiting),
+            Claim::Cold => None,
+            // A refill that fails drops the sender: the call runs cold. A
+            // cancel stops the wait (the container goes to the next call,
+            // and the cold path ends the run at once), unless it came meanwhile.
+            Claim::Promised(mut promised) => {
+                let (_cancel, cancelled) = super::cancelled(observer);
+                tokio::select! {
+                    waiting = &mut promised => waiting.ok(),
+                    () = cancelled => {
+                        promised.close();
+                        promised.try_recv().ok()
+                    }
+                }
+            }
+        };
+        let Some(waiting) = claimed else {
             return docker.run_async(policy, submission, observer).await;
         };
         let start = Start {
