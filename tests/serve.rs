@@ -1261,3 +1261,46 @@ fn a_native_image_runs_on_its_rootfs_and_host_on_the_hosts_usr() {
         "{host}"
     );
 }
+
+#[test]
+fn native_calls_fork_from_a_zygote_started_with_the_server_unless_cold() {
+    if !can_serve() {
+        return;
+    }
+    let host = pyward::Arch::host();
+    let ready = format!("pyward_warm_ready{{image=\"host\",arch=\"{host}\"}}");
+    let preloaded = r#"{"code":"import sys; print('decimal' in sys.modules)"}"#;
+    let warm = Server::start("[native]\npreload = [\"decimal\"]\n");
+    // The zygote was started with the server: the first call already finds
+    // the preloaded module, which a fresh `python3 -c` never imports.
+    for _ in 0..3 {
+        let outcome = warm.post("/v1/runs", preloaded).json();
+        assert_eq!(outcome["stdout"], "True\n", "{outcome}");
+    }
+    let metrics = warm.get("/metrics").body;
+    assert!(metrics.contains(&format!("{ready} 1\n")), "{metrics}");
+
+    let cold = Server::start("[native]\nwarm = false\npreload = [\"decimal\"]\n");
+    let outcome = cold.post("/v1/runs", preloaded).json();
+    assert_eq!(outcome["stdout"], "False\n", "{outcome}");
+    let metrics = cold.get("/metrics").body;
+    assert!(metrics.contains(&format!("{ready} 0\n")), "{metrics}");
+}
+
+#[test]
+fn a_zygote_that_cannot_start_stops_the_server_saying_why() {
+    if !can_serve() {
+        return;
+    }
+    let (code, stderr) = serve_fails("[native]\npreload = [\"no_such_module_pyward\"]\n");
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains("image host") && stderr.contains("policy strict"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("No module named 'no_such_module_pyward'")
+            && stderr.contains("pyward serve --cold"),
+        "{stderr}"
+    );
+}

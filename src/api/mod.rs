@@ -26,12 +26,12 @@ use crate::image::{Cache as ImageCache, ImageError};
 use crate::policy::{PolicyError, SandboxPolicy};
 use crate::runtime::Runtime;
 use crate::runtime::docker::{DockerConfig, DockerError, DockerRuntime};
-use crate::runtime::native::{NativeConfig, NativeError, NativeRuntime};
+use crate::runtime::native::{NativeConfig, NativeError, NativeRuntime, WarmConfig, WarmRuntime};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use handlers::AppState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +90,20 @@ pub enum ServeError {
         /// Why.
         source: ImageError,
     },
+    /// A warm path (zygote, container pool) could not start.
+    #[error(
+        "image {image} ({arch}), policy {policy}: cannot start the warm path: {source} (`pyward serve --cold` runs without it)"
+    )]
+    Prewarm {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
+        /// The policy.
+        policy: String,
+        /// Why.
+        source: crate::runtime::RunError,
+    },
     /// The job database could not be opened or recovered.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -115,7 +129,7 @@ pub enum ServeError {
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let policies = load_policies(&config)?;
     // The runtimes are set up before any async thread exists.
-    let executor = Executor::with_images(offered_images(&config.images)?);
+    let executor = Executor::with_images(offered_images(&config, &policies)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,13 +144,39 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
 /// A runtime for every (image, architecture) of the configuration, each
 /// checked now: a Docker image must be in the daemon (and qemu-user
 /// registered for a foreign arch), a native image's rootfs in the cache.
-fn offered_images(images: &[ImageConfig]) -> Result<Vec<OfferedImage>, ServeError> {
+/// What a runtime keeps warm is started now for every policy of the tenants
+/// allowed the image, so that the first calls are warm too and a warm path
+/// that cannot start stops the server with the reason.
+fn offered_images(
+    config: &ServeConfig,
+    policies: &BTreeMap<String, Arc<SandboxPolicy>>,
+) -> Result<Vec<OfferedImage>, ServeError> {
     let cache = ImageCache::from_env();
     let mut offered = Vec::new();
-    for image in images {
+    for image in &config.images {
         let mut entry = OfferedImage::new(&image.name, python_version(image, &cache));
+        let names: BTreeSet<&String> = config
+            .tenants
+            .iter()
+            .filter(|tenant| tenant.images.contains(&image.name))
+            .flat_map(|tenant| &tenant.policies)
+            .collect();
         for &arch in &image.arches {
-            entry = entry.with_arch(arch, image_runtime(image, arch, &cache)?);
+            let runtime = image_runtime(image, arch, &cache, config.warm.as_ref())?;
+            for name in &names {
+                let Some(policy) = policies.get(*name) else {
+                    continue;
+                };
+                runtime
+                    .prewarm(policy)
+                    .map_err(|source| ServeError::Prewarm {
+                        image: image.name.clone(),
+                        arch,
+                        policy: (*name).clone(),
+                        source,
+                    })?;
+            }
+            entry = entry.with_arch(arch, runtime);
         }
         tracing::info!(image = %image.name, runtime = image.runtime.as_str(), arches = ?image.arches, python = ?entry.python, "image offered");
         offered.push(entry);
@@ -148,6 +188,7 @@ fn image_runtime(
     image: &ImageConfig,
     arch: Arch,
     cache: &ImageCache,
+    warm: Option<&WarmConfig>,
 ) -> Result<Box<dyn Runtime>, ServeError> {
     let name = &image.name;
     match image.runtime {
@@ -180,7 +221,10 @@ fn image_runtime(
                 arch,
                 source,
             })?;
-            Ok(Box::new(native))
+            Ok(match warm {
+                Some(warm) => Box::new(WarmRuntime::new(native, warm.clone())),
+                None => Box::new(native),
+            })
         }
         RuntimeKind::Docker => {
             let docker_error = |source| ServeError::DockerImage {

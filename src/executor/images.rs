@@ -66,9 +66,18 @@ impl OfferedImage {
             .or_else(|| arches.first().copied())
     }
 
-    /// The runtime's name (`native`, `docker`), from its first architecture.
+    /// The runtime's kind (`native`, `docker`), from its first architecture.
     pub fn runtime_name(&self) -> &'static str {
-        self.runtimes.first().map_or("none", |(_, r)| r.name())
+        self.runtimes.first().map_or("none", |(_, r)| r.kind())
+    }
+
+    /// Per architecture, the sandboxes ready for a call without a cold start
+    /// (see [`Runtime::warm_ready`]).
+    pub fn warm_ready(&self) -> Vec<(Arch, usize)> {
+        self.runtimes
+            .iter()
+            .map(|(arch, runtime)| (*arch, runtime.warm_ready()))
+            .collect()
     }
 
     fn runtime(&self, arch: Arch) -> Option<&dyn Runtime> {

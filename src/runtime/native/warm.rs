@@ -232,6 +232,10 @@ impl Runtime for WarmRuntime {
         "native-warm"
     }
 
+    fn kind(&self) -> &'static str {
+        "native"
+    }
+
     fn prewarm(&self, policy: &SandboxPolicy) -> Result<(), RunError> {
         self.prestart(policy)
     }
