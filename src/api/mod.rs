@@ -102,7 +102,7 @@ pub enum ServeError {
         /// The policy.
         policy: String,
         /// Why.
-        source: crate::runtime::RunError,
+        source: Box<crate::runtime::RunError>,
     },
     /// The job database could not be opened or recovered.
     #[error(transparent)]
@@ -173,7 +173,7 @@ fn offered_images(
                         image: image.name.clone(),
                         arch,
                         policy: (*name).clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
             }
             entry = entry.with_arch(arch, runtime);
