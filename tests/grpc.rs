@@ -29,15 +29,6 @@ struct Server {
     temp: tempfile::TempDir,
 }
 
-/// The native runtime needs root; skip loudly (fail under CI) without it.
-fn can_serve() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    common::missing("`pyward serve` with the native runtime needs root");
-    false
-}
-
 impl Server {
     /// Starts `pyward serve` with `extra` appended to a config holding the
     /// listen address and the database.
@@ -163,7 +154,7 @@ fn statuses(events: &[Event]) -> Vec<JobStatus> {
 
 #[tokio::test]
 async fn run_returns_the_outcome_and_http_shares_the_port() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("");
@@ -321,7 +312,7 @@ fn file_fields(files: &[proto::OutputFile]) -> Vec<Fields<'_>> {
 #[tokio::test]
 async fn declared_output_files_come_back_byte_exact_from_run_and_jobs() {
     use proto::OutputStatus;
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("");
@@ -369,7 +360,7 @@ async fn declared_output_files_come_back_byte_exact_from_run_and_jobs() {
 
 #[tokio::test]
 async fn jobs_stream_their_status_output_and_outcome_and_a_queued_job_is_cancelled() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_running = 1\n");
@@ -465,7 +456,7 @@ async fn next_event(stream: &mut tonic::Streaming<proto::JobEvent>) -> Option<Ev
 
 #[tokio::test]
 async fn watch_streams_output_while_the_job_runs_and_cancel_kills_its_sandbox() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_running = 1\n");
@@ -555,7 +546,7 @@ async fn watch_streams_output_while_the_job_runs_and_cancel_kills_its_sandbox() 
 
 #[tokio::test]
 async fn unknown_images_and_arches_are_invalid_and_the_cpu_quota_is_exhausted() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     // 0.06 CPU seconds a minute is 1 ms per second; the bucket holds 50 ms.
@@ -630,7 +621,7 @@ async fn unknown_images_and_arches_are_invalid_and_the_cpu_quota_is_exhausted() 
 async fn a_tenant_runs_only_its_images_and_lists_them() {
     // The Docker runtime blocks on its own async runtime: ask from a thread.
     let docker = std::thread::spawn(|| common::docker().is_some());
-    if !can_serve() || !docker.join().unwrap() {
+    if !common::can_serve() || !docker.join().unwrap() {
         return;
     }
     let host = pyward::Arch::host();
@@ -703,7 +694,7 @@ async fn a_tenant_runs_only_its_images_and_lists_them() {
 
 #[tokio::test]
 async fn tokens_policies_and_quotas_are_enforced() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start(&format!(
@@ -765,7 +756,7 @@ async fn tokens_policies_and_quotas_are_enforced() {
 
 #[tokio::test]
 async fn malformed_requests_are_invalid_arguments_naming_the_field() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_body = \"64KiB\"\n");
@@ -826,7 +817,7 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field() {
 
 #[tokio::test]
 async fn a_watch_cut_short_by_shutdown_ends_with_unavailable() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("");
