@@ -2,8 +2,8 @@
 //! free loopback port, driven by the tonic client generated from
 //! proto/pyward/v1/pyward.proto. Sync runs and a limit verdict, jobs and
 //! their event stream with live output, cancelling queued and running jobs,
-//! images and arches, auth and admission errors, malformed requests, and
-//! HTTP still answering on the same port.
+//! images and arches, declared output files, auth and admission errors,
+//! malformed requests, and HTTP still answering on the same port.
 
 mod common;
 
@@ -27,15 +27,6 @@ struct Server {
     child: Child,
     port: u16,
     temp: tempfile::TempDir,
-}
-
-/// The native runtime needs root; skip loudly (fail under CI) without it.
-fn can_serve() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    common::missing("`pyward serve` with the native runtime needs root");
-    false
 }
 
 impl Server {
@@ -163,7 +154,7 @@ fn statuses(events: &[Event]) -> Vec<JobStatus> {
 
 #[tokio::test]
 async fn run_returns_the_outcome_and_http_shares_the_port() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("");
@@ -291,9 +282,85 @@ async fn run_returns_the_outcome_and_http_shares_the_port() {
     }
 }
 
+/// The path, status, status name, content, size and truncation of a file.
+type Fields<'a> = (
+    &'a str,
+    proto::OutputStatus,
+    &'a str,
+    &'a [u8],
+    Option<u64>,
+    bool,
+);
+
+fn file_fields(files: &[proto::OutputFile]) -> Vec<Fields<'_>> {
+    files
+        .iter()
+        .map(|f| {
+            let (path, name) = (f.path.as_str(), f.status_name.as_str());
+            (
+                path,
+                f.status(),
+                name,
+                f.content.as_slice(),
+                f.size,
+                f.truncated,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn declared_output_files_come_back_byte_exact_from_run_and_jobs() {
+    use proto::OutputStatus;
+    if !common::can_serve() {
+        return;
+    }
+    let server = Server::start("");
+    let mut client = server.client().await;
+    // Not UTF-8, with a NUL: the bytes must come back as they are.
+    let raw: &[u8] = &[0xff, 0x00, 0xfe, b'\n', 0xc3, 0x28];
+    let mut request = code("open('result.bin', 'wb').write(bytes([255, 0, 254, 10, 195, 40]))");
+    request.outputs = vec!["result.bin".into(), "missing.txt".into()];
+    let expected = vec![
+        ("result.bin", OutputStatus::Ok, "ok", raw, Some(6), false),
+        (
+            "missing.txt",
+            OutputStatus::Missing,
+            "missing",
+            &b""[..],
+            None,
+            false,
+        ),
+    ];
+
+    let ran = client.run(request.clone()).await.unwrap().into_inner();
+    assert_eq!(ran.verdict(), Verdict::Ok, "{ran:?}\n{}", server.log());
+    assert_eq!(file_fields(&ran.files), expected, "{ran:?}");
+
+    // A job stores its outcome as JSON (content in base64 there): the
+    // files of WatchJob's outcome and of GetJob are the same bytes.
+    let job = client.submit(request).await.unwrap().into_inner();
+    let events = watch(client.clone(), &job.id).await;
+    let Some(Event::Outcome(outcome)) = events.last() else {
+        panic!("the last event is the outcome: {events:?}");
+    };
+    assert_eq!(outcome.verdict(), Verdict::Ok, "{outcome:?}");
+    assert_eq!(file_fields(&outcome.files), expected);
+    let done = client
+        .get_job(proto::GetJobRequest { id: job.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(file_fields(&done.outcome.unwrap().files), expected);
+
+    // A run that declares nothing gets no files.
+    let none = client.run(code("print(1)")).await.unwrap().into_inner();
+    assert!(none.files.is_empty(), "{none:?}");
+}
+
 #[tokio::test]
 async fn jobs_stream_their_status_output_and_outcome_and_a_queued_job_is_cancelled() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_running = 1\n");
@@ -389,7 +456,7 @@ async fn next_event(stream: &mut tonic::Streaming<proto::JobEvent>) -> Option<Ev
 
 #[tokio::test]
 async fn watch_streams_output_while_the_job_runs_and_cancel_kills_its_sandbox() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_running = 1\n");
@@ -479,7 +546,7 @@ async fn watch_streams_output_while_the_job_runs_and_cancel_kills_its_sandbox() 
 
 #[tokio::test]
 async fn unknown_images_and_arches_are_invalid_and_the_cpu_quota_is_exhausted() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     // 0.06 CPU seconds a minute is 1 ms per second; the bucket holds 50 ms.
@@ -554,7 +621,7 @@ async fn unknown_images_and_arches_are_invalid_and_the_cpu_quota_is_exhausted() 
 async fn a_tenant_runs_only_its_images_and_lists_them() {
     // The Docker runtime blocks on its own async runtime: ask from a thread.
     let docker = std::thread::spawn(|| common::docker().is_some());
-    if !can_serve() || !docker.join().unwrap() {
+    if !common::can_serve() || !docker.join().unwrap() {
         return;
     }
     let host = pyward::Arch::host();
@@ -627,7 +694,7 @@ async fn a_tenant_runs_only_its_images_and_lists_them() {
 
 #[tokio::test]
 async fn tokens_policies_and_quotas_are_enforced() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start(&format!(
@@ -689,7 +756,7 @@ async fn tokens_policies_and_quotas_are_enforced() {
 
 #[tokio::test]
 async fn malformed_requests_are_invalid_arguments_naming_the_field() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_body = \"64KiB\"\n");
@@ -710,6 +777,8 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field() {
     image.image = "python:3.13".into();
     let mut arch = code("print(1)");
     arch.arch = "riscv64".into();
+    let mut escape = code("print(1)");
+    escape.outputs = vec!["result.txt".into(), "../x".into()];
     for (request, error, field) in [
         (bad_limit, "invalid_request", "limits.memory"),
         (looser, "invalid_request", "wall_time"),
@@ -717,6 +786,7 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field() {
         (proto::RunRequest::default(), "invalid_request", "give code"),
         (image, "unknown_image", "python:3.13"),
         (arch, "unknown_arch", "riscv64"),
+        (escape, "invalid_request", "output path \"../x\""),
     ] {
         let status = client.run(request.clone()).await.unwrap_err();
         assert_eq!(
@@ -747,7 +817,7 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field() {
 
 #[tokio::test]
 async fn a_watch_cut_short_by_shutdown_ends_with_unavailable() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("");

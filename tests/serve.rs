@@ -37,15 +37,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The native runtime needs root; skip loudly (fail under CI) without it.
-fn can_serve() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    common::missing("`pyward serve` with the native runtime needs root");
-    false
-}
-
 impl Server {
     /// Starts the server with `extra` appended to a config holding the
     /// listen address and database.
@@ -376,7 +367,7 @@ fn auth_config() -> String {
 
 #[test]
 fn tokens_policies_concurrency_and_rate_are_enforced() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start(&auth_config());
@@ -449,7 +440,7 @@ fn tokens_policies_concurrency_and_rate_are_enforced() {
 
 #[test]
 fn malformed_requests_get_a_4xx_with_the_error_shape_and_the_trace_id() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_body = \"64KiB\"\n");
@@ -530,7 +521,7 @@ fn malformed_requests_get_a_4xx_with_the_error_shape_and_the_trace_id() {
 
 #[test]
 fn sync_runs_return_the_outcome_and_count_in_metrics() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("");
@@ -581,7 +572,7 @@ fn sync_runs_return_the_outcome_and_count_in_metrics() {
 
 #[test]
 fn output_files_come_back_from_sync_runs_and_jobs() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("");
@@ -639,7 +630,7 @@ fn submit(server: &Server, code: &str) -> String {
 
 #[test]
 fn jobs_run_stream_events_and_a_queued_job_is_cancelled() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_running = 1\n");
@@ -692,25 +683,9 @@ fn jobs_run_stream_events_and_a_queued_job_is_cancelled() {
     assert_eq!(done.error(409), "job_finished");
 }
 
-/// Host processes whose command line holds `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) || name == std::process::id().to_string() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
-            found.push(name);
-        }
-    }
-    found
-}
-
 #[test]
 fn output_streams_while_the_job_runs_and_cancel_kills_its_sandbox() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_running = 1\n");
@@ -741,7 +716,7 @@ fn output_streams_while_the_job_runs_and_cancel_kills_its_sandbox() {
     // Live: the job is still running, its program asleep.
     let job = server.get(&format!("/v1/jobs/{id}")).json();
     assert_eq!(job["status"], "running", "{job}");
-    assert_eq!(processes_with(&marker).len(), 1, "the program runs");
+    assert_eq!(common::processes_with(&marker).len(), 1, "the program runs");
 
     let cancel = server.request("DELETE", &format!("/v1/jobs/{id}"), &[], b"");
     assert_eq!(cancel.status, 202, "{}", cancel.body);
@@ -774,11 +749,11 @@ fn output_streams_while_the_job_runs_and_cancel_kills_its_sandbox() {
     assert_eq!(job["status"], "cancelled", "{job}");
     assert_eq!(job["outcome"], outcome);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_with(&marker).is_empty() {
+    while !common::processes_with(&marker).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the sandbox outlived the cancel: {:?}",
-            processes_with(&marker)
+            common::processes_with(&marker)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -792,7 +767,7 @@ fn output_streams_while_the_job_runs_and_cancel_kills_its_sandbox() {
 
 #[test]
 fn streamed_chunks_stop_at_the_output_cap() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start("max_running = 1\n");
@@ -827,7 +802,7 @@ fn streamed_chunks_stop_at_the_output_cap() {
 
 #[test]
 fn sigterm_lets_the_running_job_finish_then_exits() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let mut server = Server::start("max_running = 1\nshutdown_grace = \"20s\"\n");
@@ -851,7 +826,7 @@ fn sigterm_lets_the_running_job_finish_then_exits() {
 
 #[test]
 fn every_accepted_job_reaches_a_terminal_state_across_a_sigkill() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let mut server = Server::start("max_running = 2\n");
@@ -910,7 +885,7 @@ fn every_accepted_job_reaches_a_terminal_state_across_a_sigkill() {
 
 #[test]
 fn a_full_queue_is_503_and_finished_jobs_are_purged_after_retention() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let server = Server::start(
@@ -961,7 +936,7 @@ fn host_python_version() -> String {
 
 #[test]
 fn unknown_images_and_arches_are_400_and_a_cpu_quota_refuses_after_a_burning_run() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     // 0.06 CPU seconds a minute is 1 ms per second; the bucket holds 50 ms.
@@ -1044,7 +1019,7 @@ fn unknown_images_and_arches_are_400_and_a_cpu_quota_refuses_after_a_burning_run
 
 #[test]
 fn runs_go_to_the_image_and_arch_they_name_and_tenants_only_to_their_images() {
-    if !can_serve() || common::docker().is_none() || common::foreign_docker().is_none() {
+    if !common::can_serve() || common::docker().is_none() || common::foreign_docker().is_none() {
         return;
     }
     let server = Server::start(&format!(
@@ -1220,7 +1195,7 @@ fn images_that_are_not_there_stop_the_server_at_start_saying_how_to_build_them()
 
 #[test]
 fn a_native_image_runs_on_its_rootfs_and_host_on_the_hosts_usr() {
-    if !can_serve() {
+    if !common::can_serve() {
         return;
     }
     let arch = pyward::Arch::host();
@@ -1302,7 +1277,7 @@ print(",".join(sorted(ids)), float(open("/proc/uptime").read().split()[0]) - tic
 
 #[test]
 fn docker_images_keep_a_warm_pool_per_arch_for_the_policies_of_their_tenants() {
-    if !can_serve() || common::docker().is_none() || common::foreign_docker().is_none() {
+    if !common::can_serve() || common::docker().is_none() || common::foreign_docker().is_none() {
         return;
     }
     // Tenant a uses the Docker image under strict; only tenant b, which may
@@ -1338,6 +1313,12 @@ fn docker_images_keep_a_warm_pool_per_arch_for_the_policies_of_their_tenants() {
     std::thread::sleep(Duration::from_secs(2));
     let pooled = pool_containers(pid);
     assert_eq!(images(&pooled), expected, "no pool for standard");
+    let metrics = server.get("/metrics").body;
+    for arch in ["amd64", "arm64"] {
+        let ready =
+            format!("pyward_warm_ready{{image=\"python3.11-bookworm\",arch=\"{arch}\"}} 1\n");
+        assert!(metrics.contains(&ready), "{metrics}");
+    }
 
     let bearer = format!("Bearer {TOKEN_A}");
     let body = serde_json::json!({"code": CONTAINER_AGE, "arch": "amd64"});
@@ -1381,4 +1362,51 @@ fn docker_images_keep_a_warm_pool_per_arch_for_the_policies_of_their_tenants() {
     let outcome = cold.post("/v1/runs", r#"{"code": "print('cold')"}"#).json();
     assert_eq!(outcome["stdout"], "cold\n", "{outcome}");
     assert_eq!(pool_containers(cold.child.as_ref().unwrap().id()), []);
+    let host = pyward::Arch::host();
+    let metrics = cold.get("/metrics").body;
+    let ready = format!("pyward_warm_ready{{image=\"python3.11-bookworm\",arch=\"{host}\"}} 0\n");
+    assert!(metrics.contains(&ready), "{metrics}");
+}
+
+#[test]
+fn native_calls_fork_from_a_zygote_started_with_the_server_unless_cold() {
+    if !common::can_serve() {
+        return;
+    }
+    let host = pyward::Arch::host();
+    let ready = format!("pyward_warm_ready{{image=\"host\",arch=\"{host}\"}}");
+    let preloaded = r#"{"code":"import sys; print('decimal' in sys.modules)"}"#;
+    let warm = Server::start("[native]\npreload = [\"decimal\"]\n");
+    // The zygote was started with the server: the first call already finds
+    // the preloaded module, which a fresh `python3 -c` never imports.
+    for _ in 0..3 {
+        let outcome = warm.post("/v1/runs", preloaded).json();
+        assert_eq!(outcome["stdout"], "True\n", "{outcome}");
+    }
+    let metrics = warm.get("/metrics").body;
+    assert!(metrics.contains(&format!("{ready} 1\n")), "{metrics}");
+
+    let cold = Server::start("[native]\nwarm = false\npreload = [\"decimal\"]\n");
+    let outcome = cold.post("/v1/runs", preloaded).json();
+    assert_eq!(outcome["stdout"], "False\n", "{outcome}");
+    let metrics = cold.get("/metrics").body;
+    assert!(metrics.contains(&format!("{ready} 0\n")), "{metrics}");
+}
+
+#[test]
+fn a_zygote_that_cannot_start_stops_the_server_saying_why() {
+    if !common::can_serve() {
+        return;
+    }
+    let (code, stderr) = serve_fails("[native]\npreload = [\"no_such_module_pyward\"]\n");
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains("image host") && stderr.contains("policy strict"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("No module named 'no_such_module_pyward'")
+            && stderr.contains("pyward serve --cold"),
+        "{stderr}"
+    );
 }

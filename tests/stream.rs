@@ -124,22 +124,6 @@ fn marker(name: &str) -> String {
     format!("pyward-stream-test-{name}-{}", std::process::id())
 }
 
-/// Host processes whose command line holds `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) || name == std::process::id().to_string() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
-            found.push(name);
-        }
-    }
-    found
-}
-
 #[test]
 fn cancelling_on_the_first_chunk_kills_the_sleeping_sandbox_and_all_its_processes() {
     // `standard` lets the program fork (the strict allowlist does not).
@@ -171,7 +155,7 @@ fn cancelling_on_the_first_chunk_kills_the_sleeping_sandbox_and_all_its_processe
                 line.extend_from_slice(bytes);
             }
             if line.ends_with(b"\n") && !canceller.is_cancelled() {
-                *seen_alive.lock().unwrap() = processes_with(&find);
+                *seen_alive.lock().unwrap() = common::processes_with(&find);
                 canceller.cancel();
             }
         });
@@ -205,11 +189,11 @@ fn cancelling_on_the_first_chunk_kills_the_sleeping_sandbox_and_all_its_processe
         );
         // The kill may still be tearing the sandbox down: allow a moment.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !processes_with(&marker).is_empty() {
+        while !common::processes_with(&marker).is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "{name}: sandbox processes outlived the cancel: {:?}",
-                processes_with(&marker)
+                common::processes_with(&marker)
             );
             std::thread::sleep(Duration::from_millis(50));
         }

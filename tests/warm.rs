@@ -155,6 +155,25 @@ fn a_dead_zygote_is_restarted() {
     assert_eq!(run_ok(&warm, "strict", "print(2)"), "2\n");
 }
 
+#[test]
+fn a_dead_zygote_is_replaced_before_the_next_call() {
+    let Some(warm) = common::warm() else { return };
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    warm.prestart(&policy).unwrap();
+    assert_eq!(warm.warm_ready(), 1);
+    warm.kill_zygotes_for_tests();
+    assert_eq!(warm.warm_ready(), 0, "the zygote was killed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while warm.warm_ready() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no zygote replaced the dead one within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(run_ok(&warm, "strict", "print(3)"), "3\n");
+}
+
 /// The warm path ends a program as interpreter shutdown does; the cold path
 /// is a real interpreter's shutdown. Each program must give the same verdict,
 /// exit code, signal, stdout and stderr on both.

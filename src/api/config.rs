@@ -9,6 +9,7 @@ use crate::executor::admission::{CpuQuota, TenantConfig};
 use crate::executor::images::HOST_IMAGE;
 use crate::policy::{ByteSize, parse_duration};
 use crate::runtime::docker::DEFAULT_IMAGE;
+use crate::runtime::native::WarmConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,10 @@ pub struct ServeConfig {
     /// with `runtime = "docker"` (`[docker] warm_pool`); 0 runs every call
     /// in a container created for it.
     pub docker_warm_pool: usize,
+    /// The native warm path for native images: a zygote per sandbox user
+    /// and base environment forks each call. `None` starts a fresh
+    /// interpreter per call (`[native] warm = false`, `pyward serve --cold`).
+    pub warm: Option<WarmConfig>,
     pub(crate) tenants: Vec<TenantConfig>,
 }
 
@@ -124,9 +129,22 @@ struct RawConfig {
     docker: Option<RawDocker>,
     #[serde(default, rename = "image")]
     images: Vec<RawImage>,
+    #[serde(default)]
+    native: RawNative,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNative {
+    warm: Option<bool>,
+    preload: Option<Vec<String>>,
+    max_zygotes: Option<usize>,
+}
+
+/// Most zygotes a server may keep (each is an interpreter's memory).
+const MAX_ZYGOTES: usize = 64;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +223,38 @@ impl Check<'_> {
         value.map_or(Ok(default), |v| {
             parse_duration(&v).map_err(|e| self.invalid(field, &v, &e.to_string()))
         })
+    }
+
+    /// The `[native]` table: the warm path's settings, `None` when off.
+    fn native(&self, raw: RawNative) -> Result<Option<WarmConfig>, ConfigError> {
+        let defaults = WarmConfig::default();
+        let max_zygotes = match raw.max_zygotes {
+            None => defaults.max_zygotes,
+            Some(n @ 1..=MAX_ZYGOTES) => n,
+            Some(n) => {
+                return Err(self.invalid("native.max_zygotes", n, &format!("1 to {MAX_ZYGOTES}")));
+            }
+        };
+        let modules = raw.preload.unwrap_or_default();
+        for module in &modules {
+            let identifier = |part: &str| {
+                part.chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+            };
+            if !module.split('.').all(identifier) {
+                return Err(self.invalid(
+                    "native.preload",
+                    format!("{module:?}"),
+                    "module names as in an import statement, e.g. \"numpy\" or \"xml.etree.ElementTree\"",
+                ));
+            }
+        }
+        Ok(raw.warm.unwrap_or(true).then_some(WarmConfig {
+            modules,
+            max_zygotes,
+        }))
     }
 
     fn at_least_one(
@@ -412,7 +462,15 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
 }
 
 impl ServeConfig {
-    /// The configuration without a file: 127.0.0.1:8080, native, strict, one local tenant without auth.
+    /// Turns the warm paths off: every call starts a fresh interpreter
+    /// (no zygotes, no pooled containers).
+    pub fn cold(&mut self) {
+        self.warm = None;
+        self.docker_warm_pool = 0;
+    }
+
+    /// The configuration without a file: 127.0.0.1:8080, native with its
+    /// warm path, strict, one local tenant without auth.
     pub fn local() -> ServeConfig {
         ServeConfig::from_toml("", "(defaults)").expect("the empty configuration is valid")
     }
@@ -501,6 +559,7 @@ impl ServeConfig {
             )?,
             max_attempts: raw.max_attempts.unwrap_or(3).max(1),
             docker_warm_pool,
+            warm: check.native(raw.native)?,
             tenants,
         };
         config.check_auth(&check)?;
@@ -724,6 +783,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("warm"), "{err}");
+        // `pyward serve --cold` turns the pools off too.
+        let mut cold = ServeConfig::from_toml("[docker]\nwarm_pool = 4", "t.toml").unwrap();
+        assert_eq!(cold.docker_warm_pool, 4);
+        cold.cold();
+        assert_eq!(cold.docker_warm_pool, 0);
     }
 
     #[test]
@@ -735,5 +799,48 @@ mod tests {
         assert_eq!(names, ["host", "python3.11-bookworm"]);
         assert_eq!(config.tenants[1].images, ["host"]);
         assert!(config.tenants.iter().all(|t| t.cpu.is_some()));
+        assert!(config.warm.is_some());
+    }
+
+    #[test]
+    fn the_native_warm_path_is_on_unless_turned_off() {
+        let warm = ServeConfig::local().warm.expect("warm by default");
+        assert_eq!((warm.modules.len(), warm.max_zygotes), (0, 8));
+        let text = "[native]\npreload = [\"json\", \"xml.etree.ElementTree\"]\nmax_zygotes = 2";
+        let warm = ServeConfig::from_toml(text, "t.toml")
+            .unwrap()
+            .warm
+            .unwrap();
+        assert_eq!(warm.modules, ["json", "xml.etree.ElementTree"]);
+        assert_eq!(warm.max_zygotes, 2);
+        let off = ServeConfig::from_toml("[native]\nwarm = false", "t.toml").unwrap();
+        assert!(off.warm.is_none());
+        let mut cold = ServeConfig::local();
+        cold.cold();
+        assert!(cold.warm.is_none());
+    }
+
+    #[test]
+    fn bad_native_settings_name_the_field_and_what_is_allowed() {
+        for (text, field, allowed) in [
+            ("max_zygotes = 0", "native.max_zygotes", "1 to 64"),
+            ("max_zygotes = 65", "native.max_zygotes", "1 to 64"),
+            (
+                "preload = [\"os; import x\"]",
+                "native.preload",
+                "module names",
+            ),
+            ("preload = [\"\"]", "native.preload", "module names"),
+            ("preload = [\"a..b\"]", "native.preload", "module names"),
+            ("zygotes = 3", "unknown field", "warm"),
+        ] {
+            let err = ServeConfig::from_toml(&format!("[native]\n{text}"), "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(field) && err.contains(allowed),
+                "{text}: {err}"
+            );
+        }
     }
 }

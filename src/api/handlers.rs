@@ -778,10 +778,11 @@ pub async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
         .queued()
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let text = state
-        .queue
-        .metrics
-        .render(queued, state.queue.admission.in_flight());
+    let text = state.queue.metrics.render(
+        queued,
+        state.queue.admission.in_flight(),
+        state.queue.executor.images(),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

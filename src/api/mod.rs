@@ -24,16 +24,16 @@ use crate::executor::metrics::Metrics;
 use crate::executor::store::{JobStore, StoreError};
 use crate::image::{Cache as ImageCache, ImageError};
 use crate::policy::{PolicyError, SandboxPolicy};
+use crate::runtime::Runtime;
 use crate::runtime::docker::{
     DockerConfig, DockerError, DockerRuntime, DockerWarmConfig, DockerWarmRuntime,
 };
-use crate::runtime::native::{NativeConfig, NativeError, NativeRuntime};
-use crate::runtime::{RunError, Runtime};
+use crate::runtime::native::{NativeConfig, NativeError, NativeRuntime, WarmConfig, WarmRuntime};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use handlers::AppState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,20 +60,6 @@ pub enum ServeError {
         arch: Arch,
         /// Why.
         source: NativeError,
-    },
-    /// The Docker warm pool of an image could not be prepared for a policy.
-    #[error(
-        "image {image} ({arch}): cannot prepare the Docker warm pool for policy {policy}: {source}"
-    )]
-    WarmPool {
-        /// The image's name.
-        image: String,
-        /// The architecture.
-        arch: Arch,
-        /// The policy's name.
-        policy: String,
-        /// Why (boxed: it is large, and rare).
-        source: Box<RunError>,
     },
     /// A Docker image's runtime could not start, or the image is not in the daemon.
     #[error("image {image} ({arch}): {source}")]
@@ -105,6 +91,20 @@ pub enum ServeError {
         image: String,
         /// Why.
         source: ImageError,
+    },
+    /// A warm path (zygote, container pool) could not start.
+    #[error(
+        "image {image} ({arch}), policy {policy}: cannot start the warm path: {source} (`pyward serve --cold` runs without it)"
+    )]
+    Prewarm {
+        /// The image's name.
+        image: String,
+        /// The architecture.
+        arch: Arch,
+        /// The policy.
+        policy: String,
+        /// Why.
+        source: Box<crate::runtime::RunError>,
     },
     /// The job database could not be opened or recovered.
     #[error(transparent)]
@@ -146,7 +146,9 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
 /// A runtime for every (image, architecture) of the configuration, each
 /// checked now: a Docker image must be in the daemon (and qemu-user
 /// registered for a foreign arch), a native image's rootfs in the cache.
-/// A Docker image's warm pools start filling now (see `docker_runtime`).
+/// What a runtime keeps warm is started now for every policy of the tenants
+/// allowed the image, so that the first calls are warm too and a warm path
+/// that cannot start stops the server with the reason.
 fn offered_images(
     config: &ServeConfig,
     policies: &BTreeMap<String, Arc<SandboxPolicy>>,
@@ -155,14 +157,32 @@ fn offered_images(
     let mut offered = Vec::new();
     for image in &config.images {
         let mut entry = OfferedImage::new(&image.name, python_version(image, &cache));
+        let names: BTreeSet<&String> = config
+            .tenants
+            .iter()
+            .filter(|tenant| tenant.images.contains(&image.name))
+            .flat_map(|tenant| &tenant.policies)
+            .collect();
+        // Room for a pool per policy and four shapes of per-call limits.
+        let pool = DockerWarmConfig {
+            size: config.docker_warm_pool,
+            max_pools: names.len() + 4,
+        };
         for &arch in &image.arches {
-            let runtime = match image.runtime {
-                RuntimeKind::Native => native_runtime(image, arch, &cache)?,
-                RuntimeKind::Docker => {
-                    let users = policies_of_image(config, policies, &image.name);
-                    docker_runtime(image, arch, config.docker_warm_pool, &users)?
-                }
-            };
+            let runtime = image_runtime(image, arch, &cache, config.warm.as_ref(), pool)?;
+            for name in &names {
+                let Some(policy) = policies.get(*name) else {
+                    continue;
+                };
+                runtime
+                    .prewarm(policy)
+                    .map_err(|source| ServeError::Prewarm {
+                        image: image.name.clone(),
+                        arch,
+                        policy: (*name).clone(),
+                        source: Box::new(source),
+                    })?;
+            }
             entry = entry.with_arch(arch, runtime);
         }
         tracing::info!(image = %image.name, runtime = image.runtime.as_str(), arches = ?image.arches, python = ?entry.python, "image offered");
@@ -171,101 +191,77 @@ fn offered_images(
     Ok(offered)
 }
 
-/// The native runtime of `image` on `arch` (the host's): on the host's
-/// interpreter for `host`, else on the image's rootfs from the cache.
-fn native_runtime(
+/// The runtime of `image` on `arch`: native (with `warm`, its warm path),
+/// or Docker (with `pool.size` above 0, its warm pool; see `docker_runtime`).
+fn image_runtime(
     image: &ImageConfig,
     arch: Arch,
     cache: &ImageCache,
+    warm: Option<&WarmConfig>,
+    pool: DockerWarmConfig,
 ) -> Result<Box<dyn Runtime>, ServeError> {
     let name = &image.name;
-    let rootfs = if name == HOST_IMAGE {
-        None
-    } else {
-        let built = cache
-            .load_meta(name, arch)
-            .map_err(|source| ServeError::ImageCache {
-                image: name.clone(),
-                source,
-            })?;
-        if built.is_none() {
-            return Err(ServeError::ImageNotBuilt {
+    match image.runtime {
+        RuntimeKind::Native => {
+            let rootfs = if name == HOST_IMAGE {
+                None
+            } else {
+                let built =
+                    cache
+                        .load_meta(name, arch)
+                        .map_err(|source| ServeError::ImageCache {
+                            image: name.clone(),
+                            source,
+                        })?;
+                if built.is_none() {
+                    return Err(ServeError::ImageNotBuilt {
+                        image: name.clone(),
+                        arch,
+                        cache: cache.root().to_owned(),
+                    });
+                }
+                Some(cache.rootfs_dir(name, arch))
+            };
+            let config = NativeConfig {
+                rootfs,
+                ..NativeConfig::default()
+            };
+            let native = NativeRuntime::new(config).map_err(|source| ServeError::NativeImage {
                 image: name.clone(),
                 arch,
-                cache: cache.root().to_owned(),
-            });
+                source,
+            })?;
+            Ok(match warm {
+                Some(warm) => Box::new(WarmRuntime::new(native, warm.clone())),
+                None => Box::new(native),
+            })
         }
-        Some(cache.rootfs_dir(name, arch))
-    };
-    let config = NativeConfig {
-        rootfs,
-        ..NativeConfig::default()
-    };
-    let native = NativeRuntime::new(config).map_err(|source| ServeError::NativeImage {
-        image: name.clone(),
-        arch,
-        source,
-    })?;
-    Ok(Box::new(native))
+        RuntimeKind::Docker => docker_runtime(image, arch, pool),
+    }
 }
 
 /// The Docker runtime of `image` on `arch`, its image checked in the
-/// daemon. With `warm_pool` above 0, a warm pool of that many containers
-/// per policy in `policies` (those of the tenants that may use the image),
-/// filling from now on, with room for four shapes of per-call limits; 0
-/// creates a container per call.
+/// daemon: a warm pool of `pool.size` containers per shape, or, with 0, a
+/// container created per call.
 fn docker_runtime(
     image: &ImageConfig,
     arch: Arch,
-    warm_pool: usize,
-    policies: &[(&String, &Arc<SandboxPolicy>)],
+    pool: DockerWarmConfig,
 ) -> Result<Box<dyn Runtime>, ServeError> {
-    let name = &image.name;
     let docker_error = |source| ServeError::DockerImage {
-        image: name.clone(),
+        image: image.name.clone(),
         arch,
         source,
     };
-    let config = DockerConfig::for_image(name, arch);
-    if warm_pool == 0 {
+    let config = DockerConfig::for_image(&image.name, arch);
+    if pool.size == 0 {
         let docker = DockerRuntime::new(config).map_err(docker_error)?;
         docker.check_image().map_err(docker_error)?;
         return Ok(Box::new(docker));
     }
-    let warm = DockerWarmConfig {
-        size: warm_pool,
-        max_pools: policies.len() + 4,
-    };
-    let runtime = DockerWarmRuntime::new(config, warm).map_err(docker_error)?;
-    runtime.cold().check_image().map_err(docker_error)?;
-    for (policy_name, policy) in policies {
-        runtime
-            .prewarm(policy)
-            .map_err(|source| ServeError::WarmPool {
-                image: name.clone(),
-                arch,
-                policy: (*policy_name).clone(),
-                source: Box::new(source),
-            })?;
-    }
-    Ok(Box::new(runtime))
-}
-
-/// The policies of the tenants that may use image `name`, each once.
-fn policies_of_image<'a>(
-    config: &ServeConfig,
-    policies: &'a BTreeMap<String, Arc<SandboxPolicy>>,
-    name: &str,
-) -> Vec<(&'a String, &'a Arc<SandboxPolicy>)> {
-    policies
-        .iter()
-        .filter(|(policy, _)| {
-            config
-                .tenants
-                .iter()
-                .any(|t| t.images.iter().any(|i| i == name) && t.policies.contains(policy))
-        })
-        .collect()
+    let pooled = DockerWarmRuntime::new(config, pool).map_err(docker_error)?;
+    pooled.cold().check_image().map_err(docker_error)?;
+    Ok(Box::new(pooled))
 }
 
 /// The image's Python version: the host interpreter's own answer for

@@ -17,6 +17,11 @@ pub struct ServeArgs {
     /// Listen on this address instead of the configuration's.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
+
+    /// Start a fresh interpreter for every call: no zygotes, no pooled
+    /// containers, whatever the configuration says.
+    #[arg(long)]
+    cold: bool,
 }
 
 /// Runs `pyward serve` until a signal stops it.
@@ -25,6 +30,9 @@ pub fn run(args: &ServeArgs) -> Result<u8, CliError> {
         Some(path) => ServeConfig::load(path)?,
         None => ServeConfig::local(),
     };
+    if args.cold {
+        config.cold();
+    }
     if let Some(listen) = args.listen {
         config.listen = listen;
         if !config.requires_auth() && !listen.ip().is_loopback() {

@@ -66,12 +66,18 @@ impl OfferedImage {
             .or_else(|| arches.first().copied())
     }
 
-    /// What runs it, `native` or `docker`, from its first architecture's
-    /// runtime: a warm variant (`native-warm`, `docker-warm`) is its
-    /// runtime's own (the API's `runtime` names one of the two).
+    /// The runtime's kind (`native`, `docker`), from its first architecture.
     pub fn runtime_name(&self) -> &'static str {
-        let name = self.runtimes.first().map_or("none", |(_, r)| r.name());
-        name.strip_suffix("-warm").unwrap_or(name)
+        self.runtimes.first().map_or("none", |(_, r)| r.kind())
+    }
+
+    /// Per architecture, the sandboxes ready for a call without a cold start
+    /// (see [`Runtime::warm_ready`]).
+    pub fn warm_ready(&self) -> Vec<(Arch, usize)> {
+        self.runtimes
+            .iter()
+            .map(|(arch, runtime)| (*arch, runtime.warm_ready()))
+            .collect()
     }
 
     fn runtime(&self, arch: Arch) -> Option<&dyn Runtime> {
@@ -272,17 +278,5 @@ mod tests {
         };
         let err = route(&offered, &tenant, Some("host"), Some(foreign)).unwrap_err();
         assert!(matches!(err, RouteError::UnknownArch { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn a_warm_runtime_is_listed_as_its_family() {
-        let warm =
-            OfferedImage::new("py", None).with_arch(Arch::Amd64, Box::new(Never("docker-warm")));
-        assert_eq!(warm.runtime_name(), "docker");
-        let warm =
-            OfferedImage::new("host", None).with_arch(Arch::host(), Box::new(Never("native-warm")));
-        assert_eq!(warm.runtime_name(), "native");
-        assert_eq!(offered()[1].runtime_name(), "docker");
-        assert_eq!(OfferedImage::new("none", None).runtime_name(), "none");
     }
 }

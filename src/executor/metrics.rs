@@ -1,6 +1,7 @@
 //! Counters the server exposes at /metrics: runs by verdict, run latency,
 //! in-flight runs, queue depth, gRPC calls by method. Lock-free atomics, rendered as Prometheus text.
 
+use super::images::OfferedImage;
 use crate::runtime::Verdict;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,7 +112,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the gauges passed in.
-    pub fn render(&self, queued: usize, in_flight: usize) -> String {
+    pub fn render(&self, queued: usize, in_flight: usize, images: &[OfferedImage]) -> String {
         let mut out = String::new();
         out.push_str("# HELP pyward_runs_total Runs that produced an outcome, by how they came in and verdict.\n");
         out.push_str("# TYPE pyward_runs_total counter\n");
@@ -155,6 +156,17 @@ impl Metrics {
             let n = count.load(Ordering::Relaxed);
             let _ = writeln!(out, "pyward_grpc_requests_total{{method=\"{name}\"}} {n}");
         }
+        out.push_str("# HELP pyward_warm_ready Sandboxes ready for a call without a cold start (native zygotes, pooled containers), by image and architecture.\n");
+        out.push_str("# TYPE pyward_warm_ready gauge\n");
+        for image in images {
+            for (arch, ready) in image.warm_ready() {
+                let name = &image.name;
+                let _ = writeln!(
+                    out,
+                    "pyward_warm_ready{{image=\"{name}\",arch=\"{arch}\"}} {ready}"
+                );
+            }
+        }
         out.push_str("# HELP pyward_queue_depth Async jobs waiting for a worker.\n");
         out.push_str("# TYPE pyward_queue_depth gauge\n");
         let _ = writeln!(out, "pyward_queue_depth {queued}");
@@ -173,7 +185,7 @@ mod tests {
     fn a_run_lands_in_its_verdict_and_every_bucket_above_it() {
         let metrics = Metrics::default();
         metrics.record(RunKind::Sync, Verdict::Timeout, Duration::from_millis(300));
-        let text = metrics.render(3, 1);
+        let text = metrics.render(3, 1, &[]);
         assert!(text.contains("pyward_runs_total{kind=\"sync\",verdict=\"timeout\"} 1\n"));
         assert!(text.contains("pyward_runs_total{kind=\"job\",verdict=\"timeout\"} 0\n"));
         assert!(text.contains("pyward_run_duration_seconds_bucket{le=\"0.25\"} 0\n"));
@@ -182,8 +194,48 @@ mod tests {
         assert!(text.contains("pyward_queue_depth 3\n"));
         assert!(text.contains("pyward_runs_in_flight 1\n"));
         metrics.grpc_call(GrpcMethod::WatchJob);
-        let text = metrics.render(0, 0);
+        let text = metrics.render(0, 0, &[]);
         assert!(text.contains("pyward_grpc_requests_total{method=\"WatchJob\"} 1\n"));
         assert!(text.contains("pyward_grpc_requests_total{method=\"Run\"} 0\n"));
+    }
+
+    /// A runtime with `0` sandboxes kept warm.
+    struct Warm(usize);
+
+    impl crate::runtime::Runtime for Warm {
+        fn name(&self) -> &'static str {
+            "warm"
+        }
+
+        fn run_watched(
+            &self,
+            _: &crate::policy::SandboxPolicy,
+            _: &crate::runtime::Submission,
+            _: &crate::runtime::RunWatch,
+        ) -> Result<crate::runtime::Outcome, crate::runtime::RunError> {
+            Err(crate::runtime::RunError::InvalidSubmission(
+                "not here".into(),
+            ))
+        }
+
+        fn warm_ready(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn warm_sandboxes_are_a_gauge_per_image_and_arch() {
+        use crate::arch::Arch;
+        let images = [
+            OfferedImage::new("host", None).with_arch(Arch::Amd64, Box::new(Warm(1))),
+            OfferedImage::new("py", None)
+                .with_arch(Arch::Amd64, Box::new(Warm(2)))
+                .with_arch(Arch::Arm64, Box::new(Warm(0))),
+        ];
+        let text = Metrics::default().render(0, 0, &images);
+        assert!(text.contains("# TYPE pyward_warm_ready gauge\n"));
+        assert!(text.contains("pyward_warm_ready{image=\"host\",arch=\"amd64\"} 1\n"));
+        assert!(text.contains("pyward_warm_ready{image=\"py\",arch=\"amd64\"} 2\n"));
+        assert!(text.contains("pyward_warm_ready{image=\"py\",arch=\"arm64\"} 0\n"));
     }
 }

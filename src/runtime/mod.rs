@@ -51,6 +51,12 @@ pub trait Runtime: Send + Sync {
         watch: &RunWatch,
     ) -> Result<Outcome, RunError>;
 
+    /// The runtime a caller chooses (`native`, `docker`), whichever path
+    /// (cold, warm) this one takes: its name unless it is a warm path.
+    fn kind(&self) -> &'static str {
+        self.name()
+    }
+
     /// Starts now what this runtime keeps warm for calls under `policy`
     /// (a zygote, pooled containers) instead of at the first call; an error
     /// says why it cannot. Nothing to do for a runtime without a warm path.

@@ -220,6 +220,16 @@ pub fn stderr(outcome: &Outcome) -> String {
     String::from_utf8_lossy(&outcome.stderr.bytes).into_owned()
 }
 
+/// `pyward serve` with the native runtime needs root; skip loudly (fail
+/// under CI) without it.
+pub fn can_serve() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    missing("`pyward serve` with the native runtime needs root");
+    false
+}
+
 /// Host processes (other than this test's) whose command line holds
 /// `marker`: a sandboxed program re-executes itself with a marker to be
 /// found from the host.

@@ -11,7 +11,7 @@ use crate::executor::jobs::OutputChunk;
 use crate::executor::store::{JobRecord, JobStatus};
 use crate::policy::{Limits, format_duration};
 use crate::runtime::Stream;
-use crate::runtime::{Outcome, Verdict, signal_name};
+use crate::runtime::{Outcome, OutputFile, OutputStatus, Verdict, signal_name};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value, json};
@@ -63,6 +63,10 @@ pub fn request_body(request: &proto::RunRequest) -> Result<String, ApiError> {
         if !value.is_empty() {
             body.insert(name.into(), value.as_str().into());
         }
+    }
+    // Passed as they are: the shared check refuses a bad path by name.
+    if !request.outputs.is_empty() {
+        body.insert("outputs".into(), request.outputs.clone().into());
     }
     Ok(Value::Object(body).to_string())
 }
@@ -152,6 +156,36 @@ pub fn outcome(outcome: &Outcome, trace_id: String) -> proto::Outcome {
         trace_id,
         image: outcome.image.clone(),
         arch: outcome.arch.map(|a| a.as_str().to_owned()),
+        files: outcome.files.iter().map(output_file).collect(),
+    }
+}
+
+/// The message of an output file status.
+pub fn output_status(status: &OutputStatus) -> proto::OutputStatus {
+    match status {
+        OutputStatus::Collected { .. } => proto::OutputStatus::Ok,
+        OutputStatus::Missing => proto::OutputStatus::Missing,
+        OutputStatus::NotRegular => proto::OutputStatus::NotRegular,
+        OutputStatus::NotCollected => proto::OutputStatus::NotCollected,
+    }
+}
+
+/// The message of a declared output file: its kept bytes as they are, the
+/// size only when it was read.
+fn output_file(file: &OutputFile) -> proto::OutputFile {
+    let (content, size, truncated) = match &file.status {
+        OutputStatus::Collected { contents, size } => {
+            (contents.bytes.clone(), Some(*size), contents.truncated)
+        }
+        _ => (Vec::new(), None, false),
+    };
+    proto::OutputFile {
+        path: file.path.clone(),
+        status: output_status(&file.status).into(),
+        status_name: file.status.as_str().to_owned(),
+        content,
+        size,
+        truncated,
     }
 }
 
@@ -373,6 +407,30 @@ mod tests {
         }
     }
 
+    /// Bytes that are not UTF-8, with a NUL among them.
+    const RAW: &[u8] = &[0xff, 0x00, 0xfe, b'\n', 0xc3];
+
+    /// The path, status name, content, size and truncation of a file.
+    type Fields<'a> = (&'a str, &'a str, &'a [u8], Option<u64>, bool);
+
+    fn file_fields(files: &[proto::OutputFile]) -> Vec<Fields<'_>> {
+        files
+            .iter()
+            .map(|f| {
+                let (path, name) = (f.path.as_str(), f.status_name.as_str());
+                (path, name, f.content.as_slice(), f.size, f.truncated)
+            })
+            .collect()
+    }
+
+    /// The files of [`sample_outcome`] as messages.
+    fn sample_files() -> Vec<Fields<'static>> {
+        vec![
+            ("out/raw.bin", "ok", RAW, Some(100), true),
+            ("gone", "missing", &[], None, false),
+        ]
+    }
+
     fn sample_outcome() -> Outcome {
         Outcome {
             verdict: Verdict::Signaled,
@@ -392,7 +450,22 @@ mod tests {
                 peak_memory_bytes: 4096,
             },
             message: Some("killed".into()),
-            files: Vec::new(),
+            files: vec![
+                OutputFile {
+                    path: "out/raw.bin".into(),
+                    status: OutputStatus::Collected {
+                        contents: Captured {
+                            bytes: RAW.to_vec(),
+                            truncated: true,
+                        },
+                        size: 100,
+                    },
+                },
+                OutputFile {
+                    path: "gone".into(),
+                    status: OutputStatus::Missing,
+                },
+            ],
             image: Some("host".into()),
             arch: Some(crate::Arch::Arm64),
         }
@@ -417,6 +490,63 @@ mod tests {
             (o.image.as_deref(), o.arch.as_deref()),
             (Some("host"), Some("arm64"))
         );
+        assert_eq!(file_fields(&o.files), sample_files());
+    }
+
+    #[test]
+    fn every_output_status_converts_with_its_json_name() {
+        let collected = |bytes: &[u8], truncated, size| OutputStatus::Collected {
+            contents: Captured {
+                bytes: bytes.to_vec(),
+                truncated,
+            },
+            size,
+        };
+        for (status, content, size, truncated) in [
+            (collected(RAW, false, 5), RAW, Some(5), false),
+            (collected(b"", false, 0), &b""[..], Some(0), false),
+            (
+                collected(&RAW[..2], true, 1 << 40),
+                &RAW[..2],
+                Some(1 << 40),
+                true,
+            ),
+            (OutputStatus::Missing, &b""[..], None, false),
+            (OutputStatus::NotRegular, &b""[..], None, false),
+            (OutputStatus::NotCollected, &b""[..], None, false),
+        ] {
+            let file = output_file(&OutputFile {
+                path: "a/b".into(),
+                status: status.clone(),
+            });
+            let name = status.as_str();
+            let expected = format!("OUTPUT_STATUS_{}", name.to_uppercase());
+            assert_eq!(file.status().as_str_name(), expected, "{status:?}");
+            assert_eq!(file.status_name, name);
+            assert_eq!(file.path, "a/b");
+            assert_eq!(file.content, content, "bytes as they are: {status:?}");
+            assert_eq!((file.size, file.truncated), (size, truncated), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn outputs_go_into_the_body_and_a_bad_path_is_refused_by_name() {
+        let mut request = code("1");
+        let body: Value = serde_json::from_str(&request_body(&request).unwrap()).unwrap();
+        assert!(body.get("outputs").is_none(), "{body}");
+        assert!(submission(&request).unwrap().outputs.is_empty());
+        request.outputs = vec!["result.bin".into(), "out/plot.png".into()];
+        let body: Value = serde_json::from_str(&request_body(&request).unwrap()).unwrap();
+        assert_eq!(body["outputs"], json!(["result.bin", "out/plot.png"]));
+        assert_eq!(
+            submission(&request).unwrap().outputs,
+            ["result.bin", "out/plot.png"]
+        );
+        for bad in ["../x", "/etc/passwd", "a\0b"] {
+            request.outputs = vec!["ok.txt".into(), bad.into()];
+            let err = submission(&request).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+        }
     }
 
     #[test]
@@ -443,12 +573,15 @@ mod tests {
             (o.stdout.as_slice(), o.trace_id.as_str()),
             (&[0xff, 0xfe, b'x'][..], "t1")
         );
+        // The files survive the stored JSON (base64 there), byte for byte.
+        assert_eq!(file_fields(&o.files), sample_files());
         use proto::job_event::Event;
         let render = |update| event("j1", update, "t1").map(|e| e.event.unwrap());
         match render(JobUpdate::Outcome(stored)) {
             Some(Event::Outcome(o)) => {
                 assert_eq!(o.verdict_name, "signaled");
                 assert_eq!(o.image.as_deref(), Some("host"));
+                assert_eq!(file_fields(&o.files), sample_files());
             }
             other => panic!("{other:?}"),
         }

@@ -491,6 +491,10 @@ impl Runtime for DockerWarmRuntime {
         "docker-warm"
     }
 
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
     fn run_watched(
         &self,
         policy: &SandboxPolicy,

@@ -59,11 +59,12 @@ impl Default for WarmConfig {
 /// sandboxed interpreter instead of starting a fresh one.
 pub struct WarmRuntime {
     native: Arc<NativeRuntime>,
-    /// The zygotes, each with when a call last used it.
-    zygotes: Mutex<HashMap<ZygoteKey, (Arc<Zygote>, Instant)>>,
+    zygotes: Arc<Mutex<HashMap<ZygoteKey, Entry>>>,
     max_zygotes: usize,
     /// Starts zygotes on a thread of its own (see [`Spawner`]).
     spawner: Spawner,
+    /// Replaces zygotes that died, without waiting for a call to notice.
+    keeper: Option<Keeper>,
     /// Frees each call's cgroup slot once the call's processes are gone.
     cleanup: Option<std::sync::mpsc::Sender<Finished>>,
     cleanup_thread: Option<std::thread::JoinHandle<()>>,
@@ -72,6 +73,94 @@ pub struct WarmRuntime {
 /// What a zygote's sandbox depends on besides the runtime's rootfs: the
 /// user its /etc/passwd names and the environment it starts with.
 type ZygoteKey = (u32, u32, Vec<(String, String)>);
+
+/// A zygote, the policy it was started for and when a call last used it.
+struct Entry {
+    zygote: Arc<Zygote>,
+    policy: SandboxPolicy,
+    used: Instant,
+}
+
+/// How often the keeper looks for dead zygotes.
+const KEEPER_PERIOD: Duration = Duration::from_millis(250);
+/// How long the keeper waits before trying again to start a zygote that failed.
+const KEEPER_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The thread that replaces dead zygotes; stops when dropped.
+struct Keeper {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Keeper {
+    fn start(zygotes: Arc<Mutex<HashMap<ZygoteKey, Entry>>>, spawner: SpawnQueue) -> Keeper {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("pyward-zygote-keeper".into())
+            .spawn(move || {
+                let mut failed = HashMap::new();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(KEEPER_PERIOD)
+                {
+                    Keeper::replace_dead(&zygotes, &spawner, &mut failed);
+                }
+            })
+            .ok();
+        Keeper {
+            stop: Some(stop),
+            thread,
+        }
+    }
+
+    /// Starts a new zygote for every dead one. A zygote that cannot start
+    /// stays dead (the next call for it tries again and reports why); the
+    /// keeper tries again after [`KEEPER_BACKOFF`], as `failed` records.
+    fn replace_dead(
+        zygotes: &Mutex<HashMap<ZygoteKey, Entry>>,
+        spawner: &SpawnQueue,
+        failed: &mut HashMap<ZygoteKey, Instant>,
+    ) {
+        failed.retain(|_, at| at.elapsed() < KEEPER_BACKOFF);
+        let dead: Vec<(ZygoteKey, SandboxPolicy)> = lock(zygotes)
+            .iter()
+            .filter(|(key, entry)| !failed.contains_key(*key) && !entry.zygote.alive())
+            .map(|(key, entry)| (key.clone(), entry.policy.clone()))
+            .collect();
+        for (key, policy) in dead {
+            match spawner.start(&policy) {
+                Ok(zygote) => {
+                    let mut zygotes = lock(zygotes);
+                    // A call may have replaced it meanwhile; keep the live one.
+                    if let Some(entry) = zygotes.get_mut(&key)
+                        && !entry.zygote.alive()
+                    {
+                        tracing::info!(policy = %policy.name, "a dead zygote was replaced");
+                        entry.zygote = Arc::new(zygote);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(policy = %policy.name, %error, "cannot replace a dead zygote");
+                    failed.insert(key, Instant::now());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 impl WarmRuntime {
     /// A warm path over `native`; zygotes start on first use.
@@ -82,11 +171,14 @@ impl WarmRuntime {
             .spawn(move || finished.into_iter().for_each(Finished::wait))
             .ok();
         let native = Arc::new(native);
+        let zygotes = Arc::new(Mutex::default());
+        let spawner = Spawner::new(native.clone(), config.clone());
         WarmRuntime {
             max_zygotes: config.max_zygotes.max(1),
-            spawner: Spawner::new(native.clone(), config),
+            keeper: Some(Keeper::start(zygotes.clone(), spawner.queue())),
+            spawner,
             native,
-            zygotes: Mutex::default(),
+            zygotes,
             cleanup: cleanup_thread.as_ref().map(|_| cleanup),
             cleanup_thread,
         }
@@ -100,11 +192,8 @@ impl WarmRuntime {
     /// Kills every zygote (their entries stay, as after a crash). For tests.
     #[doc(hidden)]
     pub fn kill_zygotes_for_tests(&self) {
-        let zygotes = self
-            .zygotes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (zygote, _) in zygotes.values() {
+        let zygotes = lock(&self.zygotes);
+        for Entry { zygote, .. } in zygotes.values() {
             let _ = sys::process::pidfd_send_signal(zygote.stub.pidfd.as_fd(), libc::SIGKILL);
             let mut fds = [PollFd::new(zygote.stub.pidfd.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, PollTimeout::from(5000u16));
@@ -117,41 +206,40 @@ impl WarmRuntime {
             policy.user.gid,
             policy.environment(&Default::default()),
         );
-        let mut zygotes = self
-            .zygotes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((zygote, used)) = zygotes.get_mut(&key)
+        let mut zygotes = lock(&self.zygotes);
+        if let Some(entry) = zygotes.get_mut(&key)
             && !restart
-            && zygote.alive()
+            && entry.zygote.alive()
         {
-            *used = Instant::now();
-            return Ok(zygote.clone());
+            entry.used = Instant::now();
+            return Ok(entry.zygote.clone());
         }
         if !zygotes.contains_key(&key) && zygotes.len() >= self.max_zygotes {
             // Calls in flight keep theirs alive; it stops with the last of them.
             let oldest = zygotes
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, entry)| entry.used)
                 .map(|(key, _)| key.clone());
             if let Some(oldest) = oldest {
                 zygotes.remove(&oldest);
             }
         }
-        let zygote = Arc::new(self.spawner.start(policy)?);
-        zygotes.insert(key, (zygote.clone(), Instant::now()));
+        let zygote = Arc::new(self.spawner.queue().start(policy)?);
+        let entry = Entry {
+            zygote: zygote.clone(),
+            policy: policy.clone(),
+            used: Instant::now(),
+        };
+        zygotes.insert(key, entry);
         Ok(zygote)
     }
 
     /// Zygotes running now, ready to fork a call.
     pub fn zygotes(&self) -> usize {
-        let zygotes = self
-            .zygotes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let zygotes = lock(&self.zygotes);
         zygotes
             .values()
-            .filter(|(zygote, _)| zygote.alive())
+            .filter(|entry| entry.zygote.alive())
             .count()
     }
 
@@ -198,11 +286,22 @@ impl Spawner {
         }
     }
 
+    /// Where requests to start a zygote go.
+    fn queue(&self) -> SpawnQueue {
+        SpawnQueue(self.requests.clone())
+    }
+}
+
+/// A handle on the [`Spawner`]'s thread.
+struct SpawnQueue(Option<std::sync::mpsc::Sender<SpawnRequest>>);
+
+impl SpawnQueue {
+    /// Starts a zygote for `policy` on the spawner's thread.
     fn start(&self, policy: &SandboxPolicy) -> Result<Zygote, RunError> {
         let gone = || NativeError::ZygoteStart {
             log: "the thread that starts zygotes is gone".into(),
         };
-        let requests = self.requests.as_ref().ok_or_else(gone)?;
+        let requests = self.0.as_ref().ok_or_else(gone)?;
         let (reply, answer) = std::sync::mpsc::channel();
         requests.send((policy.clone(), reply)).map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
@@ -220,6 +319,9 @@ impl Drop for Spawner {
 
 impl Drop for WarmRuntime {
     fn drop(&mut self) {
+        // First the keeper: it holds a queue to the spawner, whose thread
+        // ends only when every queue is gone.
+        drop(self.keeper.take());
         drop(self.cleanup.take());
         if let Some(thread) = self.cleanup_thread.take() {
             let _ = thread.join();
@@ -230,6 +332,10 @@ impl Drop for WarmRuntime {
 impl Runtime for WarmRuntime {
     fn name(&self) -> &'static str {
         "native-warm"
+    }
+
+    fn kind(&self) -> &'static str {
+        "native"
     }
 
     fn prewarm(&self, policy: &SandboxPolicy) -> Result<(), RunError> {
