@@ -717,6 +717,22 @@ fn output_streams_while_the_job_runs_and_cancel_kills_its_sandbox() {
     let job = server.get(&format!("/v1/jobs/{id}")).json();
     assert_eq!(job["status"], "running", "{job}");
     assert_eq!(common::processes_with(&marker).len(), 1, "the program runs");
+    // A watcher that comes after the line was written gets it too, once,
+    // after the running status.
+    let mut late = server.events(&id);
+    let mut replayed = Vec::new();
+    while replayed != b"first\n" {
+        let (chunk, before) = late.until("stdout");
+        replayed.extend(chunk.chunk_bytes());
+        assert!(b"first\n".starts_with(&replayed), "{replayed:?}");
+        assert!(
+            replayed.len() > chunk.chunk_bytes().len()
+                || before
+                    .iter()
+                    .any(|e| e.data.contains(r#""status":"running""#)),
+            "{before:?}"
+        );
+    }
 
     let cancel = server.request("DELETE", &format!("/v1/jobs/{id}"), &[], b"");
     assert_eq!(cancel.status, 202, "{}", cancel.body);

@@ -528,6 +528,8 @@ pub(super) async fn watch_job(
         tenant: tenant.config.name.clone(),
         changes,
         output: None,
+        subscribed: false,
+        past: Vec::new(),
         tx,
     };
     tokio::spawn(follow.run(state.shutdown.clone()));
@@ -542,8 +544,13 @@ struct FollowJob {
     tenant: String,
     /// Every job's state changes (subscribed before the first read).
     changes: broadcast::Receiver<crate::executor::jobs::JobEvent>,
-    /// The job's output, from when the job was seen running until its end.
+    /// The job's output after `past`, from when the job was seen running
+    /// until its end.
     output: Option<broadcast::Receiver<OutputChunk>>,
+    /// Whether the output was subscribed to (once per watch).
+    subscribed: bool,
+    /// The output the job wrote before it was subscribed to, not sent yet.
+    past: Vec<OutputChunk>,
     tx: mpsc::Sender<JobUpdate>,
 }
 
@@ -567,14 +574,17 @@ impl FollowJob {
                 }
             };
             // From when it is seen running (or cancelled while it runs).
-            if job.status != JobStatus::Queued && self.output.is_none() {
-                self.output = self.queue.subscribe_output(&self.id);
+            if job.status != JobStatus::Queued && !self.subscribed {
+                self.subscribed = true;
+                if let Some((past, output)) = self.queue.subscribe_output(&self.id) {
+                    (self.past, self.output) = (past, Some(output));
+                }
             }
             // A job cancelled while it ran is terminal before its run has
             // ended: its status goes out at once, then its last output.
             let run_over = job.outcome.is_some() || !self.queue.is_live(&self.id);
             let done = job.status.is_terminal() && run_over;
-            if done && self.drain().await.is_err() {
+            if done && (self.send_past().await.is_err() || self.drain().await.is_err()) {
                 return;
             }
             if last != Some(job.status) {
@@ -587,7 +597,7 @@ impl FollowJob {
                 let _ = self.finish(job).await;
                 return;
             }
-            if self.wait(&mut shutdown).await.is_err() {
+            if self.send_past().await.is_err() || self.wait(&mut shutdown).await.is_err() {
                 return;
             }
         }
@@ -612,6 +622,14 @@ impl FollowJob {
                 _ = shutdown.changed() => return Err(Gone),
             }
         }
+    }
+
+    /// Sends what the job wrote before it was subscribed to.
+    async fn send_past(&mut self) -> Result<(), Gone> {
+        for chunk in std::mem::take(&mut self.past) {
+            self.send(JobUpdate::Output(chunk)).await?;
+        }
+        Ok(())
     }
 
     /// Sends the output still buffered: all of it, since the run produced

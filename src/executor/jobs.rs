@@ -75,17 +75,53 @@ pub struct OutputChunk {
 /// subscriber, and a job's channel holds at most this many chunks.
 pub const OUTPUT_BACKLOG: usize = 256;
 
-/// What the server holds for a job that a worker has taken: its output
-/// channel and its cancel token.
+/// What the server holds for a job that a worker has taken: its output so
+/// far and the channel of what comes next, and its cancel token.
 struct Live {
-    output: broadcast::Sender<OutputChunk>,
+    output: Arc<LiveOutput>,
     cancel: CancelToken,
+}
+
+/// A running job's output: every chunk so far (at most the policy's output
+/// cap per stream, as the run keeps no more), and the channel of the next.
+/// One lock covers both, so a subscriber gets each chunk exactly once.
+pub struct LiveOutput(Mutex<(Vec<OutputChunk>, broadcast::Sender<OutputChunk>)>);
+
+impl LiveOutput {
+    fn new() -> LiveOutput {
+        LiveOutput(Mutex::new((
+            Vec::new(),
+            broadcast::channel(OUTPUT_BACKLOG).0,
+        )))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (Vec<OutputChunk>, broadcast::Sender<OutputChunk>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `chunk` and passes it on; the run never waits for a subscriber.
+    fn push(&self, chunk: OutputChunk) {
+        let mut output = self.lock();
+        let (past, next) = &mut *output;
+        past.push(chunk.clone());
+        // A full channel drops its oldest chunk; nobody listening is fine.
+        if next.receiver_count() > 0 {
+            let _ = next.send(chunk);
+        }
+    }
+
+    fn subscribe(&self) -> (Vec<OutputChunk>, broadcast::Receiver<OutputChunk>) {
+        let output = self.lock();
+        (output.0.clone(), output.1.subscribe())
+    }
 }
 
 impl Live {
     fn new() -> Live {
         Live {
-            output: broadcast::channel(OUTPUT_BACKLOG).0,
+            output: Arc::new(LiveOutput::new()),
             cancel: CancelToken::new(),
         }
     }
@@ -103,8 +139,8 @@ impl LiveJobs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes the job's output sender and cancel token.
-    fn start(&self, id: &str) -> (broadcast::Sender<OutputChunk>, CancelToken) {
+    /// Makes the job's output and cancel token.
+    fn start(&self, id: &str) -> (Arc<LiveOutput>, CancelToken) {
         let live = Live::new();
         let taken = (live.output.clone(), live.cancel.clone());
         self.lock().insert(id.to_owned(), live);
@@ -128,8 +164,9 @@ impl LiveJobs {
         self.lock().contains_key(id)
     }
 
-    fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<OutputChunk>> {
-        self.lock().get(id).map(|live| live.output.subscribe())
+    fn subscribe(&self, id: &str) -> Option<(Vec<OutputChunk>, broadcast::Receiver<OutputChunk>)> {
+        let output = self.lock().get(id).map(|live| live.output.clone());
+        output.map(|output| output.subscribe())
     }
 }
 
@@ -144,12 +181,16 @@ impl JobQueue {
         let _ = self.events.send(JobEvent { id: id.to_owned() });
     }
 
-    /// The output of job `id` from now on, while a worker runs it (`None`
-    /// otherwise). Chunks come in order per stream; a receiver that falls
-    /// more than [`OUTPUT_BACKLOG`] chunks behind loses the oldest and is
-    /// told so. The channel closes once the job's result is stored. The
-    /// caller checks that the job belongs to the tenant asking.
-    pub fn subscribe_output(&self, id: &str) -> Option<broadcast::Receiver<OutputChunk>> {
+    /// The output of job `id` while a worker runs it (`None` otherwise):
+    /// every chunk so far, and a receiver of the ones after them. Chunks
+    /// come in order per stream; a receiver that falls more than
+    /// [`OUTPUT_BACKLOG`] chunks behind loses the oldest and is told so. The
+    /// channel closes once the job's result is stored. The caller checks
+    /// that the job belongs to the tenant asking.
+    pub fn subscribe_output(
+        &self,
+        id: &str,
+    ) -> Option<(Vec<OutputChunk>, broadcast::Receiver<OutputChunk>)> {
         self.live.subscribe(id)
     }
 
@@ -253,11 +294,8 @@ impl JobQueue {
                 Ok((policy, submission)) => {
                     let watch = RunWatch::new()
                         .on_output(move |stream, bytes| {
-                            // A full channel drops its oldest chunk; nobody listening is fine.
-                            if output.receiver_count() > 0 {
-                                let bytes = Arc::from(bytes);
-                                let _ = output.send(OutputChunk { stream, bytes });
-                            }
+                            let bytes = Arc::from(bytes);
+                            output.push(OutputChunk { stream, bytes });
                         })
                         .cancel_with(cancel);
                     self.execute(&job.id, policy, submission, watch, &slot)
@@ -391,8 +429,9 @@ mod tests {
     use crate::executor::admission::TenantConfig;
     use crate::runtime::{Captured, Outcome, Runtime, Usage, Verdict};
 
-    /// Waits for the test's go, then writes `chunks` numbered lines, or
-    /// waits for a cancel when `chunks` is 0.
+    /// Waits for the test's go, then writes `chunks` numbered lines, waits
+    /// for a second go and writes `chunks` more; or, when `chunks` is 0,
+    /// waits for a cancel.
     struct Chatty {
         go: Mutex<std::sync::mpsc::Receiver<()>>,
         chunks: usize,
@@ -411,7 +450,10 @@ mod tests {
         ) -> Result<Outcome, RunError> {
             let _ = self.go.lock().unwrap().recv();
             let mut stdout = Captured::default();
-            for i in 0..self.chunks {
+            for i in 0..2 * self.chunks {
+                if i == self.chunks {
+                    let _ = self.go.lock().unwrap().recv();
+                }
                 let line = format!("{i}\n");
                 stdout.bytes.extend_from_slice(line.as_bytes());
                 watch.emit(Stream::Stdout, line.as_bytes());
@@ -478,7 +520,10 @@ mod tests {
     }
 
     /// Submits job `id` and returns its output receiver once a worker runs it.
-    async fn running(queue: &Arc<JobQueue>, id: &str) -> broadcast::Receiver<OutputChunk> {
+    async fn running(
+        queue: &Arc<JobQueue>,
+        id: &str,
+    ) -> (Vec<OutputChunk>, broadcast::Receiver<OutputChunk>) {
         queue
             .store
             .insert(id.into(), "t".into(), "{}".into(), "tr".into())
@@ -513,19 +558,21 @@ mod tests {
         let (queue, go, _dir) = queue(chunks).await;
         let (_tx, shutdown) = watch::channel(false);
         let workers = queue.spawn_workers(1, &shutdown);
-        let mut output = running(&queue, "a").await;
+        let (past, mut output) = running(&queue, "a").await;
+        assert!(past.is_empty());
+        go.send(()).unwrap();
         go.send(()).unwrap();
         // The run ends although nobody has read a single chunk.
         let job = ended(&queue, "a").await;
         assert_eq!(job.status, JobStatus::Finished);
         // The subscriber is told how many it lost, then gets the newest
         // chunks in order, then the end.
-        let missed = chunks - OUTPUT_BACKLOG;
+        let missed = 2 * chunks - OUTPUT_BACKLOG;
         assert!(matches!(
             output.recv().await,
             Err(broadcast::error::RecvError::Lagged(n)) if n == missed as u64
         ));
-        for i in missed..chunks {
+        for i in missed..2 * chunks {
             let chunk = output.recv().await.unwrap();
             assert_eq!(chunk.stream, Stream::Stdout);
             assert_eq!(&*chunk.bytes, format!("{i}\n").as_bytes());
@@ -535,6 +582,36 @@ mod tests {
             Err(broadcast::error::RecvError::Closed)
         ));
         assert!(queue.subscribe_output("a").is_none());
+        workers.into_iter().for_each(|w| w.abort());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_subscriber_gets_the_output_so_far_then_the_rest_once() {
+        let (queue, go, _dir) = queue(5).await;
+        let (_tx, shutdown) = watch::channel(false);
+        let workers = queue.spawn_workers(1, &shutdown);
+        drop(running(&queue, "a").await);
+        go.send(()).unwrap();
+        // Subscribed once the first five lines are written.
+        let (past, mut output) = loop {
+            let (past, output) = queue.subscribe_output("a").unwrap();
+            if past.len() == 5 {
+                break (past, output);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        go.send(()).unwrap();
+        let mut lines = past;
+        while let Ok(chunk) = output.recv().await {
+            lines.push(chunk);
+        }
+        let text: Vec<String> = lines
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
+            .collect();
+        let expected: Vec<String> = (0..10).map(|i| format!("{i}\n")).collect();
+        assert_eq!(text, expected, "every line once, in order");
+        assert_eq!(ended(&queue, "a").await.status, JobStatus::Finished);
         workers.into_iter().for_each(|w| w.abort());
     }
 
