@@ -237,8 +237,49 @@ fn tightened_limits_are_the_containers_own() {
         common::missing("cgroup v1 memory and pids files inside the container (a v2 host)");
         return;
     }
-    assert_eq!(base_limits, format!("{}\n32\n", 256 << 20));
-    assert_eq!(tight_limits, format!("{}\n12\n", 96 << 20));
+    // One process more than the policy's: the bootstrap's, which waits for
+    // the program (see `the_program_gets_as_many_processes_as_in_a_fresh_container`).
+    assert_eq!(base_limits, format!("{}\n33\n", 256 << 20));
+    assert_eq!(tight_limits, format!("{}\n13\n", 96 << 20));
+}
+
+/// The pooled container's bootstrap waits for the program in a process of
+/// its own; the program still gets exactly the processes a fresh
+/// container gives it under the same pids limit, no fewer and no more.
+#[test]
+fn the_program_gets_as_many_processes_as_in_a_fresh_container() {
+    let (Some(cold), Some(warm)) = (common::docker(), common::docker_warm(1)) else {
+        return;
+    };
+    let policy = strict()
+        .tightened(&LimitOverrides {
+            pids: Some(3),
+            ..LimitOverrides::default()
+        })
+        .unwrap();
+    // docker-init, the program and one more thread fit in 3; two more do not.
+    let threads = |n: usize| {
+        format!(
+            "import threading, time\n\
+             ts = [threading.Thread(target=time.sleep, args=(0.3,)) for _ in range({n})]\n\
+             for t in ts: t.start()\n\
+             for t in ts: t.join()\n\
+             print('done')"
+        )
+    };
+    for (n, verdict) in [(0, Verdict::Ok), (1, Verdict::Ok), (2, Verdict::PidsLimit)] {
+        let submission = Submission::code(threads(n));
+        for runtime in [&cold as &dyn Runtime, &warm] {
+            let outcome = runtime.run(&policy, &submission).unwrap();
+            assert_eq!(
+                outcome.verdict,
+                verdict,
+                "{} with {n} more threads: {}",
+                runtime.name(),
+                describe(&outcome)
+            );
+        }
+    }
 }
 
 #[test]

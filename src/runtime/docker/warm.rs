@@ -235,8 +235,15 @@ impl DockerWarmRuntime {
         // The policy's fixed environment only: a call's own variables travel
         // in its payload, and the program's process gets exactly its environment.
         let env = policy.environment(&Default::default());
+        let mut body = docker.container_body(policy, &workdir::warm_cmd(), &filters.profile, &env);
+        // The bootstrap waits for the program in a process of its own (to
+        // write the end trailer): one process more than a cold container
+        // runs, which the program does not get.
+        if let Some(config) = body.host_config.as_mut() {
+            config.pids_limit = config.pids_limit.map(|pids| pids + 1);
+        }
         Ok(Shape {
-            body: docker.container_body(policy, &workdir::warm_cmd(), &filters.profile, &env),
+            body,
             platform: docker.platform(),
         })
     }
