@@ -6,7 +6,8 @@
 # process, it forks it, reads the spec while the program's process waits (so
 # that process never holds the marker, not even in memory it could scan),
 # lets it go, waits, and then, as the container's last process but
-# docker-init, writes the marker and one record per path on stdout.
+# docker-init, writes the marker and one record per path on stdout, and the
+# end trailer (files.rs): the end record, then the marker on stderr.
 import errno, json, signal, stat, struct, time
 go_r, go_w = os.pipe()
 pid = os.fork()

@@ -19,9 +19,21 @@
 //! it, under the stdout cap as ever; the records after it, bounded by the
 //! caps. Records are read as untrusted bytes (`output_files::parse_records`).
 //!
-//! The cost, only when files are declared: the bootstrap's process stays for
-//! the program's run (one more process against `limits.pids`, a few MiB
-//! against `limits.memory`).
+//! The end trailer: once the program has been reaped and no other process
+//! is left, the bootstrap also writes an end record (after the records),
+//! carrying the status docker-init will report (exit code, or 128 + the
+//! signal), and the marker on stderr; it writes neither if some process
+//! outlived its wait. [`Split`] finds both, at any chunking, and the host
+//! ends the call there instead of waiting for Docker's teardown (see the
+//! parent module). The bootstrap makes itself not dumpable before it reads
+//! the marker, so the program (the same uid) cannot read it from
+//! `/proc/PPID/mem`; what the program writes that looks like a trailer is
+//! its output.
+//!
+//! The cost, when files are declared and on every pooled call (which always
+//! forks, for the trailer): the bootstrap's process stays for the program's
+//! run (a few MiB against `limits.memory`; one more process, which a pooled
+//! container's pids limit adds back).
 
 use super::DockerError;
 use crate::runtime::output_files::{self, OutputCaps, RECORD_HEADER};

@@ -30,8 +30,10 @@
 //! it needs, prints `READY` on stdout and blocks on fd 0, where the call's
 //! `warm_launch` brings a header (the same parameters as the cold command's
 //! argv, and the program's environment) ahead of the same bytes as above.
-//! It unpacks, installs the filters and forks for output files the same
-//! way, then runs the program in the interpreter that waited instead of
+//! It unpacks and installs the filters the same way, and always forks as
+//! for output files (with no path when the call declares none), so that it
+//! can write the end trailer once the program is over (`files`); the
+//! program runs in the fork of the interpreter that waited instead of
 //! exec'ing a second one, which saves an interpreter's start (see
 //! `bootstrap`).
 
