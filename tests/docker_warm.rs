@@ -861,3 +861,24 @@ fn seccomp_kills_oom_kills_and_signals_keep_their_verdicts_in_the_pool() {
         }
     }
 }
+
+/// Without a whole trailer the call ends as a cold one does, on Docker's
+/// exit status: here the program kills the bootstrap (its parent, the same
+/// user), so no trailer comes, and docker-init reports its child's SIGKILL.
+#[test]
+fn without_the_trailer_a_pooled_call_ends_on_dockers_exit_status() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let code = "import os, signal, time\nprint('before', flush=True)\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(10)";
+    let started = Instant::now();
+    let outcome = warm.run(&strict(), &Submission::code(code)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{}",
+        describe(&outcome)
+    );
+    assert_eq!(outcome.verdict, Verdict::Signaled, "{}", describe(&outcome));
+    assert_eq!(outcome.signal, Some(libc::SIGKILL));
+    assert_eq!(outcome.stdout.bytes, b"before\n");
+}
