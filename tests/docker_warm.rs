@@ -237,8 +237,49 @@ fn tightened_limits_are_the_containers_own() {
         common::missing("cgroup v1 memory and pids files inside the container (a v2 host)");
         return;
     }
-    assert_eq!(base_limits, format!("{}\n32\n", 256 << 20));
-    assert_eq!(tight_limits, format!("{}\n12\n", 96 << 20));
+    // One process more than the policy's: the bootstrap's, which waits for
+    // the program (see `the_program_gets_as_many_processes_as_in_a_fresh_container`).
+    assert_eq!(base_limits, format!("{}\n33\n", 256 << 20));
+    assert_eq!(tight_limits, format!("{}\n13\n", 96 << 20));
+}
+
+/// The pooled container's bootstrap waits for the program in a process of
+/// its own; the program still gets exactly the processes a fresh
+/// container gives it under the same pids limit, no fewer and no more.
+#[test]
+fn the_program_gets_as_many_processes_as_in_a_fresh_container() {
+    let (Some(cold), Some(warm)) = (common::docker(), common::docker_warm(1)) else {
+        return;
+    };
+    let policy = strict()
+        .tightened(&LimitOverrides {
+            pids: Some(3),
+            ..LimitOverrides::default()
+        })
+        .unwrap();
+    // docker-init, the program and one more thread fit in 3; two more do not.
+    let threads = |n: usize| {
+        format!(
+            "import threading, time\n\
+             ts = [threading.Thread(target=time.sleep, args=(0.3,)) for _ in range({n})]\n\
+             for t in ts: t.start()\n\
+             for t in ts: t.join()\n\
+             print('done')"
+        )
+    };
+    for (n, verdict) in [(0, Verdict::Ok), (1, Verdict::Ok), (2, Verdict::PidsLimit)] {
+        let submission = Submission::code(threads(n));
+        for runtime in [&cold as &dyn Runtime, &warm] {
+            let outcome = runtime.run(&policy, &submission).unwrap();
+            assert_eq!(
+                outcome.verdict,
+                verdict,
+                "{} with {n} more threads: {}",
+                runtime.name(),
+                describe(&outcome)
+            );
+        }
+    }
 }
 
 #[test]
@@ -693,4 +734,151 @@ fn a_call_cancelled_while_its_container_starts_leaves_that_container_to_the_pool
     assert_eq!(containers(&warm.pool_label()).len(), 1);
     let outcome = warm.run(&policy, &Submission::code(WHO_AND_AGE)).unwrap();
     assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+}
+
+/// Scans the parent's (the bootstrap's) memory for a run marker and prints
+/// what it found, or `denied ERRNO` when /proc/PPID/mem cannot be opened.
+const MARKERS_IN_MY_PARENT: &str = r#"
+import os, re
+ppid = os.getppid()
+try:
+    mem = open("/proc/%d/mem" % ppid, "rb", 0)
+except PermissionError as e:
+    print("denied", e.errno)
+    raise SystemExit(0)
+pattern = re.compile(rb"pyward-output-files:[0-9a-f]{32}")
+found = set()
+with open("/proc/%d/maps" % ppid) as maps, mem:
+    for line in maps:
+        addrs, perms = line.split()[:2]
+        start, end = (int(x, 16) for x in addrs.split("-"))
+        if not perms.startswith("r") or end - start > 64 << 20:
+            continue
+        try:
+            mem.seek(start)
+            data = mem.read(end - start)
+        except (OSError, OverflowError, ValueError):
+            continue
+        found.update(m.group().decode() for m in pattern.finditer(data))
+print("read", sorted(found))
+"#;
+
+/// The bootstrap holds the run's marker while the program runs as the same
+/// user; it is not dumpable, so the program cannot read the marker from
+/// its memory (and so cannot forge the end trailer or the records).
+#[test]
+fn the_program_cannot_read_the_marker_from_the_bootstraps_memory() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let policy = strict();
+    for outputs in [vec![], vec!["out.txt".to_owned()]] {
+        let mut submission = Submission::code(MARKERS_IN_MY_PARENT);
+        submission.outputs = outputs;
+        let outcome = warm.run(&policy, &submission).unwrap();
+        assert_eq!(outcome.verdict, Verdict::Ok, "{}", describe(&outcome));
+        assert_eq!(
+            String::from_utf8_lossy(&outcome.stdout.bytes),
+            format!("denied {}\n", libc::EACCES),
+            "{}",
+            describe(&outcome)
+        );
+    }
+}
+
+/// What looks like the end trailer, with a marker that is not the run's:
+/// it is the program's output like any other, and the call ends when the
+/// program does, with the program's own status.
+#[test]
+fn a_forged_end_trailer_neither_ends_the_call_nor_changes_its_verdict() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let code = r#"
+import os, struct, sys, time
+marker = b"\0pyward-output-files:" + b"00" * 16 + b"\0"
+end = struct.pack("<IIQQ", 5, 0, 0, 0)
+os.write(1, marker + end)
+os.write(2, marker)
+time.sleep(0.3)
+os.write(1, b"after")
+os.write(2, b"after")
+sys.exit(3)
+"#;
+    let policy = strict();
+    let started = Instant::now();
+    let outcome = warm.run(&policy, &Submission::code(code)).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        outcome.verdict,
+        Verdict::RuntimeError,
+        "{}",
+        describe(&outcome)
+    );
+    assert_eq!(outcome.exit_code, Some(3));
+    let marker = [b"\0pyward-output-files:".as_slice(), &[b'0'; 32], b"\0"].concat();
+    let mut stdout = marker.clone();
+    stdout.extend([5, 0, 0, 0, 0, 0, 0, 0]);
+    stdout.extend([0; 16]);
+    stdout.extend(b"after");
+    assert_eq!(outcome.stdout.bytes, stdout);
+    assert_eq!(outcome.stderr.bytes, [marker, b"after".to_vec()].concat());
+}
+
+/// A pooled call ends on the bootstrap's trailer, not on Docker's exit
+/// status: a program killed by its seccomp filter (SIGSYS) is still a
+/// security violation, one the OOM killer killed still a memory limit, and
+/// a segfault still a signal.
+#[test]
+fn seccomp_kills_oom_kills_and_signals_keep_their_verdicts_in_the_pool() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let ptrace = "import ctypes, platform\n\
+                  n = {'x86_64': 101, 'aarch64': 117}[platform.machine()]\n\
+                  ctypes.CDLL(None).syscall(n, 0, 0, 0, 0)\nprint('returned')";
+    let oom = "chunks = []\nwhile True: chunks.append(b'x' * (8 << 20))";
+    let segv = "import os; os.kill(os.getpid(), 11)";
+    let limits = LimitOverrides {
+        memory: Some(pyward::ByteSize::mib(64)),
+        ..Default::default()
+    };
+    let policy = strict();
+    for (code, policy, verdict) in [
+        (ptrace, policy.clone(), Verdict::SecurityViolation),
+        (
+            oom,
+            policy.tightened(&limits).unwrap(),
+            Verdict::MemoryLimit,
+        ),
+        (segv, policy.clone(), Verdict::Signaled),
+    ] {
+        // Twice: the second call gets a container that waited in the pool.
+        for _ in 0..2 {
+            let outcome = warm.run(&policy, &Submission::code(code)).unwrap();
+            assert_eq!(outcome.verdict, verdict, "{code}: {}", describe(&outcome));
+            assert!(outcome.stdout.bytes.is_empty(), "{}", describe(&outcome));
+        }
+    }
+}
+
+/// Without a whole trailer the call ends as a cold one does, on Docker's
+/// exit status: here the program kills the bootstrap (its parent, the same
+/// user), so no trailer comes, and docker-init reports its child's SIGKILL.
+#[test]
+fn without_the_trailer_a_pooled_call_ends_on_dockers_exit_status() {
+    let Some(warm) = common::docker_warm(1) else {
+        return;
+    };
+    let code = "import os, signal, time\nprint('before', flush=True)\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(10)";
+    let started = Instant::now();
+    let outcome = warm.run(&strict(), &Submission::code(code)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{}",
+        describe(&outcome)
+    );
+    assert_eq!(outcome.verdict, Verdict::Signaled, "{}", describe(&outcome));
+    assert_eq!(outcome.signal, Some(libc::SIGKILL));
+    assert_eq!(outcome.stdout.bytes, b"before\n");
 }

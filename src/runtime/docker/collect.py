@@ -6,7 +6,8 @@
 # process, it forks it, reads the spec while the program's process waits (so
 # that process never holds the marker, not even in memory it could scan),
 # lets it go, waits, and then, as the container's last process but
-# docker-init, writes the marker and one record per path on stdout.
+# docker-init, writes the marker and one record per path on stdout, and the
+# end trailer (files.rs): the end record, then the marker on stderr.
 import errno, json, signal, stat, struct, time
 go_r, go_w = os.pipe()
 pid = os.fork()
@@ -23,12 +24,21 @@ if pid == 0:
     sys.exit(0)
 os.close(go_r)
 try:
+    # Not dumpable before the marker is in memory: the program (the same
+    # uid) may then not read this process's memory through /proc/PID/mem.
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
     spec = json.loads(take(spec_len))
 except BaseException as e:
     fail(e)
 os.write(go_w, b"1")
 os.close(go_w)
 _, status = os.waitpid(pid, 0)
+if os.WIFSIGNALED(status):
+    exit_status = 128 + os.WTERMSIG(status)
+else:
+    exit_status = os.WEXITSTATUS(status)
 
 # Nothing else may write on stdout from here on: end every other process of
 # the container (kill(-1) spares docker-init and the caller), and wait until
@@ -51,12 +61,13 @@ try:
 except OSError:
     pass
 for _ in range(2000):
-    if not others_alive():
+    alone = not others_alive()
+    if alone:
         break
     time.sleep(0.001)
 
-# Record kinds (runtime/output_files.rs).
-COLLECTED, MISSING, NOT_REGULAR, NOT_COLLECTED = 1, 2, 3, 4
+# Record kinds (runtime/output_files.rs), and the end record (files.rs).
+COLLECTED, MISSING, NOT_REGULAR, NOT_COLLECTED, END = 1, 2, 3, 4, 5
 O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def record(kind, size=0, kept=b""):
@@ -133,10 +144,10 @@ def collect(work, work_dev, path, room):
     finally:
         os.close(found)
 
-def write_all(data):
+def write_all(data, fd=1):
     view = memoryview(data)
     while view:
-        view = view[os.write(1, view):]
+        view = view[os.write(fd, view):]
 
 try:
     write_all(spec["marker"].encode())
@@ -147,6 +158,13 @@ try:
         rec = collect(work, work_dev, path, min(spec["cap"], left))
         left -= len(rec) - 24
         write_all(rec)
+    # The end trailer, only when no other process is left to write after it
+    # and every record went out whole: the end record, carrying the status
+    # docker-init will report, then the marker on stderr. The host ends the
+    # call there, without waiting for Docker to tear the container down.
+    if alone:
+        write_all(record(END, exit_status))
+        write_all(spec["marker"].encode(), 2)
 except OSError:
     pass  # the paths not written come back not_collected
 

@@ -19,9 +19,21 @@
 //! it, under the stdout cap as ever; the records after it, bounded by the
 //! caps. Records are read as untrusted bytes (`output_files::parse_records`).
 //!
-//! The cost, only when files are declared: the bootstrap's process stays for
-//! the program's run (one more process against `limits.pids`, a few MiB
-//! against `limits.memory`).
+//! The end trailer: once the program has been reaped and no other process
+//! is left, the bootstrap also writes an end record (after the records),
+//! carrying the status docker-init will report (exit code, or 128 + the
+//! signal), and the marker on stderr; it writes neither if some process
+//! outlived its wait. [`Split`] finds both, at any chunking, and the host
+//! ends the call there instead of waiting for Docker's teardown (see the
+//! parent module). The bootstrap makes itself not dumpable before it reads
+//! the marker, so the program (the same uid) cannot read it from
+//! `/proc/PPID/mem`; what the program writes that looks like a trailer is
+//! its output.
+//!
+//! The cost, when files are declared and on every pooled call (which always
+//! forks, for the trailer): the bootstrap's process stays for the program's
+//! run (a few MiB against `limits.memory`; one more process, which a pooled
+//! container's pids limit adds back).
 
 use super::DockerError;
 use crate::runtime::output_files::{self, OutputCaps, RECORD_HEADER};
@@ -43,9 +55,15 @@ pub struct OutputsSpec {
 }
 
 impl OutputsSpec {
-    /// The spec for `submission`, or None when it declares no output file.
-    pub fn new(submission: &Submission, caps: OutputCaps) -> Result<Option<OutputsSpec>, RunError> {
-        if submission.outputs.is_empty() {
+    /// The spec for `submission`, or None when it declares no output file
+    /// and `always` is false (a pooled call always gets one: its bootstrap
+    /// forks the program to write the end trailer).
+    pub fn new(
+        submission: &Submission,
+        caps: OutputCaps,
+        always: bool,
+    ) -> Result<Option<OutputsSpec>, RunError> {
+        if submission.outputs.is_empty() && !always {
             return Ok(None);
         }
         output_files::check_paths(&submission.outputs).map_err(RunError::InvalidSubmission)?;
@@ -73,14 +91,52 @@ impl OutputsSpec {
         .into_bytes()
     }
 
-    /// The most bytes the records may take.
+    /// The most bytes the records and the end record may take.
     fn records_bound(&self) -> usize {
-        let headers = (self.paths.len() * RECORD_HEADER) as u64;
+        let headers = ((self.paths.len() + 1) * RECORD_HEADER) as u64;
         usize::try_from(self.caps.total.saturating_add(headers)).unwrap_or(usize::MAX)
     }
 }
 
-/// Splits the container's stdout into the program's bytes and the records.
+/// The kind of the end record, after the declared paths' records.
+const END: u32 = 5;
+
+/// Splits each of the container's streams at the marker (see the module docs).
+#[derive(Debug)]
+pub struct Split {
+    /// The program's stdout, then the records and the end record.
+    pub stdout: Splitter,
+    /// The program's stderr, then the marker alone.
+    pub stderr: Splitter,
+}
+
+impl Split {
+    /// The splitters for the run of `spec`.
+    pub fn new(spec: &OutputsSpec) -> Split {
+        Split {
+            stdout: Splitter::new(spec),
+            stderr: Splitter {
+                paths: 0,
+                bound: 0,
+                ..Splitter::new(spec)
+            },
+        }
+    }
+
+    /// The program's exit status as docker-init reports it (its code, or
+    /// 128 + its signal), once both trailers are complete: the bootstrap
+    /// has written everything, and the program's streams are whole.
+    pub fn ended(&self) -> Option<i64> {
+        let marker_alone = self.stderr.records.as_ref().is_some_and(Vec::is_empty);
+        if !marker_alone || self.stderr.overflowed {
+            return None;
+        }
+        self.stdout.end_status()
+    }
+}
+
+/// Splits one of the container's streams into the program's bytes and what
+/// the bootstrap writes after the marker.
 #[derive(Debug)]
 pub struct Splitter {
     marker: Vec<u8>,
@@ -89,17 +145,50 @@ pub struct Splitter {
     /// Everything after the marker, once it has been seen.
     records: Option<Vec<u8>>,
     bound: usize,
+    /// The records expected before the end record.
+    paths: usize,
+    /// Set once more came after the marker than the bootstrap ever writes.
+    overflowed: bool,
 }
 
 impl Splitter {
-    /// A splitter for the run of `spec`.
+    /// A splitter of stdout for the run of `spec`.
     pub fn new(spec: &OutputsSpec) -> Splitter {
         Splitter {
             marker: spec.marker.clone(),
             held: Vec::new(),
             records: None,
             bound: spec.records_bound(),
+            paths: spec.paths.len(),
+            overflowed: false,
         }
+    }
+
+    /// The status in the end record, once every record before it is whole
+    /// and nothing follows it; None until then (or ever, when the bytes
+    /// after the marker are not records and an end record).
+    fn end_status(&self) -> Option<i64> {
+        if self.overflowed {
+            return None;
+        }
+        let mut rest = self.records.as_deref()?;
+        for _ in 0..=self.paths {
+            let (header, after) = rest.split_first_chunk::<RECORD_HEADER>()?;
+            let word =
+                |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
+            let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let (size, len) = (word(8), word(16));
+            if kind == END {
+                return (len == 0 && size <= 255 && after.is_empty()).then_some(size as i64);
+            }
+            let len = if kind == output_files::kind::COLLECTED {
+                usize::try_from(len).ok()?
+            } else {
+                0
+            };
+            rest = after.get(len..)?;
+        }
+        None
     }
 
     /// Takes one chunk of the container's stdout and returns the program's
@@ -108,6 +197,7 @@ impl Splitter {
     pub fn feed(&mut self, chunk: &[u8]) -> (Vec<u8>, bool) {
         if let Some(records) = &mut self.records {
             if records.len() + chunk.len() > self.bound {
+                self.overflowed = true;
                 return (Vec::new(), false);
             }
             records.extend_from_slice(chunk);
@@ -159,7 +249,7 @@ mod tests {
             per_file: 16,
             total: 20,
         };
-        OutputsSpec::new(&submission, caps).unwrap().unwrap()
+        OutputsSpec::new(&submission, caps, false).unwrap().unwrap()
     }
 
     fn records() -> Vec<u8> {
@@ -216,6 +306,74 @@ mod tests {
             .map(|f| f.status.as_str())
             .collect();
         assert_eq!(statuses, ["not_collected", "not_collected"]);
+    }
+
+    #[test]
+    fn the_end_trailer_is_complete_once_both_streams_are_whole_across_any_chunking() {
+        let spec = spec();
+        let end = record_header(END, 128 + 9, 0);
+        let stdout = [b"out".as_slice(), &spec.marker, &records(), &end].concat();
+        let stderr = [b"err".as_slice(), &spec.marker].concat();
+        for size in 1..stdout.len() {
+            for stderr_first in [true, false] {
+                let mut split = Split::new(&spec);
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                let mut chunks: Vec<(bool, &[u8])> = Vec::new();
+                let err_chunks = stderr.chunks(size).map(|c| (false, c));
+                let out_chunks = stdout.chunks(size).map(|c| (true, c));
+                if stderr_first {
+                    chunks.extend(err_chunks.chain(out_chunks));
+                } else {
+                    chunks.extend(out_chunks.chain(err_chunks));
+                }
+                let last = chunks.len() - 1;
+                for (i, (is_stdout, chunk)) in chunks.into_iter().enumerate() {
+                    if is_stdout {
+                        out.extend(split.stdout.feed(chunk).0);
+                    } else {
+                        err.extend(split.stderr.feed(chunk).0);
+                    }
+                    let expected = (i == last).then_some(137);
+                    assert_eq!(split.ended(), expected, "chunks of {size}, chunk {i}");
+                }
+                assert_eq!((out, err), (b"out".to_vec(), b"err".to_vec()));
+                assert!(split.stdout.finish().is_empty() && split.stderr.finish().is_empty());
+                assert_eq!(split.stdout.files(&spec)[1].status, OutputStatus::Missing);
+            }
+        }
+    }
+
+    #[test]
+    fn no_end_without_the_marker_on_both_streams_or_with_anything_after_the_end() {
+        let spec = spec();
+        let end = record_header(END, 0, 0);
+        let whole = [spec.marker.as_slice(), &records(), &end].concat();
+        let ended = |stdout: &[u8], stderr: &[u8]| {
+            let mut split = Split::new(&spec);
+            let (_, out_ok) = split.stdout.feed(stdout);
+            let (_, err_ok) = split.stderr.feed(stderr);
+            (split.ended(), out_ok && err_ok)
+        };
+        assert_eq!(ended(&whole, &spec.marker), (Some(0), true));
+        // A marker that is not the run's: the program's bytes.
+        let mut forged = whole.clone();
+        forged[25] ^= 1;
+        assert_eq!(ended(&forged, &spec.marker), (None, true));
+        assert_eq!(ended(&whole, b"no marker"), (None, true));
+        // Bytes after the end record, or after the marker on stderr.
+        assert_eq!(
+            ended(&[whole.as_slice(), b"x"].concat(), &spec.marker).0,
+            None
+        );
+        let after = [spec.marker.as_slice(), b"x"].concat();
+        assert_eq!(ended(&whole, &after), (None, false));
+        // The end record in place of the declared paths' records still ends.
+        let early = [spec.marker.as_slice(), &end].concat();
+        assert_eq!(ended(&early, &spec.marker), (Some(0), true));
+        assert_eq!(Split::new(&spec).stdout.files(&spec).len(), 2);
+        // A status docker-init cannot report.
+        let odd = [spec.marker.as_slice(), &record_header(END, 256, 0)].concat();
+        assert_eq!(ended(&odd, &spec.marker).0, None);
     }
 
     #[test]

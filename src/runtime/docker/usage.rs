@@ -21,6 +21,8 @@ pub struct Sample {
     pub peak_memory: u64,
     /// Forks refused by the pids limit.
     pub pids_max_hits: u64,
+    /// Processes the OOM killer killed.
+    pub oom_kills: u64,
 }
 
 /// The cgroup files of one container.
@@ -29,6 +31,7 @@ pub struct CgroupFiles {
     cpu: Vec<PathBuf>,
     memory: Vec<PathBuf>,
     pids: Vec<PathBuf>,
+    oom: Vec<PathBuf>,
 }
 
 impl CgroupFiles {
@@ -52,6 +55,10 @@ impl CgroupFiles {
                 .into_iter()
                 .chain(v2.iter().map(|d| d.join("pids.events")))
                 .collect(),
+            oom: [v1("memory").join("memory.oom_control")]
+                .into_iter()
+                .chain(v2.iter().map(|d| d.join("memory.events")))
+                .collect(),
         }
     }
 
@@ -67,7 +74,14 @@ impl CgroupFiles {
             cpu: cpu.unwrap_or_default(),
             peak_memory: peak_memory.unwrap_or_default(),
             pids_max_hits: pids_max_hits.unwrap_or_default(),
+            oom_kills: self.oom_kills().unwrap_or_default(),
         })
+    }
+
+    /// The OOM killer's kills in the cgroup so far (v1 `memory.oom_control`,
+    /// v2 `memory.events`: `oom_kill N`), or None when it cannot be read.
+    pub fn oom_kills(&self) -> Option<u64> {
+        self.oom.iter().find_map(|p| read_key(p, "oom_kill"))
     }
 }
 
@@ -76,16 +90,18 @@ pub fn merge(last: &mut Sample, new: Sample) {
     last.cpu = last.cpu.max(new.cpu);
     last.peak_memory = last.peak_memory.max(new.peak_memory);
     last.pids_max_hits = last.pids_max_hits.max(new.pids_max_hits);
+    last.oom_kills = last.oom_kills.max(new.oom_kills);
 }
 
 /// The figures of `now` counted from `baseline`, an earlier sample of the
-/// same cgroup: CPU time and pids-limit hits since then. Peak memory is a
+/// same cgroup: CPU time, pids-limit hits and OOM kills since then. Peak memory is a
 /// high-water mark of the container's whole life and stays as it is.
 pub fn since(baseline: Sample, now: Sample) -> Sample {
     Sample {
         cpu: now.cpu.saturating_sub(baseline.cpu),
         peak_memory: now.peak_memory,
         pids_max_hits: now.pids_max_hits.saturating_sub(baseline.pids_max_hits),
+        oom_kills: now.oom_kills.saturating_sub(baseline.oom_kills),
     }
 }
 
@@ -129,13 +145,16 @@ mod tests {
         std::fs::create_dir_all(v1("memory")).unwrap();
         std::fs::write(v1("cpuacct").join("cpuacct.usage"), "1500000000\n").unwrap();
         std::fs::write(v1("memory").join("memory.max_usage_in_bytes"), "4096\n").unwrap();
+        let oom = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        std::fs::write(v1("memory").join("memory.oom_control"), oom).unwrap();
         let files = CgroupFiles::new(root.path(), id);
         assert_eq!(
             files.sample(),
             Some(Sample {
                 cpu: Duration::from_millis(1500),
                 peak_memory: 4096,
-                pids_max_hits: 0
+                pids_max_hits: 0,
+                oom_kills: 2,
             })
         );
 
@@ -144,7 +163,9 @@ mod tests {
         std::fs::write(v2.join("cpu.stat"), "usage_usec 2000\nuser_usec 1000\n").unwrap();
         std::fs::write(v2.join("memory.peak"), "8192\n").unwrap();
         std::fs::write(v2.join("pids.events"), "max 3\n").unwrap();
+        std::fs::write(v2.join("memory.events"), "oom 2\noom_kill 1\n").unwrap();
         let sample = CgroupFiles::new(root.path(), "def").sample().unwrap();
+        assert_eq!(sample.oom_kills, 1);
         assert_eq!(sample.cpu, Duration::from_millis(2));
         assert_eq!(sample.peak_memory, 8192);
         assert_eq!(sample.pids_max_hits, 3);
@@ -153,16 +174,18 @@ mod tests {
     }
 
     #[test]
-    fn cpu_and_pids_hits_count_from_the_baseline_and_peak_memory_does_not() {
+    fn cpu_pids_hits_and_oom_kills_count_from_the_baseline_and_peak_memory_does_not() {
         let baseline = Sample {
             cpu: Duration::from_millis(40),
             peak_memory: 9 << 20,
             pids_max_hits: 0,
+            oom_kills: 1,
         };
         let now = Sample {
             cpu: Duration::from_millis(65),
             peak_memory: 12 << 20,
             pids_max_hits: 2,
+            oom_kills: 2,
         };
         assert_eq!(
             since(baseline, now),
@@ -170,6 +193,7 @@ mod tests {
                 cpu: Duration::from_millis(25),
                 peak_memory: 12 << 20,
                 pids_max_hits: 2,
+                oom_kills: 1,
             }
         );
         // A cgroup gone before the last sample reads as zeros: never below zero.
@@ -182,6 +206,7 @@ mod tests {
             cpu: Duration::from_millis(5),
             peak_memory: 100,
             pids_max_hits: 1,
+            oom_kills: 0,
         };
         merge(&mut last, Sample::default());
         assert_eq!(last.peak_memory, 100);

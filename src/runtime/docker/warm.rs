@@ -8,13 +8,16 @@
 //! of that shape, and hands it the call the way the cold path does, on the
 //! container's stdin (see `workdir::warm_launch`); the container's
 //! bootstrap has been waiting there, with python started and what it needs
-//! imported, and runs the program in that interpreter as `python3 -s` would.
+//! imported, and runs the program in a fork of that interpreter as
+//! `python3 -s` would.
 //! Output (streamed to a watcher as it comes, under the cap), cancelling,
 //! declared output files, limits, exit status and the verdict are the cold
-//! path's own code (`DockerRuntime::collect`). The container is then removed in the
-//! background, and a refill starts in the background: the caller never
-//! waits for either. A call costs the payload's trip, the program, and the
-//! daemon's handling of the container's exit (most of the time, here).
+//! path's own code (`DockerRuntime::collect`), which ends the call on the
+//! bootstrap's end trailer (the program is over, every other process gone)
+//! rather than on the daemon's handling of the container's exit. The
+//! container is then removed in the background, and a refill starts in the
+//! background: the caller never waits for either. A call costs the
+//! payload's trip, a fork, and the program.
 //!
 //! A shape's pool is made at its first call (or by `prewarm`), up to
 //! `max_pools` shapes; calls of another shape run cold. A call that finds
@@ -28,12 +31,15 @@
 //! Budgets count from the claim, not from the container's start: the wall
 //! clock starts when the call is handed over, and CPU time and pids-limit
 //! hits are read from the container's cgroup as the difference from a
-//! sample taken at the claim. The waiting bootstrap blocks in `read(2)` and
-//! uses no CPU while it waits; what it used to start (python's start and a
-//! few imports, tens of milliseconds) is in that baseline. The program runs
-//! in the bootstrap's process, so that start also counts against the
-//! program's `RLIMIT_CPU`, as it does on the cold path (where the bootstrap
-//! execs python3 and the CPU time carries across `execve`).
+//! sample taken at the claim (OOM kills too, when the trailer ends the
+//! call). The waiting bootstrap blocks in `read(2)` and uses no CPU while
+//! it waits; what it used to start (python's start and a few imports, tens
+//! of milliseconds) is in that baseline. The program runs in a fork of the
+//! bootstrap, so its `RLIMIT_CPU` counts from the fork (on the cold path,
+//! where the bootstrap execs python3, it also counts python's start). The
+//! bootstrap's process is one more than a cold container has: the pool's
+//! containers get a pids limit one higher than the policy's, and the
+//! program exactly the processes a cold container gives it.
 //!
 //! Pool containers carry the cold path's labels (runtime, owner, job) plus
 //! `dev.pyward.pool` (which runtime's pool): after a crash, the next
@@ -235,8 +241,15 @@ impl DockerWarmRuntime {
         // The policy's fixed environment only: a call's own variables travel
         // in its payload, and the program's process gets exactly its environment.
         let env = policy.environment(&Default::default());
+        let mut body = docker.container_body(policy, &workdir::warm_cmd(), &filters.profile, &env);
+        // The bootstrap waits for the program in a process of its own (to
+        // write the end trailer): one process more than a cold container
+        // runs, which the program does not get.
+        if let Some(config) = body.host_config.as_mut() {
+            config.pids_limit = config.pids_limit.map(|pids| pids + 1);
+        }
         Ok(Shape {
-            body: docker.container_body(policy, &workdir::warm_cmd(), &filters.profile, &env),
+            body,
             platform: docker.platform(),
         })
     }

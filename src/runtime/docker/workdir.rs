@@ -30,8 +30,10 @@
 //! it needs, prints `READY` on stdout and blocks on fd 0, where the call's
 //! `warm_launch` brings a header (the same parameters as the cold command's
 //! argv, and the program's environment) ahead of the same bytes as above.
-//! It unpacks, installs the filters and forks for output files the same
-//! way, then runs the program in the interpreter that waited instead of
+//! It unpacks and installs the filters the same way, and always forks as
+//! for output files (with no path when the call declares none), so that it
+//! can write the end trailer once the program is over (`files`); the
+//! program runs in the fork of the interpreter that waited instead of
 //! exec'ing a second one, which saves an interpreter's start (see
 //! `bootstrap`).
 
@@ -80,7 +82,7 @@ pub fn warm_launch(
     caps: OutputCaps,
     env: &[(String, String)],
 ) -> Result<Launch, RunError> {
-    let cold = launch(submission, filters, caps)?;
+    let cold = launch_forking(submission, filters, caps, true)?;
     let env: serde_json::Map<String, serde_json::Value> = env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone().into()))
@@ -104,8 +106,19 @@ pub fn launch(
     filters: &[Vec<u8>],
     caps: OutputCaps,
 ) -> Result<Launch, RunError> {
+    launch_forking(submission, filters, caps, false)
+}
+
+/// `launch`; with `always_fork`, the bootstrap forks the program and writes
+/// the end trailer even when no output file is declared (a pooled call).
+fn launch_forking(
+    submission: &Submission,
+    filters: &[Vec<u8>],
+    caps: OutputCaps,
+    always_fork: bool,
+) -> Result<Launch, RunError> {
     let python = python_argv(submission)?;
-    let outputs = OutputsSpec::new(submission, caps)?;
+    let outputs = OutputsSpec::new(submission, caps, always_fork)?;
     let mut stdin = if submission.files.is_empty() {
         Vec::new()
     } else {
@@ -425,10 +438,15 @@ mod tests {
         let warm = warm_launch(&submission, &[vec![7u8; 8]], CAPS, &env).unwrap();
         let (header, rest) = warm_header(&warm.stdin);
         let cold = launch(&submission, &[vec![7u8; 8]], CAPS).unwrap();
-        assert_eq!(header["argv"], serde_json::json!(cold.cmd[4..]));
+        // As the cold one, but a pooled call always sends a spec (with no
+        // path): its bootstrap forks the program and writes the end trailer.
+        let spec = warm.outputs.as_ref().unwrap();
+        assert!(spec.paths.is_empty() && cold.outputs.is_none());
+        let mut argv = serde_json::json!(cold.cmd[4..]);
+        argv[2] = spec.json().len().to_string().into();
+        assert_eq!(header["argv"], argv);
         assert_eq!(header["env"], serde_json::json!({"LANG": "C.UTF-8"}));
-        assert_eq!(rest, cold.stdin.as_slice());
-        assert!(warm.outputs.is_none());
+        assert_eq!(rest, [&[7u8; 8][..], &spec.json(), b"hi\n"].concat());
         assert_eq!(warm.cmd[..3], ["python3", "-s", "-c"]);
         assert_eq!(warm.cmd[4..], ["--wait"]);
         // One bootstrap for both, with the collector: a call may declare files.
