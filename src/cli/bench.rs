@@ -114,7 +114,6 @@ pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
         return http::run(http);
     }
     let mut paths = paths()?;
-    paths.extend(docker_paths(&args.image)?);
     outln!(
         "pyward bench: `python3 -c pass`, {} timed runs per path after {} warmup, one block per path; {} CPUs, {}",
         args.runs,
@@ -122,23 +121,16 @@ pub fn run(args: &BenchArgs) -> Result<u8, super::CliError> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         pyward::Arch::host().kernel_name()
     );
-    for path in &mut paths {
-        std::thread::sleep(Duration::from_millis(500));
-        for round in 0..args.warmup + args.runs {
-            if let Some(before) = &mut path.before {
-                before()?;
-            }
-            let start = Instant::now();
-            (path.run)()?;
-            let elapsed = start.elapsed();
-            if round >= args.warmup {
-                path.samples.push(elapsed);
-            }
-        }
-    }
+    time_blocks(&mut paths, args)?;
+    // Before the Docker paths are set up: a pool's containers starting, and
+    // the daemon cleaning up after `docker run --rm`, would share the cores.
+    let throughput = warm_throughput()?;
+    let mut docker = docker_paths(&args.image)?;
+    time_blocks(&mut docker, args)?;
+    paths.extend(docker);
     let _ = std::fs::remove_file(bench_profile_path());
     print_table(&mut paths);
-    warm_throughput()?;
+    outln!("{throughput}");
     Ok(exit::OK)
 }
 
@@ -393,7 +385,27 @@ fn fork_server_path() -> Result<BenchPath, BenchError> {
 }
 
 /// Calls per second through one warm runtime with parallel callers.
-fn warm_throughput() -> Result<(), BenchError> {
+/// Times each path in a block of its own, after a short pause.
+fn time_blocks(paths: &mut [BenchPath], args: &BenchArgs) -> Result<(), BenchError> {
+    for path in paths {
+        std::thread::sleep(Duration::from_millis(500));
+        for round in 0..args.warmup + args.runs {
+            if let Some(before) = &mut path.before {
+                before()?;
+            }
+            let start = Instant::now();
+            (path.run)()?;
+            let elapsed = start.elapsed();
+            if round >= args.warmup {
+                path.samples.push(elapsed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The line that says how many calls per second one warm runtime took.
+fn warm_throughput() -> Result<String, BenchError> {
     let warm = Arc::new(warm_runtime()?);
     let policy = Arc::new(default_policy()?);
     let submission = Arc::new(Submission::code("pass"));
@@ -427,10 +439,9 @@ fn warm_throughput() -> Result<(), BenchError> {
     } else {
         "MISSED"
     };
-    outln!(
+    Ok(format!(
         "warm throughput: {total} calls from {WARM_CALLERS} parallel callers in {elapsed:.2}s = {rate:.0} calls/s (target >= {WARM_TARGET_RATE:.0}: {verdict})"
-    );
-    Ok(())
+    ))
 }
 
 /// A path that spawns `program args…` and waits for a successful exit.
