@@ -15,6 +15,15 @@ fn strict() -> SandboxPolicy {
     SandboxPolicy::builtin("strict").unwrap()
 }
 
+/// A pool of `size` for the strict policy, filled (`None`, loudly, without Docker).
+fn filled_pool(size: usize) -> Option<(DockerWarmRuntime, SandboxPolicy)> {
+    let warm = common::docker_warm(size)?;
+    let policy = strict();
+    warm.prewarm(&policy).unwrap();
+    wait_ready(&warm, &policy, size);
+    Some((warm, policy))
+}
+
 /// Waits until `policy`'s pool holds `n` ready containers.
 fn wait_ready(warm: &DockerWarmRuntime, policy: &SandboxPolicy, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -70,12 +79,9 @@ fn who_and_age(outcome: &pyward::Outcome) -> (String, f64) {
 
 #[test]
 fn a_container_never_runs_two_calls() {
-    let Some(warm) = common::docker_warm(2) else {
+    let Some((warm, policy)) = filled_pool(2) else {
         return;
     };
-    let policy = strict();
-    warm.prewarm(&policy).unwrap();
-    wait_ready(&warm, &policy, 2);
     // Both calls below find a container that has waited at least this long,
     // which no container created for the call has.
     std::thread::sleep(Duration::from_secs(1));
@@ -360,7 +366,7 @@ fn key(o: &pyward::Outcome) -> impl PartialEq + std::fmt::Debug {
         o.exit_code,
         o.signal,
         o.stdout.bytes.clone(),
-        without_addresses(&common::stderr(o)),
+        common::without_addresses(&common::stderr(o)),
     )
 }
 
@@ -454,18 +460,6 @@ fn a_file_entrypoint_runs_with_its_files_arguments_and_environment() {
     );
 }
 
-/// Text with every `0x…` address replaced (they differ from run to run).
-fn without_addresses(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("0x") {
-        out.push_str(&rest[..at]);
-        out.push_str("0x?");
-        rest = rest[at + 2..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
-    }
-    out + rest
-}
-
 /// More callers than ready containers: some wait for a refill, some run
 /// cold; every call gets a container of its own and the right output.
 #[test]
@@ -541,12 +535,9 @@ fn the_other_architecture_runs_warm_too() {
 /// is discarded at the claim, and the call runs in another.
 #[test]
 fn a_container_that_died_in_the_pool_is_not_handed_out() {
-    let Some(warm) = common::docker_warm(1) else {
+    let Some((warm, policy)) = filled_pool(1) else {
         return;
     };
-    let policy = strict();
-    warm.prewarm(&policy).unwrap();
-    wait_ready(&warm, &policy, 1);
     let pooled: Vec<String> = containers(&warm.pool_label()).into_iter().collect();
     assert_eq!(pooled.len(), 1, "{pooled:?}");
     let killed = Command::new("docker")
@@ -585,12 +576,9 @@ fn cancel_on_first_line(token: &pyward::CancelToken) -> (pyward::RunWatch, Arc<M
 /// cancel kills that container, which then goes.
 #[test]
 fn a_pooled_run_streams_live_and_a_cancel_kills_its_container() {
-    let Some(warm) = common::docker_warm(1) else {
+    let Some((warm, policy)) = filled_pool(1) else {
         return;
     };
-    let policy = strict();
-    warm.prewarm(&policy).unwrap();
-    wait_ready(&warm, &policy, 1);
     assert_eq!(
         warm.warm_ready(),
         1,
@@ -656,12 +644,9 @@ print(sorted(found))
 /// holds the run's marker (the bootstrap reads it only after the fork).
 #[test]
 fn output_files_come_back_from_a_pooled_container_whose_program_never_holds_the_marker() {
-    let Some(warm) = common::docker_warm(1) else {
+    let Some((warm, policy)) = filled_pool(1) else {
         return;
     };
-    let policy = strict();
-    warm.prewarm(&policy).unwrap();
-    wait_ready(&warm, &policy, 1);
     std::thread::sleep(Duration::from_secs(1));
 
     let code = format!(

@@ -210,7 +210,7 @@ fn programs_end_as_in_a_fresh_interpreter() {
                 o.exit_code,
                 o.signal,
                 o.stdout.bytes.clone(),
-                without_addresses(&common::stderr(o)),
+                common::without_addresses(&common::stderr(o)),
             )
         };
         assert_eq!(
@@ -258,18 +258,6 @@ fn a_file_entrypoint_runs_with_its_arguments() {
         describe(&a),
         describe(&b)
     );
-}
-
-/// Text with every `0x…` address replaced (they differ from run to run).
-fn without_addresses(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("0x") {
-        out.push_str(&rest[..at]);
-        out.push_str("0x?");
-        rest = rest[at + 2..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
-    }
-    out + rest
 }
 
 #[test]

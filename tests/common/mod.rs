@@ -247,3 +247,15 @@ pub fn processes_with(marker: &str) -> Vec<String> {
     }
     found
 }
+
+/// Text with every `0x…` address replaced (they differ from run to run).
+pub fn without_addresses(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        out.push_str("0x?");
+        rest = rest[at + 2..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+    }
+    out + rest
+}
