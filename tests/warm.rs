@@ -182,26 +182,10 @@ fn programs_end_as_in_a_fresh_interpreter() {
     let (Some(cold), Some(warm)) = (common::native(), common::warm()) else {
         return;
     };
-    let programs = [
-        "pass",
-        "import sys; sys.exit(3)",
-        "import sys; sys.exit(-1)",
-        "import sys; sys.exit('bye')",
-        "import sys; sys.exit(None)",
-        "raise SystemExit(7)",
-        "import atexit; atexit.register(print, 'at exit'); print('main')",
-        "import atexit\ndef f(): raise ValueError('in atexit')\natexit.register(f)",
-        "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\nprint('main')",
-        "import sys; sys.stdout.write('unflushed'); sys.stderr.write('err')",
-        "raise KeyboardInterrupt",
-        "def f():\n    raise KeyError('k')\nf()",
-        "import os; os.kill(os.getpid(), 11)",
-        "import sys; print(sys.argv, repr(sys.path[0]), __name__, __file__ if '__file__' in dir() else None)",
-        "import sys; sys.stdout.close(); print('x')",
-    ];
     let policy = SandboxPolicy::builtin("strict").unwrap();
-    for code in programs {
-        let submission = Submission::code(code);
+    for code in common::PROGRAM_ENDINGS {
+        let mut submission = Submission::code(*code);
+        submission.stdin = b"the program's stdin".to_vec();
         let a = cold.run(&policy, &submission).unwrap();
         let b = warm.run(&policy, &submission).unwrap();
         let key = |o: &pyward::Outcome| {

@@ -259,3 +259,30 @@ pub fn without_addresses(text: &str) -> String {
     }
     out + rest
 }
+
+/// Programs that end in every way a program can (exit codes, `SystemExit`
+/// values, atexit handlers, threads, unflushed output, uncaught exceptions,
+/// a syntax error, signals, closed stdout), and read their argv, path,
+/// environment, stdin and /tmp: a warm path must end each exactly as a
+/// fresh interpreter does.
+pub const PROGRAM_ENDINGS: &[&str] = &[
+    "pass",
+    "import sys; sys.exit(3)",
+    "import sys; sys.exit(-1)",
+    "import sys; sys.exit('bye')",
+    "import sys; sys.exit(None)",
+    "raise SystemExit(7)",
+    "import atexit; atexit.register(print, 'at exit'); print('main')",
+    "import atexit\ndef f(): raise ValueError('in atexit')\natexit.register(f)",
+    "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\nprint('main')",
+    "import sys; sys.stdout.write('unflushed'); sys.stderr.write('err')",
+    "raise KeyboardInterrupt",
+    "def f():\n    raise KeyError('k')\nf()",
+    "x = (",
+    "import os; os.kill(os.getpid(), 11)",
+    "import sys; print(sys.argv, repr(sys.path[0]), __name__, __file__ if '__file__' in dir() else None)",
+    "import sys; sys.stdout.close(); print('x')",
+    "import os; print(sorted(os.environ.items()))",
+    "import sys; print(sys.stdin.read())",
+    "print(open('/tmp/f', 'w').write('kept'), open('/tmp/f').read())",
+];
