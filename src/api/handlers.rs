@@ -547,7 +547,7 @@ struct FollowJob {
     /// The job's output after `past`, from when the job was seen running
     /// until its end.
     output: Option<broadcast::Receiver<OutputChunk>>,
-    /// Whether the output was subscribed to (once per watch).
+    /// Whether the output has been subscribed to (once per watch).
     subscribed: bool,
     /// The output the job wrote before it was subscribed to, not sent yet.
     past: Vec<OutputChunk>,
@@ -574,11 +574,14 @@ impl FollowJob {
                 }
             };
             // From when it is seen running (or cancelled while it runs).
-            if job.status != JobStatus::Queued && !self.subscribed {
+            // (The store says `running` a moment before the worker makes the
+            // job's output: until then, try again at each look.)
+            if job.status != JobStatus::Queued
+                && !self.subscribed
+                && let Some((past, output)) = self.queue.subscribe_output(&self.id)
+            {
                 self.subscribed = true;
-                if let Some((past, output)) = self.queue.subscribe_output(&self.id) {
-                    (self.past, self.output) = (past, Some(output));
-                }
+                (self.past, self.output) = (past, Some(output));
             }
             // A job cancelled while it ran is terminal before its run has
             // ended: its status goes out at once, then its last output.
