@@ -594,29 +594,40 @@ fn a_pooled_run_streams_live_and_a_cancel_kills_its_container() {
     }
 }
 
-/// Finds every `pyward-output-files:` marker (32 hex digits after it) in
-/// the memory of the program's own process, after planting one to show
-/// that the scan sees that memory.
-const MARKERS_IN_MY_MEMORY: &str = r#"
-import re
-prefix = b"pyward-output-" + b"files:"
-planted = bytes(prefix + b"ab" * 16)
-found = set()
-pattern = re.compile(re.escape(prefix) + rb"[0-9a-f]{32}")
-with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
-    for line in maps:
-        addrs, perms = line.split()[:2]
-        start, end = (int(x, 16) for x in addrs.split("-"))
-        if not perms.startswith("r") or end - start > 64 << 20:
-            continue
-        try:
-            mem.seek(start)
-            data = mem.read(end - start)
-        except (OSError, OverflowError, ValueError):
-            continue
-        found.update(m.group().decode() for m in pattern.finditer(data))
-print(sorted(found))
-"#;
+/// A Python function `markers_in(pid)`: every run marker (the output
+/// files' `pyward-output-files:` and 32 hex digits) in the readable memory
+/// of process `pid` (`"self"` for the program's own).
+macro_rules! markers_in {
+    () => {
+        r#"
+import os, re
+PREFIX = b"pyward-output-" + b"files:"  # not whole in this source
+def markers_in(pid):
+    pattern = re.compile(re.escape(PREFIX) + rb"[0-9a-f]{32}")
+    found = set()
+    with open("/proc/%s/mem" % pid, "rb", 0) as mem, open("/proc/%s/maps" % pid) as maps:
+        for line in maps:
+            addrs, perms = line.split()[:2]
+            start, end = (int(x, 16) for x in addrs.split("-"))
+            if not perms.startswith("r") or end - start > 64 << 20:
+                continue
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except (OSError, OverflowError, ValueError):
+                continue
+            found.update(m.group().decode() for m in pattern.finditer(data))
+    return sorted(found)
+"#
+    };
+}
+
+/// Prints the markers in the program's own memory, one of them planted by
+/// the program itself (so a scan that finds nothing cannot pass).
+const MARKERS_IN_MY_MEMORY: &str = concat!(
+    markers_in!(),
+    "planted = bytes(PREFIX + b'ab' * 16)\nprint(markers_in('self'))\n"
+);
 
 /// Declared output files come back from a pooled container as from a
 /// fresh one, the program gets exactly its stdin, and its process never
@@ -702,30 +713,17 @@ fn a_call_cancelled_while_its_container_starts_leaves_that_container_to_the_pool
 
 /// Scans the parent's (the bootstrap's) memory for a run marker and prints
 /// what it found, or `denied ERRNO` when /proc/PPID/mem cannot be opened.
-const MARKERS_IN_MY_PARENT: &str = r#"
-import os, re
-ppid = os.getppid()
+const MARKERS_IN_MY_PARENT: &str = concat!(
+    markers_in!(),
+    r#"
 try:
-    mem = open("/proc/%d/mem" % ppid, "rb", 0)
+    found = markers_in(os.getppid())
 except PermissionError as e:
     print("denied", e.errno)
     raise SystemExit(0)
-pattern = re.compile(rb"pyward-output-files:[0-9a-f]{32}")
-found = set()
-with open("/proc/%d/maps" % ppid) as maps, mem:
-    for line in maps:
-        addrs, perms = line.split()[:2]
-        start, end = (int(x, 16) for x in addrs.split("-"))
-        if not perms.startswith("r") or end - start > 64 << 20:
-            continue
-        try:
-            mem.seek(start)
-            data = mem.read(end - start)
-        except (OSError, OverflowError, ValueError):
-            continue
-        found.update(m.group().decode() for m in pattern.finditer(data))
-print("read", sorted(found))
-"#;
+print("read", found)
+"#
+);
 
 /// The bootstrap holds the run's marker while the program runs as the same
 /// user; it is not dumpable, so the program cannot read the marker from
