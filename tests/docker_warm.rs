@@ -360,16 +360,6 @@ fn owner_of(id: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn key(o: &pyward::Outcome) -> impl PartialEq + std::fmt::Debug {
-    (
-        o.verdict,
-        o.exit_code,
-        o.signal,
-        o.stdout.bytes.clone(),
-        common::without_addresses(&common::stderr(o)),
-    )
-}
-
 /// The warm pool runs the program in its waiting interpreter instead of
 /// starting another: each program must end as in the cold path's fresh
 /// python3, with the same verdict, exit code, signal, stdout and stderr.
@@ -379,19 +369,7 @@ fn programs_run_and_end_as_in_a_fresh_interpreter() {
         return;
     };
     let policy = strict();
-    for code in common::PROGRAM_ENDINGS {
-        let mut submission = Submission::code(*code);
-        submission.stdin = b"the program's stdin".to_vec();
-        let a = cold.run(&policy, &submission).unwrap();
-        let b = warm.run(&policy, &submission).unwrap();
-        assert_eq!(
-            key(&a),
-            key(&b),
-            "{code}\ncold: {}\nwarm: {}",
-            describe(&a),
-            describe(&b)
-        );
-    }
+    common::assert_programs_end_alike(&cold, &warm, &policy);
 }
 
 #[test]
@@ -431,8 +409,8 @@ fn a_file_entrypoint_runs_with_its_files_arguments_and_environment() {
         describe(&a)
     );
     assert_eq!(
-        key(&a),
-        key(&b),
+        common::ending(&a),
+        common::ending(&b),
         "cold: {}\nwarm: {}",
         describe(&a),
         describe(&b)

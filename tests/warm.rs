@@ -183,28 +183,7 @@ fn programs_end_as_in_a_fresh_interpreter() {
         return;
     };
     let policy = SandboxPolicy::builtin("strict").unwrap();
-    for code in common::PROGRAM_ENDINGS {
-        let mut submission = Submission::code(*code);
-        submission.stdin = b"the program's stdin".to_vec();
-        let a = cold.run(&policy, &submission).unwrap();
-        let b = warm.run(&policy, &submission).unwrap();
-        let key = |o: &pyward::Outcome| {
-            (
-                o.verdict,
-                o.exit_code,
-                o.signal,
-                o.stdout.bytes.clone(),
-                common::without_addresses(&common::stderr(o)),
-            )
-        };
-        assert_eq!(
-            key(&a),
-            key(&b),
-            "{code}\ncold: {}\nwarm: {}",
-            describe(&a),
-            describe(&b)
-        );
-    }
+    common::assert_programs_end_alike(&cold, &warm, &policy);
 }
 
 #[test]

@@ -286,3 +286,33 @@ pub const PROGRAM_ENDINGS: &[&str] = &[
     "import sys; print(sys.stdin.read())",
     "print(open('/tmp/f', 'w').write('kept'), open('/tmp/f').read())",
 ];
+
+/// What must be the same for one program on a cold and a warm path:
+/// verdict, exit code, signal, stdout, and stderr up to memory addresses.
+pub fn ending(o: &Outcome) -> impl PartialEq + std::fmt::Debug {
+    (
+        o.verdict,
+        o.exit_code,
+        o.signal,
+        o.stdout.bytes.clone(),
+        without_addresses(&stderr(o)),
+    )
+}
+
+/// Runs every program of [`PROGRAM_ENDINGS`] (with some stdin) on `cold`
+/// and on `warm` and asserts that each ends the same way on both.
+pub fn assert_programs_end_alike(cold: &dyn Runtime, warm: &dyn Runtime, policy: &SandboxPolicy) {
+    for code in PROGRAM_ENDINGS {
+        let mut submission = Submission::code(*code);
+        submission.stdin = b"the program's stdin".to_vec();
+        let a = cold.run(policy, &submission).unwrap();
+        let b = warm.run(policy, &submission).unwrap();
+        assert_eq!(
+            ending(&a),
+            ending(&b),
+            "{code}\ncold: {}\nwarm: {}",
+            describe(&a),
+            describe(&b)
+        );
+    }
+}
