@@ -18,7 +18,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::unistd::pipe2;
 use std::fs;
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -304,10 +304,9 @@ impl Stream {
     /// goes; returns true when the cap was passed.
     fn drain(&mut self, fd: &OwnedFd, observer: &RunWatch) -> bool {
         let mut buf = [0u8; 64 * 1024];
-        let mut file = fs::File::from(fd.try_clone().expect("dup of a pipe fd"));
         let mut over = false;
         loop {
-            match file.read(&mut buf) {
+            match nix::unistd::read(fd, &mut buf) {
                 Ok(0) => {
                     self.open = false;
                     break;
@@ -322,7 +321,7 @@ impl Stream {
                         over = true;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(nix::Error::EINTR) => {}
                 Err(_) => break,
             }
         }
@@ -500,12 +499,11 @@ fn cpu_check_interval(remaining: Duration, cpus: f64) -> Duration {
 /// Appends what the status pipe has; false at EOF.
 fn read_status(fd: &OwnedFd, into: &mut Vec<u8>) -> bool {
     let mut buf = [0u8; 256];
-    let mut file = fs::File::from(fd.try_clone().expect("dup of a pipe fd"));
     loop {
-        match file.read(&mut buf) {
+        match nix::unistd::read(fd, &mut buf) {
             Ok(0) => return false,
             Ok(n) => into.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(nix::Error::EINTR) => {}
             Err(_) => return true,
         }
     }
