@@ -41,7 +41,7 @@ pub use runtime::{
     signal_name,
 };
 pub use seccomp::{
-    Allowlist, ArgCondition, ArgOp, ArgProblem, BUILTIN_ALLOWLISTS, SeccompError, SeccompProgram,
-    SyscallRule, compile as compile_seccomp, dangerous_syscalls,
-    docker_profile as seccomp_docker_profile,
+    Allowlist, Answer, AnswerErrno, ArgCondition, ArgOp, ArgProblem, BUILTIN_ALLOWLISTS,
+    SeccompError, SeccompProgram, SyscallRule, answered_syscalls, compile as compile_seccomp,
+    dangerous_syscalls, docker_profile as seccomp_docker_profile,
 };

@@ -151,3 +151,48 @@ fn usage_is_reported() {
         );
     }
 }
+
+#[test]
+fn free_space_of_tmp_and_the_work_dir_can_be_asked() {
+    // statfs and fstatfs: shutil.disk_usage and os.statvfs.
+    let code = "import os, shutil\nu = shutil.disk_usage('/tmp')\nv = os.statvfs('.')\nfd = os.open('/tmp', os.O_RDONLY)\nw = os.fstatvfs(fd)\nprint(u.total > 0, u.free <= u.total, v.f_bsize > 0, w.f_blocks > 0)";
+    Case::code("strict", code).expect_stdout("True True True True\n");
+}
+
+#[test]
+fn copies_across_file_systems_keep_going_without_xattrs() {
+    // shutil copies xattrs and ignores ENOTSUP; EPERM made every copy fail.
+    let code = r#"
+import os, shutil, errno
+os.makedirs('src/sub'); open('src/sub/a.txt', 'w').write('a'); open('b.txt', 'w').write('b')
+shutil.copy2('b.txt', '/tmp/b.txt')
+shutil.copytree('src', '/tmp/tree')
+shutil.move('/tmp/tree', 'moved')
+try:
+    os.setxattr('b.txt', 'user.k', b'v')
+except OSError as e:
+    print(errno.errorcode[e.errno])
+print(open('/tmp/b.txt').read(), open('moved/sub/a.txt').read(), os.listdir('moved'))
+"#;
+    Case::code("strict", code).expect_stdout("ENOTSUP\nb a ['sub']\n");
+}
+
+#[test]
+fn a_refused_privileged_call_is_an_error_the_program_survives() {
+    // chroot and clock_settime are answered EPERM, as the kernel would answer
+    // an unprivileged caller: what the program printed before is not lost.
+    let code = r#"
+import os, time
+print('before', flush=True)
+for name, call in [('chroot', lambda: os.chroot('/nonexistent')),
+                   ('clock_settime', lambda: time.clock_settime(time.CLOCK_REALTIME, 0)),
+                   ('sethostname', lambda: __import__('socket').sethostname('x'))]:
+    try:
+        call()
+    except PermissionError as e:
+        print(name, e.errno)
+print('after')
+"#;
+    Case::code("strict", code)
+        .expect_stdout("before\nchroot 1\nclock_settime 1\nsethostname 1\nafter\n");
+}

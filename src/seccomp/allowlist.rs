@@ -1,8 +1,9 @@
-//! Allowlists as reviewed data: the TOML format, the built-in lists and the dangerous set.
+//! Allowlists as reviewed data: the TOML format, the built-in lists, the
+//! dangerous set and the answered set.
 //!
 //! An [`Allowlist`] that exists is valid: every name is a syscall on x86_64 or
-//! aarch64, every condition is well formed, `execve` is allowed, `clone3` is
-//! not listed, and nothing on it is in the dangerous set.
+//! aarch64, every condition is well formed, `execve` is allowed, and nothing
+//! on it is in the dangerous set or the answered set.
 
 use super::error::{ArgProblem, SeccompError};
 use super::table;
@@ -25,8 +26,7 @@ pub const BUILTIN_ALLOWLISTS: &[(&str, &str)] = &[
 
 const DANGEROUS_TOML: &str = include_str!("../../policies/seccomp/dangerous.toml");
 
-/// Syscalls pyward's compiled filter answers itself; an allowlist may not name them.
-pub(crate) const RESERVED: &[&str] = &["clone3"];
+const ANSWERED_TOML: &str = include_str!("../../policies/seccomp/answered.toml");
 
 /// Syscalls every allowlist must allow.
 const REQUIRED: &[&str] = &["execve"];
@@ -41,6 +41,63 @@ static DANGEROUS: LazyLock<Vec<SyscallRule>> = LazyLock::new(|| {
 /// The syscalls that kill the sandbox under every allowlist (from `policies/seccomp/dangerous.toml`).
 pub fn dangerous_syscalls() -> &'static [SyscallRule] {
     &DANGEROUS
+}
+
+/// The answered set, parsed once from the built-in `answered.toml`.
+static ANSWERED: LazyLock<Vec<Answer>> = LazyLock::new(|| {
+    parse_answers(ANSWERED_TOML, "builtin:answered")
+        .expect("policies/seccomp/answered.toml is valid (checked by the answered_set_* tests)")
+});
+
+/// The syscalls answered with a fixed errno under every allowlist and denied
+/// action (from `policies/seccomp/answered.toml`).
+pub fn answered_syscalls() -> &'static [Answer] {
+    &ANSWERED
+}
+
+/// A syscall pyward's filter answers itself, never letting it reach the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The kernel's name for the syscall.
+    pub name: String,
+    /// The errno the program gets.
+    pub errno: AnswerErrno,
+    /// Why this errno, and why not a kill.
+    pub reason: String,
+}
+
+/// The errnos an answer may give: what callers handle as "not here".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AnswerErrno {
+    /// Not implemented here: callers fall back (glibc's clone3 to clone).
+    #[serde(rename = "ENOSYS")]
+    Enosys,
+    /// Not permitted: what the kernel tells a caller without the capability.
+    #[serde(rename = "EPERM")]
+    Eperm,
+    /// Not supported (ENOTSUP): what a file system without xattrs answers.
+    #[serde(rename = "EOPNOTSUPP")]
+    Eopnotsupp,
+}
+
+impl AnswerErrno {
+    /// The errno's number (the same on x86_64 and aarch64).
+    pub fn raw(self) -> i32 {
+        match self {
+            AnswerErrno::Enosys => libc::ENOSYS,
+            AnswerErrno::Eperm => libc::EPERM,
+            AnswerErrno::Eopnotsupp => libc::EOPNOTSUPP,
+        }
+    }
+
+    /// Its name, as the list file spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerErrno::Enosys => "ENOSYS",
+            AnswerErrno::Eperm => "EPERM",
+            AnswerErrno::Eopnotsupp => "EOPNOTSUPP",
+        }
+    }
 }
 
 /// A named syscall allowlist: what a sandboxed program may call.
@@ -182,6 +239,23 @@ struct RawArg {
     values: Option<Vec<u64>>,
 }
 
+/// The answered set as written: each syscall's value is `{ errno, reason }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnswers {
+    /// Required, for the reader of the file; pyward has no use for it.
+    #[serde(rename = "description")]
+    _description: String,
+    syscalls: BTreeMap<String, RawAnswer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnswer {
+    errno: AnswerErrno,
+    reason: String,
+}
+
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 enum RawOp {
@@ -240,6 +314,30 @@ fn parse_rules(text: &str, source_name: &str) -> Result<(String, Vec<SyscallRule
     Ok((raw.description, rules))
 }
 
+/// Parses the answered set's format and checks each name.
+fn parse_answers(text: &str, source_name: &str) -> Result<Vec<Answer>, SeccompError> {
+    let raw: RawAnswers = toml::from_str(text).map_err(|source| SeccompError::Parse {
+        source_name: source_name.to_owned(),
+        source: Box::new(source),
+    })?;
+    raw.syscalls
+        .into_iter()
+        .map(|(name, answer)| {
+            if !table::exists(&name) {
+                return Err(SeccompError::UnknownSyscall {
+                    source_name: source_name.to_owned(),
+                    name,
+                });
+            }
+            Ok(Answer {
+                name,
+                errno: answer.errno,
+                reason: answer.reason,
+            })
+        })
+        .collect()
+}
+
 fn arg_condition(raw: RawArg) -> Result<ArgCondition, ArgProblem> {
     if raw.index > 5 {
         return Err(ArgProblem::IndexOutOfRange(raw.index));
@@ -272,10 +370,11 @@ fn arg_condition(raw: RawArg) -> Result<ArgCondition, ArgProblem> {
 /// The rules an allowlist must follow beyond the format.
 fn check_allowlist(rules: &[SyscallRule], source_name: &str) -> Result<(), SeccompError> {
     for rule in rules {
-        if RESERVED.contains(&rule.name.as_str()) {
-            return Err(SeccompError::Reserved {
+        if let Some(answer) = answered_syscalls().iter().find(|a| a.name == rule.name) {
+            return Err(SeccompError::Answered {
                 source_name: source_name.to_owned(),
                 name: rule.name.clone(),
+                errno: answer.errno.name(),
             });
         }
         if dangerous_syscalls().iter().any(|d| d.name == rule.name) {
@@ -340,14 +439,9 @@ mod tests {
             "unshare",
             "setns",
             "pivot_root",
-            "chroot",
             "reboot",
             "swapon",
             "swapoff",
-            "settimeofday",
-            "clock_settime",
-            "clock_adjtime",
-            "adjtimex",
             "process_vm_readv",
             "process_vm_writev",
             "open_by_handle_at",
@@ -423,11 +517,45 @@ mod tests {
     }
 
     #[test]
-    fn clone3_and_missing_execve_are_refused() {
-        assert!(matches!(
-            load("clone3 = \"x\"").unwrap_err(),
-            SeccompError::Reserved { .. }
-        ));
+    fn answered_set_loads_apart_from_the_dangerous_set() {
+        let answered = answered_syscalls();
+        for (name, errno) in [
+            ("clone3", AnswerErrno::Enosys),
+            ("chroot", AnswerErrno::Eperm),
+            ("clock_settime", AnswerErrno::Eperm),
+            ("setxattr", AnswerErrno::Eopnotsupp),
+            ("listxattr", AnswerErrno::Eopnotsupp),
+        ] {
+            let answer = answered.iter().find(|a| a.name == name);
+            assert_eq!(answer.map(|a| a.errno), Some(errno), "{name}");
+        }
+        for answer in answered {
+            assert!(answer.reason.len() > 3, "{}", answer.name);
+            assert!(
+                dangerous_syscalls().iter().all(|d| d.name != answer.name),
+                "{} is both answered and dangerous",
+                answer.name
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_without_a_known_errno_is_refused() {
+        let text = "description = \"t\"\n[syscalls]\nchroot = { errno = \"EIO\", reason = \"r\" }";
+        let err = parse_answers(text, "t.toml").unwrap_err();
+        assert!(err.to_string().contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn answered_names_and_missing_execve_are_refused() {
+        for name in ["clone3", "chroot", "fsetxattr"] {
+            let err = load(&format!("{name} = \"x\"")).unwrap_err();
+            assert!(
+                matches!(&err, SeccompError::Answered { name: n, .. } if n == name),
+                "{err}"
+            );
+            assert!(err.to_string().contains("answered.toml"), "{err}");
+        }
         let err = Allowlist::from_toml(
             "t",
             "description = \"t\"\n[syscalls]\nread = \"r\"",

@@ -4,22 +4,27 @@
 //! so the policy is three filters, installed in this order:
 //!
 //! 1. dangerous: the dangerous set → kill the process, anything else → allow.
-//! 2. clone3: `clone3` → ENOSYS, anything else → allow. glibc then falls back
-//!    to `clone`, whose flags the allowlist can check (clone3's are in memory).
+//! 2. answered: each syscall of the answered set → its errno (`clone3` ENOSYS,
+//!    so that glibc falls back to `clone`, whose flags the allowlist can
+//!    check; the xattr calls EOPNOTSUPP; chroot and the clock setters EPERM),
+//!    anything else → allow.
 //! 3. allowlist: listed syscall (conditions holding) → allow; anything else →
-//!    the denied action (EPERM or kill). `clone3` also passes this filter, so
-//!    filter 2 decides it whatever the denied action.
+//!    the denied action (EPERM or kill). The answered syscalls also pass this
+//!    filter, so filter 2 decides them whatever the denied action.
 //!
 //! The allowlist goes last because installing a filter takes `prctl` and
 //! `seccomp`, which it denies. The kernel runs every installed filter and
 //! keeps the most severe action (kill > errno > allow; on a tie, the most
 //! recently installed filter's). No rule here depends on the tie-break: a
-//! dangerous syscall is killed even under EPERM (kill beats errno), `clone3`
-//! gets ENOSYS (errno beats allow), and a foreign ABI is killed by every
-//! filter's architecture check. The tests in `tests.rs` check each of these
-//! claims, the tie-break and the install order on the running kernel.
+//! dangerous syscall is killed even under EPERM (kill beats errno), an
+//! answered one gets its errno (errno beats allow), and a foreign ABI is
+//! killed by every filter's architecture check. The tests in `tests.rs` check
+//! each of these claims, the tie-break and the install order on the running
+//! kernel.
 
-use super::allowlist::{Allowlist, ArgCondition, ArgOp, SyscallRule, dangerous_syscalls};
+use super::allowlist::{
+    Allowlist, ArgCondition, ArgOp, SyscallRule, answered_syscalls, dangerous_syscalls,
+};
 use super::error::SeccompError;
 use super::layout;
 use super::table;
@@ -62,18 +67,24 @@ pub fn compile(
     denied: DeniedAction,
     arch: Arch,
 ) -> Result<SeccompProgram, SeccompError> {
-    let (filters, allowed_count) = filters(allowlist, denied, arch)?;
-    let mut programs = Vec::with_capacity(filters.len());
-    for (name, rules, mismatch, matched) in filters {
-        let program = layout::balanced(rules, mismatch, matched, target_arch(arch));
-        programs.push(program.map_err(|source| SeccompError::Compile {
+    let compile_err = |filter| {
+        move |source| SeccompError::Compile {
             arch,
-            filter: name,
+            filter,
             source,
-        })?);
-    }
+        }
+    };
+    let (dangerous, allowed, allowed_count) = filters(allowlist, denied, arch)?;
+    let [dangerous, allowed] = [dangerous, allowed].map(|(name, rules, mismatch, matched)| {
+        layout::balanced(rules, mismatch, matched, target_arch(arch)).map_err(compile_err(name))
+    });
+    let answered = layout::answers(answers(arch), SeccompAction::Allow, target_arch(arch));
     Ok(SeccompProgram {
-        programs,
+        programs: vec![
+            dangerous?,
+            answered.map_err(compile_err("answered"))?,
+            allowed?,
+        ],
         allowed_count,
     })
 }
@@ -86,30 +97,29 @@ type Filter = (
     SeccompAction,
 );
 
-/// The three filters (see the module's comment), and how many syscalls the allowlist allows.
+/// The dangerous and the allowlist filters (see the module's comment), and
+/// how many syscalls the allowlist allows.
 fn filters(
     allowlist: &Allowlist,
     denied: DeniedAction,
     arch: Arch,
-) -> Result<([Filter; 3], usize), SeccompError> {
-    let compile_err = |filter| {
-        move |source| SeccompError::Compile {
-            arch,
-            filter,
-            source,
-        }
-    };
-
+) -> Result<(Filter, Filter, usize), SeccompError> {
     let mut allowed = BTreeMap::new();
     for rule in &allowlist.rules {
         if let Some(nr) = table::number(arch, &rule.name) {
-            let rules = bpf_rules(rule).map_err(compile_err("allowlist"))?;
+            let rules = bpf_rules(rule).map_err(|source| SeccompError::Compile {
+                arch,
+                filter: "allowlist",
+                source,
+            })?;
             allowed.insert(nr, rules);
         }
     }
     let allowed_count = allowed.len();
-    let clone3 = table::number(arch, "clone3").expect("clone3 exists on every supported arch");
-    allowed.insert(clone3, Vec::new());
+    // The answered syscalls pass the allowlist: the answered filter decides them.
+    for &nr in answers(arch).keys() {
+        allowed.insert(nr, Vec::new());
+    }
 
     let denied = match denied {
         DeniedAction::Errno => SeccompAction::Errno(libc::EPERM as u32),
@@ -120,35 +130,39 @@ fn filters(
         .filter_map(|rule| table::number(arch, &rule.name))
         .map(|nr| (nr, Vec::new()))
         .collect();
-
-    let filters = [
+    Ok((
         (
             "dangerous",
             dangerous,
             SeccompAction::Allow,
             SeccompAction::KillProcess,
         ),
-        (
-            "clone3",
-            BTreeMap::from([(clone3, Vec::new())]),
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-        ),
         ("allowlist", allowed, denied, SeccompAction::Allow),
-    ];
-    Ok((filters, allowed_count))
+        allowed_count,
+    ))
 }
 
-/// The same filters laid out by [`layout::balanced`] and by seccompiler's
-/// linear chain, for the equivalence test.
+/// The answered set on `arch`: syscall number → its errno.
+fn answers(arch: Arch) -> BTreeMap<i64, SeccompAction> {
+    answered_syscalls()
+        .iter()
+        .filter_map(|answer| {
+            let nr = table::number(arch, &answer.name)?;
+            Some((nr, SeccompAction::Errno(answer.errno.raw() as u32)))
+        })
+        .collect()
+}
+
+/// The dangerous and allowlist filters laid out by [`layout::balanced`] and
+/// by seccompiler's linear chain, for the equivalence test.
 #[cfg(test)]
 pub(super) fn both_layouts(
     allowlist: &Allowlist,
     denied: DeniedAction,
     arch: Arch,
 ) -> (Vec<BpfProgram>, Vec<BpfProgram>) {
-    let (filters, _) = filters(allowlist, denied, arch).unwrap();
-    filters
+    let (dangerous, allowed, _) = filters(allowlist, denied, arch).unwrap();
+    [dangerous, allowed]
         .into_iter()
         .map(|(_, rules, mismatch, matched)| {
             let target = target_arch(arch);
@@ -158,6 +172,12 @@ pub(super) fn both_layouts(
             (balanced.unwrap(), BpfProgram::try_from(linear).unwrap())
         })
         .unzip()
+}
+
+/// The answered filter for `arch`, for the layout tests.
+#[cfg(test)]
+pub(super) fn answered_program(arch: Arch) -> BpfProgram {
+    layout::answers(answers(arch), SeccompAction::Allow, target_arch(arch)).unwrap()
 }
 
 fn target_arch(arch: Arch) -> TargetArch {
@@ -250,7 +270,7 @@ mod tests {
                 .filter(|r| table::number(arch, &r.name).is_some())
                 .count();
             println!("dangerous set on {arch}: {count} syscalls killed");
-            assert!(count >= 45, "{arch}: {count}");
+            assert!(count >= 40, "{arch}: {count}");
         }
     }
 

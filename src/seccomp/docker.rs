@@ -1,7 +1,9 @@
 //! An allowlist as a Docker/OCI seccomp profile (the JSON `docker run
 //! --security-opt seccomp=FILE` and runc read), from the same rules as the BPF.
 
-use super::allowlist::{Allowlist, ArgCondition, ArgOp, RESERVED, SyscallRule, dangerous_syscalls};
+use super::allowlist::{
+    Allowlist, ArgCondition, ArgOp, SyscallRule, answered_syscalls, dangerous_syscalls,
+};
 use super::table;
 use crate::arch::Arch;
 use crate::policy::DeniedAction;
@@ -21,14 +23,19 @@ pub fn docker_profile(allowlist: &Allowlist, denied: DeniedAction, arches: &[Arc
         .filter(|rule| on_some_arch(&rule.name))
         .flat_map(allow_entries)
         .collect();
-    syscalls.extend(RESERVED.iter().map(|name| {
-        json!({
-            "names": [name],
-            "action": "SCMP_ACT_ERRNO",
-            "errnoRet": libc::ENOSYS,
-            "comment": "flags are out of a filter's reach: glibc falls back to clone",
-        })
-    }));
+    syscalls.extend(
+        answered_syscalls()
+            .iter()
+            .filter(|answer| on_some_arch(&answer.name))
+            .map(|answer| {
+                json!({
+                    "names": [answer.name],
+                    "action": "SCMP_ACT_ERRNO",
+                    "errnoRet": answer.errno.raw(),
+                    "comment": answer.reason,
+                })
+            }),
+    );
     let dangerous: Vec<&str> = dangerous_syscalls()
         .iter()
         .map(|rule| rule.name.as_str())
@@ -157,6 +164,16 @@ mod tests {
             (clone3[0]["action"].as_str(), clone3[0]["errnoRet"].as_i64()),
             (Some("SCMP_ACT_ERRNO"), Some(38))
         );
+        for (name, errno) in [("chroot", libc::EPERM), ("fsetxattr", libc::EOPNOTSUPP)] {
+            let entry = entries_for(&profile, name);
+            assert_eq!(entry.len(), 1, "{name}");
+            assert_eq!(entry[0]["action"], "SCMP_ACT_ERRNO", "{name}");
+            assert_eq!(
+                entry[0]["errnoRet"].as_i64(),
+                Some(i64::from(errno)),
+                "{name}"
+            );
+        }
         let ptrace = entries_for(&profile, "ptrace");
         assert_eq!(ptrace[0]["action"], "SCMP_ACT_KILL_PROCESS");
         assert!(

@@ -77,15 +77,17 @@ pub enum SeccompError {
         /// The unknown name.
         name: String,
     },
-    /// The name is one pyward's compiled filter handles itself (`clone3`).
+    /// The name is one pyward's filter answers itself (policies/seccomp/answered.toml).
     #[error(
-        "{source_name}: syscall {name:?} may not be listed: pyward answers it ENOSYS so that glibc falls back to clone, whose flags a filter can check"
+        "{source_name}: syscall {name:?} may not be listed: pyward answers it {errno} under every allowlist (policies/seccomp/answered.toml)"
     )]
-    Reserved {
+    Answered {
         /// The file.
         source_name: String,
-        /// The reserved name.
+        /// The answered name.
         name: String,
+        /// The errno pyward answers it with.
+        errno: &'static str,
     },
     /// A syscall every allowlist needs is missing (`execve`: the runtime execs after installing).
     #[error(
@@ -120,7 +122,7 @@ pub enum SeccompError {
     Compile {
         /// The target architecture.
         arch: Arch,
-        /// Which of the stacked filters (`allowlist`, `clone3`, `dangerous`).
+        /// Which of the stacked filters (`allowlist`, `answered`, `dangerous`).
         filter: &'static str,
         /// seccompiler's error.
         source: seccompiler::BackendError,

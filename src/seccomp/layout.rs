@@ -34,18 +34,50 @@ pub fn balanced(
     matched: SeccompAction,
     arch: TargetArch,
 ) -> Result<BpfProgram, BackendError> {
-    // seccompiler validates the actions and writes the architecture check; an
-    // empty filter is exactly that check followed by `ret mismatch`.
-    let empty = SeccompFilter::new(BTreeMap::new(), mismatch.clone(), matched.clone(), arch)?;
-    let mut program = BpfProgram::try_from(empty)?;
-    program.pop(); // its `ret mismatch`: the search below ends every path in one
-    program.push(stmt(BPF_LD_W_ABS, NR_OFFSET));
+    let mut program = header(mismatch.clone(), matched.clone(), arch)?;
     let (matched, mismatch) = (u32::from(matched), u32::from(mismatch));
     let blocks: Vec<(u32, BpfProgram)> = rules
         .into_iter()
         .map(|(nr, chain)| (nr as u32, syscall_block(chain, matched, mismatch)))
         .collect();
     program.extend(search(&blocks, mismatch));
+    Ok(program)
+}
+
+/// A filter that gives each listed syscall its own action (no argument
+/// conditions) and `otherwise` to every other, laid out as a binary search.
+pub fn answers(
+    actions: BTreeMap<i64, SeccompAction>,
+    otherwise: SeccompAction,
+    arch: TargetArch,
+) -> Result<BpfProgram, BackendError> {
+    // The empty filter of `header` never takes its match action, but
+    // seccompiler refuses one equal to the mismatch action.
+    let unused = match otherwise {
+        SeccompAction::KillProcess => SeccompAction::Allow,
+        _ => SeccompAction::KillProcess,
+    };
+    let mut program = header(otherwise.clone(), unused, arch)?;
+    let blocks: Vec<(u32, BpfProgram)> = actions
+        .into_iter()
+        .map(|(nr, action)| (nr as u32, vec![stmt(BPF_RET_K, u32::from(action))]))
+        .collect();
+    program.extend(search(&blocks, u32::from(otherwise)));
+    Ok(program)
+}
+
+/// seccompiler's architecture check, then the load of the syscall number.
+fn header(
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+    arch: TargetArch,
+) -> Result<BpfProgram, BackendError> {
+    // seccompiler validates the actions and writes the architecture check; an
+    // empty filter is exactly that check followed by `ret mismatch`.
+    let empty = SeccompFilter::new(BTreeMap::new(), mismatch, matched, arch)?;
+    let mut program = BpfProgram::try_from(empty)?;
+    program.pop(); // its `ret mismatch`: the search after it ends every path in one
+    program.push(stmt(BPF_LD_W_ABS, NR_OFFSET));
     Ok(program)
 }
 
@@ -217,6 +249,37 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_answered_filter_gives_each_its_errno_and_allows_the_rest() {
+        use crate::seccomp::answered_syscalls;
+        for arch in Arch::ALL {
+            let program = super::super::compile::answered_program(arch);
+            let target = match arch {
+                Arch::Amd64 => 0xC000_003E,
+                Arch::Arm64 => 0xC000_00B7,
+            };
+            let mut answered = BTreeMap::new();
+            for answer in answered_syscalls() {
+                if let Some(nr) = crate::seccomp::table::number(arch, &answer.name) {
+                    answered.insert(nr as u32, answer.errno.raw() as u32);
+                }
+            }
+            println!("answered set on {arch}: {} syscalls", answered.len());
+            assert!(answered.len() >= 15, "{arch}: {}", answered.len());
+            for nr in 0..600 {
+                let got = run(&program, &seccomp_data(nr, target, [0; 6]));
+                let want = match answered.get(&nr) {
+                    Some(&errno) => libc::SECCOMP_RET_ERRNO | errno,
+                    None => libc::SECCOMP_RET_ALLOW,
+                };
+                assert_eq!(got, want, "{arch} nr {nr}");
+            }
+            // A foreign ABI is killed by the architecture check.
+            let foreign = run(&program, &seccomp_data(39, 0x4000_0003, [0; 6]));
+            assert_eq!(foreign, libc::SECCOMP_RET_KILL_PROCESS, "{arch}");
         }
     }
 

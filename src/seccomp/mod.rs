@@ -9,8 +9,9 @@
 //! The model: a syscall on the allowlist (with its argument conditions
 //! holding) is allowed; a syscall in the dangerous set kills the process
 //! (`security_violation`); anything else gets the policy's [`DeniedAction`]
-//! (EPERM or kill); `clone3` gets ENOSYS so that glibc falls back to `clone`,
-//! whose flags can be checked. Every filter checks the audit architecture, so
+//! (EPERM or kill); a syscall in the answered set gets its fixed errno
+//! (`clone3` ENOSYS so that glibc falls back to `clone`, whose flags can be
+//! checked; the xattr calls EOPNOTSUPP; chroot and the clock setters EPERM). Every filter checks the audit architecture, so
 //! the i386 ABI is killed, and x32 numbers never match an allowed number.
 //! See `compile.rs` for how the filters are stacked, and docs/SECURITY.md.
 //!
@@ -26,7 +27,8 @@ mod table;
 mod tests;
 
 pub use allowlist::{
-    Allowlist, ArgCondition, ArgOp, BUILTIN_ALLOWLISTS, SyscallRule, dangerous_syscalls,
+    Allowlist, Answer, AnswerErrno, ArgCondition, ArgOp, BUILTIN_ALLOWLISTS, SyscallRule,
+    answered_syscalls, dangerous_syscalls,
 };
 pub use compile::{SeccompProgram, compile};
 pub use docker::docker_profile;

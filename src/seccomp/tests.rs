@@ -68,6 +68,19 @@ fn unfiltered_probes_behave_differently() {
         if call(ProbeCall::Clone3) != Err(Errno::EINVAL) {
             return 2;
         }
+        // The answered set's probes, as the kernel answers them to root.
+        if call(ProbeCall::Chroot) != Err(Errno::ENOENT) {
+            return 20;
+        }
+        if call(ProbeCall::ClockSettime) != Err(Errno::EINVAL) {
+            return 21;
+        }
+        if !matches!(
+            call(ProbeCall::Fsetxattr),
+            Err(Errno::EFAULT | Errno::EBADF)
+        ) {
+            return 22;
+        }
         if call(ProbeCall::IoctlBadFd(libc::TIOCSTI)) != Err(Errno::EBADF) {
             return 3;
         }
@@ -226,6 +239,46 @@ fn clone3_gets_enosys_whatever_the_denied_action() {
             });
             assert_exited_0(status);
         }
+    }
+}
+
+#[test]
+fn answered_syscalls_get_their_errno_whatever_the_denied_action() {
+    // Killing these lost the program's output; the kernel would refuse them
+    // anyway (chroot, clock_settime) or they mean "not supported" (xattrs).
+    for list in ["python-strict", "python-standard"] {
+        for denied in [DeniedAction::Errno, DeniedAction::Kill] {
+            let status = run_under(list, denied, || {
+                let checks = [
+                    expect_errno(ProbeCall::Chroot, Errno::EPERM, 1),
+                    expect_errno(ProbeCall::ClockSettime, Errno::EPERM, 2),
+                    expect_errno(ProbeCall::Fsetxattr, Errno::EOPNOTSUPP, 3),
+                    expect_errno(ProbeCall::Clone3, Errno::ENOSYS, 4),
+                ];
+                checks.into_iter().find(|&code| code != 0).unwrap_or(0)
+            });
+            assert!(
+                matches!(status, WaitStatus::Exited(_, 0)),
+                "{list} {denied:?}: {status:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn statfs_is_allowed_on_both_lists() {
+    for list in ["python-strict", "python-standard"] {
+        let status = run_under(list, DeniedAction::Kill, || {
+            if call(ProbeCall::Statfs) == Ok(0) {
+                0
+            } else {
+                1
+            }
+        });
+        assert!(
+            matches!(status, WaitStatus::Exited(_, 0)),
+            "{list}: {status:?}"
+        );
     }
 }
 

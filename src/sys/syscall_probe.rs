@@ -31,6 +31,14 @@ pub enum ProbeCall {
     IoUringSetup,
     /// `clone3(NULL, 0)`: EINVAL (a size of 0 is too small).
     Clone3,
+    /// `chroot("/nonexistent-pyward/fifo")`: ENOENT as root, EPERM otherwise.
+    Chroot,
+    /// `clock_settime(1000, NULL)`: EINVAL (no such clock; checked before the pointer).
+    ClockSettime,
+    /// `fsetxattr(-1, NULL, NULL, 0, 0)`: EFAULT or EBADF (the kernel reads the name first since 6.13).
+    Fsetxattr,
+    /// `statfs("/", &buf)`: 0 (into a buffer on the stack).
+    Statfs,
     /// `socket(domain, SOCK_DGRAM, 0)`: a new socket, left open.
     Socket(i32),
     /// `ioctl(-1, request, NULL)`: EBADF.
@@ -44,9 +52,11 @@ pub enum ProbeCall {
 pub fn call(probe: ProbeCall) -> Result<i64, Errno> {
     const NOWHERE: &std::ffi::CStr = c"/nonexistent-pyward/fifo";
     let null = std::ptr::null::<libc::c_void>();
-    // SAFETY: each call passes only integers, null pointers or the static
-    // string NOWHERE; none makes the kernel write to our memory or change our
-    // address space, whether or not a filter lets it through.
+    let mut statfs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: each call passes only integers, null pointers, the static
+    // string NOWHERE or (statfs) a pointer to a local buffer of the kernel's
+    // `struct statfs`; none makes the kernel write elsewhere in our memory
+    // or change our address space, whether or not a filter lets it through.
     let ret = unsafe {
         match probe {
             ProbeCall::Getpid => libc::syscall(libc::SYS_getpid),
@@ -65,6 +75,12 @@ pub fn call(probe: ProbeCall) -> Result<i64, Errno> {
             ProbeCall::Keyctl => libc::syscall(libc::SYS_keyctl, -1i64, 0, 0, 0, 0),
             ProbeCall::IoUringSetup => libc::syscall(libc::SYS_io_uring_setup, 0, null),
             ProbeCall::Clone3 => libc::syscall(libc::SYS_clone3, null, 0),
+            ProbeCall::Chroot => libc::syscall(libc::SYS_chroot, NOWHERE.as_ptr()),
+            ProbeCall::ClockSettime => libc::syscall(libc::SYS_clock_settime, 1000i64, null),
+            ProbeCall::Fsetxattr => libc::syscall(libc::SYS_fsetxattr, -1i64, null, null, 0, 0),
+            ProbeCall::Statfs => {
+                libc::syscall(libc::SYS_statfs, c"/".as_ptr(), statfs.as_mut_ptr())
+            }
             ProbeCall::Socket(domain) => {
                 libc::syscall(libc::SYS_socket, domain, libc::SOCK_DGRAM, 0)
             }
