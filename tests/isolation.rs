@@ -285,3 +285,34 @@ fn sandboxes_running_side_by_side_cannot_talk() {
     let rebind = "import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0pyward-side-by-side')\nprint('bound')";
     Case::code("strict", rebind).expect_stdout("bound\n");
 }
+
+#[test]
+fn the_kernels_knobs_under_proc_are_read_only_and_its_secrets_masked() {
+    // As runc does: /proc/sys (ns_last_pid is mode 0666) and sysrq-trigger
+    // refuse writes at open with EROFS, kcore, keys and the host's timers read
+    // as empty, and /proc/acpi, asound, scsi are empty directories. The
+    // native runtime, the warm path and Docker alike.
+    let code = r#"
+import errno, os
+def attempt(path):
+    try:
+        with open(path, 'w'):
+            return 'opened'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print('ns_last_pid', attempt('/proc/sys/kernel/ns_last_pid'))
+print('sys read', open('/proc/sys/kernel/ostype').read().strip())
+ro = {}
+for line in open('/proc/self/mountinfo'):
+    fields = line.split()
+    ro[fields[4]] = 'ro' in fields[5].split(',')
+print('read-only', [p for p in ('/proc/sys', '/proc/irq', '/proc/bus', '/proc/fs') if os.path.exists(p) and not ro.get(p)])
+print('masked', [p for p in ('/proc/kcore', '/proc/keys', '/proc/timer_list', '/proc/sched_debug')
+                 if os.path.exists(p) and open(p, 'rb').read(1)])
+print('empty dirs', [p for p in ('/proc/acpi', '/proc/asound', '/proc/scsi') if os.path.exists(p) and os.listdir(p)])
+"#;
+    prints(
+        code,
+        "ns_last_pid EROFS\nsys read Linux\nread-only []\nmasked []\nempty dirs []\n",
+    );
+}

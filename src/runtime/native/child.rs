@@ -4,7 +4,7 @@
 //! [`Plan`]: no allocation, no locks, no logging.
 
 use super::outputs;
-use super::plan::{Bind, FileWrite, HOSTNAME, Plan};
+use super::plan::{Bind, FileWrite, HOSTNAME, Plan, ProcCover};
 use super::status::{Message, Step};
 use crate::sys;
 use nix::errno::Errno;
@@ -281,6 +281,12 @@ fn setup_payload(plan: &Plan, fds: ChildFds) -> StepResult {
         None::<&CStr>,
     )
     .at(Step::MountProc)?;
+    // What runc covers: /proc/sys and friends read-only, kcore, keys and the
+    // host's timers masked.
+    plan.proc_covers
+        .iter()
+        .try_for_each(|(target, cover)| cover_proc_path(target, *cover))
+        .map_err(|e| (Step::CoverProc, e))?;
     // A size-limited, noexec /tmp.
     mount(
         Some(c"tmpfs"),
@@ -406,6 +412,48 @@ fn bind_read_only(bind: &Bind) -> nix::Result<()> {
         bind.remount,
         None::<&CStr>,
     )
+}
+
+/// Covers one /proc path; a path this kernel does not have is left alone.
+fn cover_proc_path(target: &CStr, cover: ProcCover) -> nix::Result<()> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let covered = match cover {
+        ProcCover::ReadOnly => mount(
+            Some(target),
+            target,
+            None::<&CStr>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&CStr>,
+        )
+        .and_then(|()| {
+            let read_only = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(
+                None::<&CStr>,
+                target,
+                None::<&CStr>,
+                read_only | hardened,
+                None::<&CStr>,
+            )
+        }),
+        ProcCover::MaskFile => mount(
+            Some(c"/dev/null"),
+            target,
+            None::<&CStr>,
+            MsFlags::MS_BIND,
+            None::<&CStr>,
+        ),
+        ProcCover::MaskDir => mount(
+            Some(c"tmpfs"),
+            target,
+            Some(c"tmpfs"),
+            MsFlags::MS_RDONLY | hardened,
+            Some(c"size=4k,nr_inodes=1"),
+        ),
+    };
+    match covered {
+        Err(Errno::ENOENT) => Ok(()),
+        other => other,
+    }
 }
 
 fn bind_device(bind: &Bind) -> nix::Result<()> {

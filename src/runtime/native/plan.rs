@@ -34,6 +34,50 @@ pub struct FileWrite {
     pub mode: u32,
 }
 
+/// How one of /proc's sensitive paths is covered, as runc (Docker's
+/// default runtime) covers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcCover {
+    /// Readable, never writable: a read-only bind of the path onto itself.
+    ReadOnly,
+    /// A file that reads as empty: `/dev/null` bound over it.
+    MaskFile,
+    /// A directory that reads as empty: a read-only empty tmpfs over it.
+    MaskDir,
+}
+
+impl ProcCover {
+    /// The name the warm path's zygote knows it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcCover::ReadOnly => "read_only",
+            ProcCover::MaskFile => "mask_file",
+            ProcCover::MaskDir => "mask_dir",
+        }
+    }
+}
+
+/// runc's read-only and masked /proc paths (its `readonlyPaths` and
+/// `maskedPaths`): the kernel's knobs (/proc/sys: `ns_last_pid` is mode
+/// 0666), and what tells of the host's kernel, devices and timers. A path
+/// the kernel does not have is skipped.
+pub const PROC_COVERS: [(&str, ProcCover); 14] = [
+    ("/proc/bus", ProcCover::ReadOnly),
+    ("/proc/fs", ProcCover::ReadOnly),
+    ("/proc/irq", ProcCover::ReadOnly),
+    ("/proc/sys", ProcCover::ReadOnly),
+    ("/proc/sysrq-trigger", ProcCover::ReadOnly),
+    ("/proc/kcore", ProcCover::MaskFile),
+    ("/proc/keys", ProcCover::MaskFile),
+    ("/proc/latency_stats", ProcCover::MaskFile),
+    ("/proc/timer_list", ProcCover::MaskFile),
+    ("/proc/timer_stats", ProcCover::MaskFile),
+    ("/proc/sched_debug", ProcCover::MaskFile),
+    ("/proc/acpi", ProcCover::MaskDir),
+    ("/proc/asound", ProcCover::MaskDir),
+    ("/proc/scsi", ProcCover::MaskDir),
+];
+
 /// Everything the child needs, by value, before the clone.
 pub struct Plan {
     pub new_root: CString,
@@ -44,6 +88,8 @@ pub struct Plan {
     pub binds: Vec<Bind>,
     pub devices: Vec<Bind>,
     pub proc_dir: CString,
+    /// `PROC_COVERS` under the new root.
+    pub proc_covers: Vec<(CString, ProcCover)>,
     pub tmp_dir: CString,
     pub tmp_options: CString,
     pub work_dir: CString,
@@ -179,6 +225,10 @@ impl Plan {
             binds,
             devices,
             proc_dir: at("/proc"),
+            proc_covers: PROC_COVERS
+                .iter()
+                .map(|&(path, cover)| (at(path), cover))
+                .collect(),
             tmp_dir: at("/tmp"),
             tmp_options: cstring(format!("size={tmpfs},mode=1777")),
             work_dir: at(WORK_DIR),

@@ -36,6 +36,7 @@ steps! {
     BindHost => "bind the host's interpreter and libraries read-only",
     BindDevices => "bind the /dev nodes",
     MountProc => "mount /proc",
+    CoverProc => "cover /proc's sensitive paths (read-only or masked)",
     MountTmp => "mount /tmp",
     MountWork => "mount the work dir",
     WorkFiles => "write the program and its input files",

@@ -12,7 +12,7 @@
 //! and is watched by `supervise::watch` like a cold run.
 
 use super::outputs;
-use super::plan::{self, Plan, WORK_DIR};
+use super::plan::{self, PROC_COVERS, Plan, WORK_DIR};
 use super::status::{MESSAGE_LEN, Message, Step};
 use super::supervise::{self, ParentSide, Stub, Watched};
 use super::{NativeError, NativeRuntime};
@@ -450,7 +450,7 @@ impl Zygote {
         config: &WarmConfig,
     ) -> Result<Zygote, RunError> {
         let seccomp = native.seccomp(policy)?;
-        let mut args = vec![steps_json()];
+        let mut args = vec![zygote_constants()];
         args.extend(config.modules.iter().cloned());
         let script = Submission {
             args,
@@ -804,15 +804,22 @@ fn read_available(fd: &OwnedFd) -> Vec<u8> {
     bytes
 }
 
-/// The step numbers the zygote's status messages use, by the zygote's names.
-fn steps_json() -> String {
+/// What the zygote takes from pyward's plan rather than deciding itself: the
+/// step numbers its status messages use (by the zygote's names), and the
+/// /proc paths each call covers (`plan::PROC_COVERS`).
+fn zygote_constants() -> String {
     let step = |s: Step| s as u32;
-    serde_json::json!({
+    let proc_covers: Vec<_> = PROC_COVERS
+        .iter()
+        .map(|(path, cover)| (path, cover.name()))
+        .collect();
+    let steps = serde_json::json!({
         "unshare": step(Step::WarmUnshare),
         "unshare_cgroup": step(Step::UnshareCgroup),
         "fork": step(Step::ForkPayload),
         "stdio": step(Step::Stdio),
         "proc": step(Step::MountProc),
+        "proc_covers": step(Step::CoverProc),
         "tmp": step(Step::MountTmp),
         "work": step(Step::MountWork),
         "work_files": step(Step::WorkFiles),
@@ -824,8 +831,8 @@ fn steps_json() -> String {
         "close_fds": step(Step::CloseFds),
         "nnp": step(Step::NoNewPrivs),
         "seccomp": step(Step::Seccomp),
-    })
-    .to_string()
+    });
+    serde_json::json!({ "steps": steps, "proc_covers": proc_covers }).to_string()
 }
 
 /// The call's request as the call's pid 1 reads it: a length, a JSON header,

@@ -25,9 +25,11 @@
 # one call is in the memory the next call's fork copies.
 import ctypes, errno, fcntl, gc, json, os, resource, signal, socket, stat, struct, sys, types
 
-# Step numbers of pyward's status messages (runtime/native/status.rs), then
-# the modules to preload.
-STEPS = json.loads(sys.argv[1])
+# What pyward's plan decides: the step numbers of its status messages
+# (runtime/native/status.rs) and the /proc paths each call covers
+# (runtime/native/plan.rs, PROC_COVERS); then the modules to preload.
+_PLAN = json.loads(sys.argv[1])
+STEPS, PROC_COVERS = _PLAN["steps"], [(p.encode(), how) for p, how in _PLAN["proc_covers"]]
 for _module in sys.argv[2:]:
     __import__(_module)
 
@@ -40,6 +42,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x20000, 0x02000000, 0x04000000
 CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC = 0x20, 0x1000, 0x4000
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 24, 38, 22
 SECCOMP_MODE_FILTER = 2
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[os.uname().machine]
@@ -336,6 +339,9 @@ def setup_payload(call_fd, req, blobs, stdio):
     # a user namespace mount proc only where a full proc is already mounted).
     hardened = MS_NOSUID | MS_NODEV | MS_NOEXEC
     _check(_libc.mount(b"proc", b"/proc", b"proc", hardened, None), steps["proc"])
+    # What runc covers, over the fresh /proc (the zygote's own covers are under it).
+    for path, how in PROC_COVERS:
+        _cover_proc_path(path, how, hardened, steps["proc_covers"])
     # Fresh /tmp and work dir, over the zygote's (empty: it never writes
     # there). Not detaching them spares an RCU grace period per call.
     for path, options, step in (
@@ -384,6 +390,20 @@ def setup_payload(call_fd, req, blobs, stdio):
         fprog = struct.pack("=HxxxxxxQ", len(program) // 8, ctypes.addressof(buf))
         fbuf = ctypes.create_string_buffer(fprog, len(fprog))
         _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fbuf), 0, 0), steps["seccomp"])
+
+
+def _cover_proc_path(path, how, hardened, step):
+    if how == "read_only":
+        ret = _libc.mount(path, path, None, MS_BIND | MS_REC, None)
+        if ret == 0:
+            ret = _libc.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | hardened, None)
+    elif how == "mask_file":
+        ret = _libc.mount(b"/dev/null", path, None, MS_BIND, None)
+    else:
+        ret = _libc.mount(b"tmpfs", path, b"tmpfs", MS_RDONLY | hardened, b"size=4k,nr_inodes=1")
+    # A path this kernel does not have is left alone.
+    if ret < 0 and ctypes.get_errno() != errno.ENOENT:
+        raise SetupError(step, ctypes.get_errno())
 
 
 def _write_all(fd, data):
