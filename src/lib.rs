@@ -34,7 +34,9 @@ pub use runtime::docker::{
 };
 pub use runtime::native::{NativeConfig, NativeError, NativeRuntime, WarmConfig, WarmRuntime};
 pub use runtime::{CancelToken, RunError, RunWatch, Runtime, Stream};
-pub use runtime::{Captured, Entrypoint, InputFile, Outcome, Submission, Usage, Verdict};
+pub use runtime::{
+    Captured, Entrypoint, InputFile, LimitReached, Outcome, Submission, Usage, Verdict,
+};
 pub use runtime::{MAX_OUTPUT_PATH, MAX_OUTPUTS, OutputFile, OutputStatus};
 pub use runtime::{
     OutcomeJson, OutcomeJsonError, OutputFileJson, OutputStatusJson, StreamEncoding, UsageJson,

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Case, stderr};
-use pyward::{ByteSize, LimitOverrides, Verdict};
+use pyward::{ByteSize, LimitOverrides, LimitReached, Verdict};
 use std::time::Duration;
 
 fn wall(seconds: u64) -> LimitOverrides {
@@ -20,6 +20,7 @@ fn busy_loop_past_the_wall_clock_is_a_timeout() {
         .limits(wall(1))
         .expect(Verdict::Timeout)
     {
+        assert_eq!(outcome.limits_reached, [LimitReached::WallTime]);
         assert!(
             outcome.usage.wall >= Duration::from_secs(1),
             "{:?}",
@@ -50,6 +51,7 @@ fn busy_loop_past_the_cpu_limit_is_cpu_limit() {
         .limits(limits)
         .expect(Verdict::CpuLimit)
     {
+        assert_eq!(outcome.limits_reached, [LimitReached::CpuTime]);
         assert!(
             outcome.usage.cpu >= Duration::from_millis(700),
             "{:?}",
@@ -83,7 +85,41 @@ fn allocating_past_the_memory_limit_is_memory_limit() {
         .limits(limits)
         .expect(Verdict::MemoryLimit)
     {
+        assert_eq!(outcome.limits_reached, [LimitReached::Memory]);
         assert!(outcome.message.unwrap().contains("OOM"));
+    }
+}
+
+#[test]
+fn a_fork_bomb_that_handles_the_refusal_and_spins_reached_both_limits() {
+    // The CPU limit ends it, but the outcome also says that the pids limit
+    // refused its forks: every limit reached is listed, not only the last.
+    let code = "import os, time\nkids = 0\nwhile True:\n    try:\n        if os.fork() == 0:\n            time.sleep(60)\n            os._exit(0)\n        kids += 1\n    except OSError:\n        break\nprint('refused after', kids, flush=True)\nwhile True: pass";
+    let limits = LimitOverrides {
+        cpu_time: Some(Duration::from_millis(700)),
+        pids: Some(12),
+        ..wall(20)
+    };
+    for outcome in Case::code("standard", code)
+        .limits(limits)
+        .expect(Verdict::CpuLimit)
+    {
+        assert!(
+            String::from_utf8_lossy(&outcome.stdout.bytes).starts_with("refused after"),
+            "{}",
+            common::describe(&outcome)
+        );
+        assert_eq!(
+            outcome.limits_reached,
+            [LimitReached::CpuTime, LimitReached::Pids],
+            "{}",
+            common::describe(&outcome)
+        );
+        assert!(
+            outcome
+                .to_json()
+                .contains(r#""limits_reached":["cpu_time","pids"]"#)
+        );
     }
 }
 
@@ -112,6 +148,7 @@ fn endless_output_is_output_limit_and_truncated_at_the_cap() {
         .limits(limits)
         .expect(Verdict::OutputLimit)
     {
+        assert_eq!(outcome.limits_reached, [LimitReached::Output]);
         assert!(outcome.stdout.truncated);
         assert_eq!(outcome.stdout.bytes.len(), 64 * 1024);
         assert!(!outcome.stderr.truncated);

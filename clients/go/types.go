@@ -137,6 +137,10 @@ type Outcome struct {
 	Arch  *string `json:"arch"`
 	// Files holds one entry per path of Request.Outputs, in order.
 	Files []OutputFile `json:"files"`
+	// LimitsReached names every limit the run reached ("wall_time",
+	// "cpu_time", "memory", "pids", "output"), the one that ended it among
+	// them; empty when none was, and in outcomes stored by an older server.
+	LimitsReached []string `json:"limits_reached"`
 	// TraceID is set on the answer of POST /v1/runs only.
 	TraceID string `json:"trace_id,omitempty"`
 }

@@ -425,6 +425,10 @@ pub fn summary(outcome: &Outcome) -> String {
     if outcome.stderr.truncated {
         line += " stderr_truncated";
     }
+    if !outcome.limits_reached.is_empty() {
+        let limits: Vec<&str> = outcome.limits_reached.iter().map(|l| l.as_str()).collect();
+        line += &format!(" limits={}", limits.join(","));
+    }
     if let Some(message) = &outcome.message {
         line += &format!(": {message}");
     }
@@ -467,11 +471,12 @@ mod tests {
             image: None,
             arch: None,
             files: Vec::new(),
+            limits_reached: vec![pyward::LimitReached::WallTime, pyward::LimitReached::Pids],
         };
         assert_eq!(
             summary(&outcome),
             "pyward: verdict=timeout signal=SIGKILL wall=2001ms cpu=1999ms mem=8.1MiB \
-             stdout_truncated: wall-time limit of 2s reached"
+             stdout_truncated limits=wall_time,pids: wall-time limit of 2s reached"
         );
     }
 

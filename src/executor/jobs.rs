@@ -475,6 +475,7 @@ mod tests {
                 image: None,
                 arch: None,
                 files: Vec::new(),
+                limits_reached: Vec::new(),
             })
         }
     }

@@ -177,6 +177,7 @@ mod tests {
                 image: None,
                 arch: None,
                 files: Vec::new(),
+                limits_reached: Vec::new(),
             })
         }
     }

@@ -5,7 +5,7 @@
 //! spells a JSON field name of an outcome; change a name here and the
 //! contract breaks, so don't.
 
-use super::{Captured, Outcome, OutputFile, OutputStatus, Usage, Verdict};
+use super::{Captured, LimitReached, Outcome, OutputFile, OutputStatus, Usage, Verdict};
 use crate::arch::Arch;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -166,6 +166,12 @@ pub struct OutcomeJson {
     /// (absent in outcomes stored before output files existed: read as none).
     #[serde(default)]
     pub files: Vec<OutputFileJson>,
+    /// Every limit the run reached (`wall_time`, `cpu_time`, `memory`,
+    /// `pids`, `output`), the one that ended it among them: a fork bomb that
+    /// spins until the CPU limit has `["cpu_time", "pids"]`. Outcomes stored
+    /// before the field existed read back as none.
+    #[serde(default)]
+    pub limits_reached: Vec<LimitReached>,
 }
 
 /// A JSON outcome that cannot be turned back into an [`Outcome`].
@@ -240,6 +246,7 @@ impl From<&Outcome> for OutcomeJson {
             image: outcome.image.clone(),
             arch: outcome.arch,
             files: outcome.files.iter().map(OutputFileJson::from).collect(),
+            limits_reached: outcome.limits_reached.clone(),
         }
     }
 }
@@ -275,6 +282,7 @@ impl TryFrom<OutcomeJson> for Outcome {
                 .into_iter()
                 .map(OutputFile::try_from)
                 .collect::<Result<_, _>>()?,
+            limits_reached: wire.limits_reached,
         })
     }
 }
@@ -320,6 +328,7 @@ mod tests {
             image: None,
             arch: None,
             files: Vec::new(),
+            limits_reached: Vec::new(),
         }
     }
 
@@ -345,8 +354,26 @@ mod tests {
                 "image": null,
                 "arch": null,
                 "files": [],
+                "limits_reached": [],
             })
         );
+    }
+
+    #[test]
+    fn limits_reached_are_written_by_name_and_read_back() {
+        let mut o = outcome(b"", b"");
+        o.limits_reached = vec![LimitReached::CpuTime, LimitReached::Pids];
+        let json: Value = serde_json::from_str(&o.to_json()).unwrap();
+        assert_eq!(json["limits_reached"], json!(["cpu_time", "pids"]));
+        assert_eq!(Outcome::from_json(&o.to_json()).unwrap(), o);
+        // Outcomes stored before the field existed read as none reached.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("limits_reached");
+        let read = Outcome::from_json(&old.to_string()).unwrap();
+        assert!(read.limits_reached.is_empty());
+        for limit in LimitReached::ALL {
+            assert_eq!(json!(limit), json!(limit.as_str()));
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub use json::{
     OutcomeJson, OutcomeJsonError, OutputFileJson, OutputStatusJson, StreamEncoding, UsageJson,
     signal_name,
 };
-pub use outcome::{Captured, Outcome, OutputFile, OutputStatus, Usage, Verdict};
+pub use outcome::{Captured, LimitReached, Outcome, OutputFile, OutputStatus, Usage, Verdict};
 pub use output_files::{MAX_OUTPUT_PATH, MAX_OUTPUTS};
 pub use submission::{Entrypoint, InputFile, Submission};
 pub use watch::{CancelToken, RunWatch, Stream};

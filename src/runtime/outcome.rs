@@ -121,6 +121,44 @@ impl OutputStatus {
     }
 }
 
+/// A limit of the policy a run reached, whether or not it ended the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitReached {
+    /// `wall_time`: pyward killed the sandbox at the wall-clock limit.
+    WallTime,
+    /// `cpu_time`: the sandbox's processes used the CPU time limit.
+    CpuTime,
+    /// `memory`: the OOM killer killed a process of the sandbox.
+    Memory,
+    /// `pids`: a fork or thread was refused at the pids limit.
+    Pids,
+    /// `output`: stdout or stderr passed the output cap.
+    Output,
+}
+
+impl LimitReached {
+    /// Every limit, in the order outcomes list them.
+    pub const ALL: [LimitReached; 5] = [
+        LimitReached::WallTime,
+        LimitReached::CpuTime,
+        LimitReached::Memory,
+        LimitReached::Pids,
+        LimitReached::Output,
+    ];
+
+    /// The name used in JSON: the policy's `[limits]` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReached::WallTime => "wall_time",
+            LimitReached::CpuTime => "cpu_time",
+            LimitReached::Memory => "memory",
+            LimitReached::Pids => "pids",
+            LimitReached::Output => "output",
+        }
+    }
+}
+
 /// Resources one run used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -156,4 +194,7 @@ pub struct Outcome {
     pub arch: Option<Arch>,
     /// The submission's declared output files, one per path, in its order.
     pub files: Vec<OutputFile>,
+    /// Every limit the run reached, the one that ended it among them, in
+    /// [`LimitReached::ALL`] order.
+    pub limits_reached: Vec<LimitReached>,
 }

@@ -1,7 +1,7 @@
 //! From what a runtime observed to a verdict: one set of rules for every
 //! runtime, so that the same program gets the same verdict on each. Pure.
 
-use super::{Verdict, signal_name};
+use super::{LimitReached, Verdict, signal_name};
 use std::time::Duration;
 
 /// Why pyward killed the sandbox, if it did.
@@ -134,9 +134,64 @@ pub fn decide(o: &Observation) -> (Verdict, Option<i32>, Option<i32>, Option<Str
     (verdict, exit_code, signal, Some(message))
 }
 
+/// Every limit the run reached, whether or not it ended the run: a fork
+/// bomb that handles its `OSError` and spins until the CPU limit reached
+/// both the pids and the CPU limit. In `LimitReached` order.
+pub fn limits_reached(o: &Observation) -> Vec<LimitReached> {
+    if o.setup_failure.is_some() {
+        return Vec::new();
+    }
+    let cpu = o.killed == Some(Kill::CpuTime)
+        || o.cpu_used >= o.cpu_limit
+        || matches!(o.ended, Ended::Signaled(libc::SIGXCPU));
+    [
+        (LimitReached::WallTime, o.killed == Some(Kill::WallTime)),
+        (LimitReached::CpuTime, cpu),
+        (LimitReached::Memory, o.oom_kills > 0),
+        (LimitReached::Pids, o.pids_max_hits > 0),
+        (LimitReached::Output, o.killed == Some(Kill::Output)),
+    ]
+    .into_iter()
+    .filter_map(|(limit, reached)| reached.then_some(limit))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_limit_reached_is_listed_not_only_the_one_that_ended_the_run() {
+        let spinning_fork_bomb = Observation {
+            killed: Some(Kill::CpuTime),
+            pids_max_hits: 40,
+            cpu_used: Duration::from_secs(1),
+            ..ended(Ended::Unknown)
+        };
+        assert_eq!(decide(&spinning_fork_bomb).0, Verdict::CpuLimit);
+        assert_eq!(
+            limits_reached(&spinning_fork_bomb),
+            [LimitReached::CpuTime, LimitReached::Pids]
+        );
+        let handled_oom = Observation {
+            oom_kills: 1,
+            ..ended(Ended::Exited(0))
+        };
+        assert_eq!(decide(&handled_oom).0, Verdict::Ok);
+        assert_eq!(limits_reached(&handled_oom), [LimitReached::Memory]);
+        let timeout = Observation {
+            killed: Some(Kill::WallTime),
+            ..ended(Ended::Unknown)
+        };
+        assert_eq!(limits_reached(&timeout), [LimitReached::WallTime]);
+        assert!(limits_reached(&ended(Ended::Exited(0))).is_empty());
+        let failed_setup = Observation {
+            setup_failure: Some("x".into()),
+            pids_max_hits: 1,
+            ..ended(Ended::Unknown)
+        };
+        assert!(limits_reached(&failed_setup).is_empty());
+    }
 
     fn ended(ended: Ended) -> Observation {
         Observation {

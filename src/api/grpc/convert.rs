@@ -157,6 +157,11 @@ pub fn outcome(outcome: &Outcome, trace_id: String) -> proto::Outcome {
         image: outcome.image.clone(),
         arch: outcome.arch.map(|a| a.as_str().to_owned()),
         files: outcome.files.iter().map(output_file).collect(),
+        limits_reached: outcome
+            .limits_reached
+            .iter()
+            .map(|limit| limit.as_str().to_owned())
+            .collect(),
     }
 }
 
@@ -450,6 +455,7 @@ mod tests {
                 peak_memory_bytes: 4096,
             },
             message: Some("killed".into()),
+            limits_reached: vec![crate::LimitReached::CpuTime, crate::LimitReached::Pids],
             files: vec![
                 OutputFile {
                     path: "out/raw.bin".into(),

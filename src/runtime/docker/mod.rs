@@ -596,6 +596,7 @@ impl DockerRuntime {
         };
         let (verdict, exit_code, signal, message) = verdict::decide(&observed);
         Ok(Outcome {
+            limits_reached: verdict::limits_reached(&observed),
             verdict,
             exit_code,
             signal,

@@ -1,8 +1,8 @@
 //! From what the Docker runtime observed to a verdict. Pure, unit-tested.
 
 use super::workdir::{UNPACK_FAILED, UNPACK_MESSAGE};
-use crate::runtime::Verdict;
 use crate::runtime::verdict::{self, Ended, Observation};
+use crate::runtime::{LimitReached, Verdict};
 use std::time::Duration;
 
 pub use crate::runtime::verdict::Kill as KillReason;
@@ -36,6 +36,15 @@ pub fn unpack_failed(exit_code: Option<i64>, stderr: &[u8]) -> bool {
 /// status above 128 is read as a signal: a program that calls `exit(159)` is
 /// indistinguishable from one killed by SIGSYS on this runtime.
 pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String>) {
+    verdict::decide(&observation(o))
+}
+
+/// Every limit the run reached (see `verdict::limits_reached`).
+pub fn limits_reached(o: &Observed) -> Vec<LimitReached> {
+    verdict::limits_reached(&observation(o))
+}
+
+fn observation(o: &Observed) -> Observation {
     let ended = match o.exit_code.map(|s| i32::try_from(s).unwrap_or(i32::MAX)) {
         None => Ended::Unknown,
         Some(status) if (129..=128 + 64).contains(&status) => Ended::Signaled(status - 128),
@@ -44,7 +53,7 @@ pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String
     let setup_failure = o.unpack_failed.then(|| {
         "sandbox setup failed: could not unpack the files or install the seccomp filters".to_owned()
     });
-    verdict::decide(&Observation {
+    Observation {
         setup_failure,
         killed: o.killed,
         ended,
@@ -52,7 +61,7 @@ pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String
         pids_max_hits: o.pids_max_hits,
         cpu_used: o.cpu_used,
         cpu_limit: o.cpu_limit,
-    })
+    }
 }
 
 #[cfg(test)]

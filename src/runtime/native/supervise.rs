@@ -128,6 +128,7 @@ pub(super) fn outcome(
     };
     let (verdict, exit_code, signal, message) = verdict::decide(&observed);
     Ok(Outcome {
+        limits_reached: verdict::limits_reached(&observed),
         verdict,
         exit_code,
         signal,

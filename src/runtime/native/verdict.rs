@@ -1,9 +1,9 @@
 //! What the native runtime observed, in the shared verdict rules' terms.
 
 use super::status::{Message, Step};
-use crate::runtime::Verdict;
 pub use crate::runtime::verdict::Kill as KillReason;
 use crate::runtime::verdict::{self, Ended, Observation};
+use crate::runtime::{LimitReached, Verdict};
 use nix::errno::Errno;
 use std::time::Duration;
 
@@ -25,6 +25,15 @@ pub struct Observed {
 
 /// The verdict, the exit code, the signal and (for non-ok verdicts) a sentence.
 pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String>) {
+    verdict::decide(&observation(o))
+}
+
+/// Every limit the run reached (see `verdict::limits_reached`).
+pub fn limits_reached(o: &Observed) -> Vec<LimitReached> {
+    verdict::limits_reached(&observation(o))
+}
+
+fn observation(o: &Observed) -> Observation {
     let (ended, setup_failure) = match o.message {
         Some(Message::Exited(code)) => (Ended::Exited(code), None),
         Some(Message::Signaled(sig)) => (Ended::Signaled(sig), None),
@@ -33,7 +42,7 @@ pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String
         }
         Some(Message::Usage { .. }) | None => (Ended::Unknown, None),
     };
-    verdict::decide(&Observation {
+    Observation {
         setup_failure,
         killed: o.killed,
         ended,
@@ -41,7 +50,7 @@ pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String
         pids_max_hits: o.pids_max_hits,
         cpu_used: o.cpu_used,
         cpu_limit: o.cpu_limit,
-    })
+    }
 }
 
 fn setup_failure(step: Step, errno: Errno) -> String {
