@@ -6,6 +6,7 @@
 
 mod api;
 mod arch;
+mod doctor;
 mod executor;
 mod image;
 mod policy;
@@ -19,6 +20,10 @@ pub mod sys;
 pub use api::grpc::proto;
 pub use api::{ConfigError, ImageConfig, RuntimeKind, ServeConfig, ServeError, serve};
 pub use arch::{Arch, UnknownArch};
+pub use doctor::{
+    Check as DoctorCheck, CheckStatus as DoctorStatus, DoctorOptions, can_run as doctor_can_run,
+    check_host as doctor_check_host, native_checks as doctor_native_checks,
+};
 pub use executor::images::{HOST_IMAGE, OfferedImage, RouteError, Target};
 pub use executor::{ExecError, Executor};
 pub use image::{

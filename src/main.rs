@@ -15,6 +15,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("pyward: error: {}", with_causes(&err));
+            for hint in err.hints() {
+                eprintln!("{hint}");
+            }
             ExitCode::from(err.exit_code())
         }
     }

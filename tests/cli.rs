@@ -343,6 +343,7 @@ fn json_output_has_every_documented_field_and_nothing_else_on_stdout() {
         "image",
         "arch",
         "files",
+        "limits_reached",
     ];
     expected.sort_unstable();
     let mut keys_sorted = keys.clone();
@@ -536,4 +537,78 @@ fn with_json_output_files_are_in_the_outcome_and_not_on_disk() {
     assert_eq!(json["files"][0]["content"], "in json");
     assert_eq!(outcome.files.len(), 1);
     assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join(&name).exists());
+}
+
+#[test]
+fn doctor_says_the_default_configuration_can_run_and_names_every_check() {
+    let out = pyward(&["doctor", "--json", "--no-docker"]);
+    assert_exit(&out, 0);
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("one JSON object");
+    assert_eq!(report["can_run"], true, "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for name in [
+        "kernel",
+        "root",
+        "user namespaces",
+        "cgroups",
+        "seccomp",
+        "interpreter",
+        "state dir",
+        "landlock",
+        "other architectures",
+        "images",
+        "trial run",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let trial = checks.iter().find(|c| c["name"] == "trial run").unwrap();
+    assert_eq!(trial["status"], "ok", "{trial}");
+    assert!(checks.iter().all(|c| c["status"] != "fail"), "{report}");
+}
+
+#[test]
+fn doctor_fails_on_a_missing_need_and_gives_its_fix() {
+    let out = pyward(&[
+        "doctor",
+        "--no-docker",
+        "--state-dir",
+        "/proc/pyward-doctor",
+    ]);
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("FAIL state dir"))
+        .unwrap_or_else(|| panic!("no FAIL line for the state dir:\n{text}"));
+    assert!(line.contains("fix: mkdir -p /proc/pyward-doctor"), "{line}");
+    assert!(text.contains("cannot run here"), "{text}");
+}
+
+#[test]
+fn a_run_that_cannot_start_the_runtime_prints_doctors_line() {
+    // As an unprivileged user the native runtime refuses to start (it needs
+    // root today); the error comes with doctor's line and its fix. A copy of
+    // the binary that the user can reach, wherever the checkout lives.
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("pyward");
+    std::fs::copy(PYWARD, &copy).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(["run", "-c", "pass"])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_exit(&out, 5);
+    let text = stderr(&out);
+    assert!(text.contains("cannot start the native runtime"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("pyward doctor: root: not root") && l.contains("fix: ")),
+        "{text}"
+    );
 }

@@ -1,4 +1,4 @@
-//! The command line: clap definitions of `run`, `serve`, `verify`, `policy`, `bench` and `image`, and the
+//! The command line: clap definitions of `run`, `serve`, `verify`, `policy`, `bench`, `image` and `doctor`, and the
 //! mapping from results to exit codes.
 //!
 //! Uses only the library's public API. `run` goes through the `Executor`
@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod doctor;
 mod image;
 mod policy;
 mod run;
@@ -78,6 +79,11 @@ enum Command {
     /// Run a program on several architectures (Docker, qemu-user) and compare the results.
     #[command(after_help = VERIFY_EXIT_CODES_HELP)]
     Verify(verify::VerifyArgs),
+    /// Check that this host can run pyward, with the fix for what is missing.
+    #[command(
+        after_help = "Exit codes:\n  0  the default configuration can run here\n  1  it cannot (the FAIL lines say why and what to do)"
+    )]
+    Doctor(doctor::DoctorArgs),
 }
 
 const VERIFY_EXIT_CODES_HELP: &str = "\
@@ -96,6 +102,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Image(args) => image::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
     }
 }
 
@@ -231,6 +238,26 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// Whether the native runtime failed to start: `pyward doctor`'s
+    /// failing lines then say why and what to do.
+    pub fn is_native_start_failure(&self) -> bool {
+        matches!(
+            self,
+            CliError::Runtime(_)
+                | CliError::Serve(pyward::ServeError::Native(_))
+                | CliError::Serve(pyward::ServeError::NativeImage { .. })
+        )
+    }
+
+    /// `pyward doctor`'s failing lines, when the native runtime failed to start.
+    pub fn hints(&self) -> Vec<String> {
+        if self.is_native_start_failure() {
+            doctor::start_failure_hints(&pyward::NativeConfig::default().state_dir)
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The process exit code for this error (see [`exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -177,6 +177,18 @@ impl Layout {
         }
     }
 
+    /// Where pyward's cgroups live, for people: the memory controller's
+    /// directory on v1, the unified directory on v2.
+    pub fn describe(&self) -> String {
+        match self {
+            Layout::V1 { memory, .. } => format!(
+                "pyward's cgroups under {} and its siblings",
+                memory.display()
+            ),
+            Layout::V2 { base } => format!("pyward's cgroups under {}", base.display()),
+        }
+    }
+
     /// "v1" or "v2".
     pub fn version(&self) -> &'static str {
         match self {

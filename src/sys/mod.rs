@@ -6,6 +6,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod clone;
 pub mod files;
+pub mod host;
 pub mod netns;
 pub mod probe;
 pub mod process;
