@@ -303,13 +303,17 @@ fn landlock() -> Check {
     match sys::host::landlock_abi() {
         Ok(abi) => Check::ok(
             NAME,
-            format!("ABI {abi} offered; pyward does not use Landlock yet"),
+            format!(
+                "ABI {abi}: each native run writes only to /tmp, its work dir and /dev's nodes"
+            ),
         ),
         Err(errno) => Check::missing(
             NAME,
             false,
-            format!("not offered ({errno})"),
-            "boot with lsm=...,landlock (Linux 5.13 or later); pyward does not use Landlock yet",
+            format!(
+                "not offered ({errno}): runs go without this layer (the mounts still decide what is writable)"
+            ),
+            "boot Linux 5.13 or later with landlock in lsm= (CONFIG_LSM)",
         ),
     }
 }

@@ -316,3 +316,25 @@ print('empty dirs', [p for p in ('/proc/acpi', '/proc/asound', '/proc/scsi') if 
         "ns_last_pid EROFS\nsys read Linux\nread-only []\nmasked []\nempty dirs []\n",
     );
 }
+
+#[test]
+fn landlock_refuses_a_write_the_mounts_alone_would_allow() {
+    // /proc is mounted read-write and a process may raise its own OOM score
+    // (on the warm path too: its payload is dumpable again after the change
+    // of user, as an exec makes the cold path's), so only Landlock refuses
+    // this write, and with its own errno: EACCES (a read-only mount says
+    // EROFS). Landlock is a layer of the native runtime and its warm path; a
+    // Docker container has none.
+    let landlock = common::native().and_then(|native| native.landlock_abi());
+    if landlock.is_none() {
+        eprintln!("\n*** this kernel offers no Landlock: the write must then succeed ***\n");
+    }
+    let code = "import errno\ntry:\n    open('/proc/self/oom_score_adj', 'w').write('500')\n    print('wrote')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
+    Case::code("strict", code).expect_stdout_each(|runtime| {
+        if common::is_docker(runtime) || landlock.is_none() {
+            "wrote\n".into()
+        } else {
+            "EACCES\n".into()
+        }
+    });
+}

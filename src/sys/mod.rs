@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod clone;
 pub mod files;
 pub mod host;
+pub mod landlock;
 pub mod netns;
 pub mod probe;
 pub mod process;

@@ -332,8 +332,13 @@ fn setup_payload(plan: &Plan, fds: ChildFds) -> StepResult {
     sys::process::close_fds_from(STATUS_FD + 1).at(Step::CloseFds)?;
     // Default signal handling and an empty mask, as a fresh process expects.
     sys::process::reset_signals().at(Step::ResetSignals)?;
-    // no_new_privs, then the seccomp filters: the last step before execve.
+    // no_new_privs, then Landlock and the seccomp filters: the last steps before execve.
     nix::sys::prctl::set_no_new_privs().at(Step::NoNewPrivs)?;
+    // Landlock: read anywhere, write only in /tmp, the work dir and /dev's nodes.
+    if let Some(landlock) = plan.landlock.as_deref().filter(|_| !plan.zygote) {
+        sys::landlock::restrict_self(landlock.handled_fs, landlock.scoped, &landlock.rules)
+            .map_err(|errno| (Step::Landlock, errno))?;
+    }
     for program in plan.seccomp.programs().iter().filter(|_| !plan.zygote) {
         seccompiler::apply_filter(program).map_err(|_| (Step::Seccomp, Errno::last()))?;
     }

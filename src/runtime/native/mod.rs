@@ -165,6 +165,8 @@ pub struct NativeRuntime {
     reaper: Reaper,
     /// Compiled filters by (allowlist, denied action): compiling once per policy, not per run.
     filters: Mutex<HashMap<FilterKey, Arc<SeccompProgram>>>,
+    /// The Landlock rules every payload restricts itself to, where the kernel offers Landlock.
+    landlock: Option<Arc<plan::LandlockPlan>>,
 }
 
 impl NativeRuntime {
@@ -195,7 +197,16 @@ impl NativeRuntime {
             netns: netns.clone(),
             reaper: Reaper::new(netns),
             filters: Mutex::default(),
+            landlock: sys::host::landlock_abi()
+                .ok()
+                .map(|abi| Arc::new(plan::LandlockPlan::for_abi(abi))),
         })
+    }
+
+    /// The Landlock ABI every run's payload is restricted with, or `None`
+    /// where the kernel offers no Landlock (the other layers still apply).
+    pub fn landlock_abi(&self) -> Option<u32> {
+        self.landlock.as_ref().map(|plan| plan.abi)
     }
 
     /// The seccomp filters for `policy` on this host's architecture, compiled once.
@@ -237,7 +248,26 @@ impl Runtime for NativeRuntime {
         watch: &RunWatch,
     ) -> Result<Outcome, RunError> {
         let seccomp = self.seccomp(policy)?;
-        let plan = plan::Plan::new(&self.config, policy, submission, seccomp)?;
+        let plan = plan::Plan::new(
+            &self.config,
+            policy,
+            submission,
+            seccomp,
+            self.landlock.clone(),
+        )?;
+        self.run_plan(&plan, policy, submission, watch)
+    }
+}
+
+impl NativeRuntime {
+    /// Runs `plan` (made for `policy` and `submission`) in a fresh sandbox.
+    fn run_plan(
+        &self,
+        plan: &plan::Plan,
+        policy: &SandboxPolicy,
+        submission: &Submission,
+        watch: &RunWatch,
+    ) -> Result<Outcome, RunError> {
         let loopback = policy.network == Network::Loopback;
         let netns = self.netns.take(loopback)?;
         let cgroup = self.cgroups.acquire().map_err(NativeError::from)?;
@@ -245,7 +275,7 @@ impl Runtime for NativeRuntime {
         cgroup
             .set_limits(&cgroup_limits(limits))
             .map_err(NativeError::from)?;
-        let ran = supervise::run(&netns, &plan, limits, &cgroup, submission, self.ids, watch);
+        let ran = supervise::run(&netns, plan, limits, &cgroup, submission, self.ids, watch);
         match ran {
             Ok((outcome, Some(stub))) => {
                 self.reaper.finish(Leftover {
@@ -388,3 +418,59 @@ fn is_executable(path: &Path) -> bool {
 
 /// What a compiled filter depends on: the allowlist's name, where it is looked up, the denied action.
 type FilterKey = (String, Option<PathBuf>, DeniedAction);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landlock_refuses_a_write_that_a_writable_bind_would_allow() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("\n*** SKIPPED: the native runtime needs root ***\n");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root"
+            );
+            return;
+        }
+        let runtime = NativeRuntime::new(NativeConfig::default()).unwrap();
+        if runtime.landlock_abi().is_none() {
+            eprintln!("\n*** SKIPPED: this kernel offers no Landlock ***\n");
+            return;
+        }
+        // A host directory the sandbox user may write, bound read-write at
+        // /srv: only Landlock stands between the program and it.
+        let host = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            host.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let policy = SandboxPolicy::builtin("strict").unwrap();
+        let code = "import errno\ntry:\n    open('/srv/x', 'w').write('1')\n    print('wrote')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
+        let submission = Submission::code(code);
+        let run = |landlock: Option<Arc<plan::LandlockPlan>>| {
+            let seccomp = runtime.seccomp(&policy).unwrap();
+            let mut plan =
+                plan::Plan::new(&runtime.config, &policy, &submission, seccomp, landlock).unwrap();
+            let srv = runtime.config.state_dir.join("root/srv");
+            let srv = std::ffi::CString::new(srv.display().to_string()).unwrap();
+            plan.dirs.push(srv.clone());
+            plan.binds
+                .push(plan::writable_bind(&host.path().display().to_string(), srv));
+            let outcome = runtime
+                .run_plan(&plan, &policy, &submission, &RunWatch::new())
+                .unwrap();
+            String::from_utf8_lossy(&outcome.stdout.bytes).into_owned()
+        };
+        assert_eq!(
+            run(None),
+            "wrote\n",
+            "the bind is writable without Landlock"
+        );
+        assert!(host.path().join("x").exists());
+        std::fs::remove_file(host.path().join("x")).unwrap();
+        assert_eq!(run(runtime.landlock.clone()), "EACCES\n");
+        assert!(!host.path().join("x").exists());
+    }
+}

@@ -78,6 +78,50 @@ pub const PROC_COVERS: [(&str, ProcCover); 14] = [
     ("/proc/scsi", ProcCover::MaskDir),
 ];
 
+/// The Landlock layer of a run, for the kernel's ABI: read (and execute)
+/// anywhere the mounts show, write only in /tmp, the work dir and the five
+/// /dev nodes; with ABI 6 and later, no signals to and no abstract unix
+/// sockets of processes outside the sandbox's Landlock domain. Access masks
+/// come from the `landlock` crate's per-ABI tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LandlockPlan {
+    /// The ABI the rules are written for (the kernel's).
+    pub abi: u32,
+    /// Every filesystem access the ruleset handles: denied unless a rule grants it.
+    pub handled_fs: u64,
+    /// The IPC scopes the ruleset restricts (ABI 6 and later).
+    pub scoped: u64,
+    /// `(path inside the sandbox, access granted beneath it)`.
+    pub rules: Vec<(CString, u64)>,
+}
+
+impl LandlockPlan {
+    /// The rules for a kernel offering Landlock ABI `abi`.
+    pub fn for_abi(abi: u32) -> LandlockPlan {
+        use landlock::{Access, AccessFs, Scope};
+        let version = landlock::ABI::from(i32::try_from(abi).unwrap_or(i32::MAX));
+        let all = AccessFs::from_all(version);
+        let read = AccessFs::from_read(version);
+        let device = AccessFs::from_file(version) & !AccessFs::Execute;
+        let mut rules = vec![
+            (cstring("/"), read.bits()),
+            (cstring("/tmp"), all.bits()),
+            (cstring(WORK_DIR), all.bits()),
+        ];
+        rules.extend(
+            DEVICES
+                .iter()
+                .map(|dev| (cstring(format!("/dev/{dev}")), device.bits())),
+        );
+        LandlockPlan {
+            abi,
+            handled_fs: all.bits(),
+            scoped: Scope::from_all(version).bits(),
+            rules,
+        }
+    }
+}
+
 /// Everything the child needs, by value, before the clone.
 pub struct Plan {
     pub new_root: CString,
@@ -103,6 +147,8 @@ pub struct Plan {
     pub uid: u32,
     pub gid: u32,
     pub seccomp: Arc<SeccompProgram>,
+    /// The Landlock ruleset, where the kernel offers Landlock.
+    pub landlock: Option<Arc<LandlockPlan>>,
     /// A warm-path zygote: keeps its user namespace's capabilities and runs
     /// without seccomp (its forks drop both before any program runs).
     pub zygote: bool,
@@ -127,6 +173,7 @@ impl Plan {
         policy: &SandboxPolicy,
         submission: &Submission,
         seccomp: Arc<SeccompProgram>,
+        landlock: Option<Arc<LandlockPlan>>,
     ) -> Result<Plan, RunError> {
         let root = config.state_dir.join("root");
         let at = |inside: &str| cstring(format!("{}{inside}", root.display()));
@@ -241,6 +288,7 @@ impl Plan {
             uid,
             gid,
             seccomp,
+            landlock,
             zygote: false,
             exe: cstring(config.python.display().to_string()),
             argv,
@@ -300,6 +348,17 @@ fn etc_files(policy: &SandboxPolicy, at: &dyn Fn(&str) -> CString) -> Vec<FileWr
         ),
         text("/etc/hostname", format!("{HOSTNAME}\n")),
     ]
+}
+
+/// A read-write bind, which no run gets: for tests that show what Landlock
+/// refuses where the mounts alone would allow a write.
+#[cfg(test)]
+pub fn writable_bind(source: &str, target: CString) -> Bind {
+    Bind {
+        source: cstring(source),
+        target,
+        remount: remount_flags(source) - MsFlags::MS_RDONLY,
+    }
 }
 
 fn ro_bind(source: &str, target: CString) -> Bind {

@@ -50,6 +50,7 @@ steps! {
     CloseFds => "close inherited file descriptors",
     ResetSignals => "reset signal handling",
     NoNewPrivs => "set no_new_privs",
+    Landlock => "restrict file access with Landlock",
     Seccomp => "install the seccomp filter",
     Execve => "execute the interpreter",
     WarmUnshare => "create the call's namespaces in the zygote",

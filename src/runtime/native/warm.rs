@@ -450,13 +450,13 @@ impl Zygote {
         config: &WarmConfig,
     ) -> Result<Zygote, RunError> {
         let seccomp = native.seccomp(policy)?;
-        let mut args = vec![zygote_constants()];
+        let mut args = vec![zygote_constants(native.landlock.as_deref())];
         args.extend(config.modules.iter().cloned());
         let script = Submission {
             args,
             ..Submission::code(ZYGOTE_SCRIPT)
         };
-        let mut plan = Plan::new(&native.config, policy, &script, seccomp)?;
+        let mut plan = Plan::new(&native.config, policy, &script, seccomp, None)?;
         plan.zygote = true;
         // The zygote's own work dir is never used (each call mounts its own):
         // no owner, so that an unmapped sandbox uid fails the call, not the zygote.
@@ -805,9 +805,10 @@ fn read_available(fd: &OwnedFd) -> Vec<u8> {
 }
 
 /// What the zygote takes from pyward's plan rather than deciding itself: the
-/// step numbers its status messages use (by the zygote's names), and the
-/// /proc paths each call covers (`plan::PROC_COVERS`).
-fn zygote_constants() -> String {
+/// step numbers its status messages use (by the zygote's names), the /proc
+/// paths each call covers (`plan::PROC_COVERS`) and the Landlock rules each
+/// call restricts itself to (`plan::LandlockPlan`), if any.
+fn zygote_constants(landlock: Option<&plan::LandlockPlan>) -> String {
     let step = |s: Step| s as u32;
     let proc_covers: Vec<_> = PROC_COVERS
         .iter()
@@ -830,9 +831,19 @@ fn zygote_constants() -> String {
         "caps": step(Step::ClearCapabilities),
         "close_fds": step(Step::CloseFds),
         "nnp": step(Step::NoNewPrivs),
+        "landlock": step(Step::Landlock),
         "seccomp": step(Step::Seccomp),
     });
-    serde_json::json!({ "steps": steps, "proc_covers": proc_covers }).to_string()
+    let landlock = landlock.map(|plan| {
+        let rules: Vec<_> = plan
+            .rules
+            .iter()
+            .map(|(path, access)| (path.to_string_lossy(), access))
+            .collect();
+        serde_json::json!({ "handled_fs": plan.handled_fs, "scoped": plan.scoped, "rules": rules })
+    });
+    serde_json::json!({ "steps": steps, "proc_covers": proc_covers, "landlock": landlock })
+        .to_string()
 }
 
 /// The call's request as the call's pid 1 reads it: a length, a JSON header,

@@ -30,6 +30,7 @@ import ctypes, errno, fcntl, gc, json, os, resource, signal, socket, stat, struc
 # (runtime/native/plan.rs, PROC_COVERS); then the modules to preload.
 _PLAN = json.loads(sys.argv[1])
 STEPS, PROC_COVERS = _PLAN["steps"], [(p.encode(), how) for p, how in _PLAN["proc_covers"]]
+LANDLOCK = _PLAN["landlock"]
 for _module in sys.argv[2:]:
     __import__(_module)
 
@@ -45,6 +46,9 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 0x20, 0x1000, 0x4000
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 24, 38, 22
 SECCOMP_MODE_FILTER = 2
+# Landlock's syscalls (the same numbers on x86_64 and aarch64) and rule type.
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_RULE_PATH_BENEATH = 1
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[os.uname().machine]
 LAST_CAP = int(open("/proc/sys/kernel/cap_last_cap").read())
 # Message kinds of pyward's status channel (runtime/native/status.rs).
@@ -372,6 +376,9 @@ def setup_payload(call_fd, req, blobs, stdio):
     _os_step(steps["user"], os.setgroups, [])
     _os_step(steps["user"], os.setresgid, gid, gid, gid)
     _os_step(steps["user"], os.setresuid, uid, uid, uid)
+    # Dumpable again, as the cold path's exec of the interpreter makes it: the
+    # change of user cleared it, which would leave /proc/self owned by root.
+    _check(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), steps["user"])
     # Nothing left in the inheritable, permitted or effective sets (the
     # switch of user cleared ambient, permitted and effective already).
     header = struct.pack("=Ii", 0x20080522, 0)
@@ -384,6 +391,9 @@ def setup_payload(call_fd, req, blobs, stdio):
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     # no_new_privs, then the seccomp filters.
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), steps["nnp"])
+    # Landlock: read anywhere, write only in /tmp, the work dir and /dev's nodes.
+    if LANDLOCK is not None:
+        _landlock_restrict_self(LANDLOCK, steps["landlock"])
     for start, length in req["seccomp"]:
         program = blobs[start:start + length]
         buf = ctypes.create_string_buffer(program, len(program))
@@ -404,6 +414,23 @@ def _cover_proc_path(path, how, hardened, step):
     # A path this kernel does not have is left alone.
     if ret < 0 and ctypes.get_errno() != errno.ENOENT:
         raise SetupError(step, ctypes.get_errno())
+
+
+def _landlock_restrict_self(plan, step):
+    attr = struct.pack("=QQQ", plan["handled_fs"], 0, plan["scoped"])
+    ruleset = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, attr, len(attr), 0)
+    _check(ruleset, step)
+    try:
+        for path, access in plan["rules"]:
+            fd = _os_step(step, os.open, path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = struct.pack("=Qi", access, fd)
+                _check(_libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, rule, 0), step)
+            finally:
+                os.close(fd)
+        _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), step)
+    finally:
+        os.close(ruleset)
 
 
 def _write_all(fd, data):
