@@ -77,6 +77,53 @@ fn orphans_of_dead_pyward_processes_are_removed_and_live_ones_kept() {
     assert!(live_kept, "a live pyward's container was removed");
 }
 
+/// A container labelled as left by a pyward that is gone (pid 1 never
+/// started at time 0): an orphan for every sweep.
+fn create_orphan(image: &str) -> String {
+    docker(&[
+        "create",
+        "--pull",
+        "never",
+        "--label",
+        "dev.pyward.runtime=docker",
+        "--label",
+        "dev.pyward.owner=1-0",
+        "--label",
+        "dev.pyward.job=orphan-race-test",
+        image,
+        "true",
+    ])
+}
+
+/// Two pyward processes starting at once both sweep the same orphan: the
+/// one that comes second finds it gone (404) or being removed (409), and
+/// neither sweep fails.
+#[test]
+fn two_sweeps_of_the_same_orphan_at_once_both_succeed() {
+    let Some(first) = common::docker() else {
+        return;
+    };
+    let second = DockerRuntime::new(DockerConfig::default()).unwrap();
+    let image = &DockerConfig::default().image;
+    for round in 0..20 {
+        let orphan = create_orphan(image);
+        let both = std::sync::Barrier::new(2);
+        let (a, b) = std::thread::scope(|s| {
+            let both = &both;
+            let sweep = move |runtime: &DockerRuntime| {
+                both.wait();
+                runtime.remove_orphans()
+            };
+            let (first, second) = (&first, &second);
+            let a = s.spawn(move || sweep(first));
+            let b = s.spawn(move || sweep(second));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert!(a.is_ok() && b.is_ok(), "round {round}: {a:?} / {b:?}");
+        assert!(!exists(&orphan), "round {round}: the orphan is still there");
+    }
+}
+
 #[test]
 fn no_container_outlives_its_run_whatever_the_verdict() {
     let Some(runtime) = common::docker() else {

@@ -266,9 +266,15 @@ impl DockerRuntime {
             rt,
             profiles: Mutex::new(HashMap::new()),
         };
-        let removed = runtime.remove_orphans()?;
-        if removed > 0 {
-            tracing::info!(removed, "removed containers left by a pyward that is gone");
+        // Housekeeping, never a reason not to start: what is left now goes at the next start.
+        match runtime.remove_orphans() {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(removed, "removed containers left by a pyward that is gone");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove the containers left by a pyward that is gone");
+            }
         }
         Ok(runtime)
     }
@@ -338,7 +344,11 @@ impl DockerRuntime {
     }
 
     /// Force-removes every pyward container whose owning process is gone;
-    /// returns how many. Containers of live pyward processes are left alone.
+    /// returns how many this call removed. Containers of live pyward
+    /// processes are left alone. Other pyward processes sweep the same
+    /// orphans at their start: one that another process removed meanwhile, or
+    /// is removing, is done. Any other failure leaves that container for the
+    /// next sweep and, once every orphan was tried, is the error.
     pub fn remove_orphans(&self) -> Result<usize, DockerError> {
         self.rt.block_on(async {
             let filters =
@@ -353,6 +363,7 @@ impl DockerRuntime {
                 .await
                 .map_err(api("list pyward's containers"))?;
             let mut removed = 0;
+            let mut failed = None;
             for container in containers {
                 let owner = container
                     .labels
@@ -362,12 +373,16 @@ impl DockerRuntime {
                 if owner.is_some_and(owner_alive) {
                     continue;
                 }
-                if let Some(id) = container.id {
-                    self.remove(&id).await?;
-                    removed += 1;
+                let Some(id) = container.id else { continue };
+                match orphan_removal(self.docker.remove_container(&id, Some(force())).await) {
+                    Ok(Removal::Removed) => removed += 1,
+                    Ok(Removal::ByAnother) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
-            Ok(removed)
+            failed.map_or(Ok(removed), Err)
         })
     }
 
@@ -747,13 +762,44 @@ async fn exit_status(docker: &Docker, id: &str, since: SystemTime) -> Option<i64
     }
 }
 
-/// Force-removes a container (and its anonymous volumes); one already gone is fine.
-async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
-    let options = RemoveContainerOptionsBuilder::default()
+/// How the removal of an orphan ended, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+enum Removal {
+    /// This call removed it.
+    Removed,
+    /// Another process (a pyward starting at the same time) removed it
+    /// first (404) or is removing it now (409, "removal of container … is
+    /// already in progress"): it is gone or going, which is what the sweep wants.
+    ByAnother,
+}
+
+/// The outcome of a forced removal of an orphan (see [`Removal`]), read
+/// from the daemon's status code.
+fn orphan_removal(result: Result<(), bollard::errors::Error>) -> Result<Removal, DockerError> {
+    match result {
+        Ok(()) => Ok(Removal::Removed),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }) => Ok(Removal::ByAnother),
+        Err(source) => Err(DockerError::Api {
+            step: "remove an orphaned container",
+            source,
+        }),
+    }
+}
+
+/// Removal of a container whatever its state, with its anonymous volumes.
+fn force() -> bollard::query_parameters::RemoveContainerOptions {
+    RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
-        .build();
-    match docker.remove_container(id, Some(options)).await {
+        .build()
+}
+
+/// Force-removes a container (and its anonymous volumes); one already gone is fine.
+async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    match docker.remove_container(id, Some(force())).await {
         Ok(())
         | Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
@@ -1167,6 +1213,30 @@ mod tests {
             syscalls.len(),
             native["syscalls"].as_array().unwrap().len() + 1
         );
+    }
+
+    #[test]
+    fn an_orphan_another_process_removed_or_is_removing_is_done() {
+        let status = |status_code: u16| {
+            orphan_removal(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: "from the daemon".into(),
+            }))
+        };
+        assert_eq!(orphan_removal(Ok(())).unwrap(), Removal::Removed);
+        assert_eq!(status(404).unwrap(), Removal::ByAnother, "already gone");
+        assert_eq!(
+            status(409).unwrap(),
+            Removal::ByAnother,
+            "removal in progress"
+        );
+        for failure in [400, 500] {
+            let err = status(failure).unwrap_err();
+            assert!(
+                err.to_string().contains("remove an orphaned container"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
