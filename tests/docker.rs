@@ -124,6 +124,88 @@ fn two_sweeps_of_the_same_orphan_at_once_both_succeed() {
     }
 }
 
+/// What the program can do to pid 1 (pyward's bootstrap), under a policy
+/// that allows fork and kill: read nothing of it, not kill it (SIGINT and
+/// SIGTERM come back to the program, forwarded), and leave it an orphan,
+/// which it reaps.
+const PID_1_PROBE: &str = r#"
+import os, signal, time
+def probe(path):
+    try:
+        with open(path, "rb") as f: f.read(1)
+        return "READABLE"
+    except PermissionError: return "denied"
+    except OSError as e: return "opened " + e.strerror
+print("/proc/1/mem", probe("/proc/1/mem"))
+print("/proc/1/environ", probe("/proc/1/environ"))
+got = []
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda s, f: got.append(s))
+for s in (signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV, signal.SIGHUP, signal.SIGUSR1,
+          signal.SIGQUIT, signal.SIGINT, signal.SIGTERM):
+    os.kill(1, s)
+for _ in range(1000):
+    if len(got) == 2: break
+    time.sleep(0.01)
+print("pid 1 alive", os.path.exists("/proc/1"), "forwarded", sorted(got))
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    orphan = os.fork()
+    if orphan == 0:
+        time.sleep(0.2)  # ends once its parent is gone: pid 1's to reap
+        os._exit(0)
+    os.write(w, str(orphan).encode())
+    os._exit(0)
+os.close(w)
+orphan = int(os.read(r, 16))
+os.waitpid(child, 0)
+def state(pid):
+    try:
+        return open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+for _ in range(1000):  # up to 10 s (qemu-user is slow): until pid 1 reaped it
+    if state(orphan) is None: break
+    time.sleep(0.01)
+print("orphan", "reaped" if state(orphan) is None else "left " + state(orphan))
+"#;
+
+/// pid 1 of a pyward container is out of the program's reach whatever the
+/// filters: cold and pooled, natively and under qemu-user (where no guest
+/// seccomp filter applies).
+#[test]
+fn pid_1_is_out_of_the_programs_reach_cold_and_pooled_on_both_architectures() {
+    let runtimes: Vec<(String, Box<dyn Runtime>)> = [
+        common::docker().map(|r| Box::new(r) as Box<dyn Runtime>),
+        common::docker_warm(1).map(|r| Box::new(r) as Box<dyn Runtime>),
+        common::foreign_docker().map(|r| Box::new(r) as Box<dyn Runtime>),
+        common::foreign_docker_warm(1).map(|r| Box::new(r) as Box<dyn Runtime>),
+    ]
+    .into_iter()
+    .zip(["host", "host", "foreign", "foreign"])
+    .filter_map(|(runtime, arch)| runtime.map(|r| (format!("{} ({arch})", r.name()), r)))
+    .collect();
+    let policy = SandboxPolicy::builtin("standard").unwrap();
+    for (name, runtime) in &runtimes {
+        let outcome = runtime
+            .run(&policy, &Submission::code(PID_1_PROBE))
+            .unwrap();
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Ok,
+            "{name}: {}",
+            common::describe(&outcome)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&outcome.stdout.bytes),
+            "/proc/1/mem denied\n/proc/1/environ denied\npid 1 alive True forwarded [2, 15]\norphan reaped\n",
+            "{name}: {}",
+            common::describe(&outcome)
+        );
+    }
+}
+
 #[test]
 fn no_container_outlives_its_run_whatever_the_verdict() {
     let Some(runtime) = common::docker() else {

@@ -65,7 +65,10 @@ pub fn host_config(policy: &SandboxPolicy, seccomp_json: &str) -> HostConfig {
             // SIGXCPU at the limit, SIGKILL a second later (a program may catch SIGXCPU).
             ulimit("cpu", cpu_seconds, cpu_seconds + 1),
         ]),
-        init: Some(true),
+        // No docker-init: pid 1 is pyward's bootstrap, which the program
+        // cannot reach (`workdir::bootstrap`). Said explicitly, so that a
+        // daemon configured with `"init": true` does not add one.
+        init: Some(false),
         ipc_mode: Some("private".to_owned()),
         ..HostConfig::default()
     }
@@ -132,8 +135,8 @@ pub fn docker_run_flags(config: &HostConfig, user: &str, profile_path: &str) -> 
     if config.readonly_rootfs == Some(true) {
         flags.push("--read-only".to_owned());
     }
-    if config.init == Some(true) {
-        flags.push("--init".to_owned());
+    if let Some(init) = config.init {
+        flags.push(format!("--init={init}"));
     }
     flags
 }
@@ -260,7 +263,7 @@ mod tests {
             "rounded up to whole seconds"
         );
         assert_eq!(config.ulimits.as_ref().unwrap().len(), 4);
-        assert_eq!(config.init, Some(true));
+        assert_eq!(config.init, Some(false), "pid 1 is the bootstrap");
     }
 
     #[test]
@@ -271,7 +274,7 @@ mod tests {
         for needle in [
             "--network none",
             "--read-only",
-            "--init",
+            "--init=false",
             "--memory 268435456b",
             "--memory-swap 268435456b",
             "--pids-limit 32",

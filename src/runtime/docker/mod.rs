@@ -11,16 +11,16 @@
 //!
 //! A run ends at the end of the container's streams, with the exit status
 //! from Docker (its `die` event or wait, then inspect for `OOMKilled`);
-//! except when the bootstrap forks the program (every pooled call, and a
-//! cold one with output files) and its end trailer comes whole on both
+//! except when the bootstrap writes an end trailer (every pooled call, and
+//! a cold one with output files) and it comes whole on both
 //! streams (`files`): the program is then over and no other process of the
 //! container is left, so the run ends there, with the trailer's exit status
 //! and OOM kills from the cgroup's counter (against the start's sample), and
 //! Docker's teardown of the container (15 to 25 ms here) happens after the
 //! call. CPU time, peak memory and pids-limit hits come from the cgroup
 //! either way. A run pyward stopped, or one without a whole trailer (the
-//! bootstrap killed, a setup failure, a cold container that execs the
-//! program), ends as before.
+//! container killed, a setup failure, a cold run without output files),
+//! ends as before.
 
 mod files;
 mod host_config;
@@ -852,31 +852,31 @@ fn bpf_bytes(program: &[seccompiler::sock_filter]) -> Vec<u8> {
 /// Syscalls the container's own plumbing makes under the filter, which the
 /// program's allowlist may not list: Docker installs the profile in `runc
 /// init` before its last steps (it checks /proc/self/fd with `fstatfs`), and
-/// the filter covers docker-init (pid 1), which forks the program and reaps
-/// with `rt_sigtimedwait` and `wait4`, after putting the program in its own process group (`setpgid`). The fork is a plain `clone` with no
-/// namespace flag; one filter for the whole container cannot tell docker-init's
-/// fork from the program's: the program's process installs the native filters
-/// on top (see `workdir`), and may call `prctl(PR_SET_SECCOMP)` to do so.
+/// the filter covers the bootstrap, pid 1 (see `workdir`), which makes itself
+/// not dumpable, forks the program and reaps every child. The fork is a
+/// plain `clone` with no namespace flag; one filter for the whole container
+/// cannot tell the bootstrap's fork from the program's: the program's
+/// process installs the native filters on top (see `workdir`), and may call
+/// `prctl(PR_SET_SECCOMP)` to do so.
 fn add_container_plumbing(profile: &mut serde_json::Value) {
     let Some(syscalls) = profile["syscalls"].as_array_mut() else {
         return;
     };
     let entries = [
         serde_json::json!({
-            "names": ["fstatfs", "rt_sigtimedwait", "wait4", "setpgid"],
+            "names": ["fstatfs"],
             "action": "SCMP_ACT_ALLOW",
-            "comment": "container plumbing: runc's last check of /proc/self/fd, docker-init's own process group and reaping",
+            "comment": "container plumbing: runc's last check of /proc/self/fd",
+        }),
+        serde_json::json!({
+            "names": ["wait4"],
+            "action": "SCMP_ACT_ALLOW",
+            "comment": "container plumbing: the bootstrap, pid 1, reaps the program and every orphan (os.wait, os.waitpid)",
         }),
         serde_json::json!({
             "names": ["getcwd"],
             "action": "SCMP_ACT_ALLOW",
             "comment": "container plumbing: the bootstrap's tarfile resolves paths before the native filters (which decide for the program) are in place",
-        }),
-        serde_json::json!({
-            "names": ["ioctl"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{ "index": 1, "value": 0x5410, "valueTwo": 0, "op": "SCMP_CMP_EQ" }],
-            "comment": "container plumbing: docker-init's tcsetpgrp (TIOCSPGRP) on stdin, ENOTTY on a pipe",
         }),
         serde_json::json!({
             "names": ["prctl"],
@@ -889,15 +889,15 @@ fn add_container_plumbing(profile: &mut serde_json::Value) {
             "action": "SCMP_ACT_ALLOW",
             "args": [
                 { "index": 0, "value": 4, "valueTwo": 0, "op": "SCMP_CMP_EQ" },
-                { "index": 1, "value": 0, "valueTwo": 0, "op": "SCMP_CMP_EQ" },
+                { "index": 1, "value": 1, "valueTwo": 0, "op": "SCMP_CMP_LE" },
             ],
-            "comment": "container plumbing: the forking bootstrap makes itself not dumpable (PR_SET_DUMPABLE 0) before it reads the marker",
+            "comment": "container plumbing: the bootstrap (pid 1) makes itself not dumpable (PR_SET_DUMPABLE 0) first of all, and a pooled program's process dumpable again (1), as a fresh python3 is",
         }),
         serde_json::json!({
             "names": ["clone"],
             "action": "SCMP_ACT_ALLOW",
             "args": [{ "index": 0, "value": 0x7e02_0000_u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }],
-            "comment": "container plumbing: docker-init forks the program (no CLONE_NEW* flag)",
+            "comment": "container plumbing: the bootstrap forks the program (no CLONE_NEW* flag)",
         }),
     ];
     // Before the dangerous set's kill rule, which stays last.
