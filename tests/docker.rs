@@ -206,6 +206,74 @@ fn pid_1_is_out_of_the_programs_reach_cold_and_pooled_on_both_architectures() {
     }
 }
 
+/// The one mount of a host path left, and why: Docker binds the container's
+/// `/etc/hostname` from `/var/lib/docker/containers/ID/hostname`, and skips
+/// that only for a user mount at exactly that path; its init layer makes
+/// the path a file, so the mount would have to be a file too: a host
+/// file's bind (a host path again), or a volume's subpath, which needs API
+/// 1.45 (this daemon, Docker 20.10, speaks 1.41). `/etc/hosts` and
+/// `/etc/resolv.conf` are not bound at all (the container is created with
+/// its network disabled): the init layer's empty files.
+const DOCKERS_HOSTNAME_FILE: &str = "/etc/hostname";
+
+/// The lines of `mountinfo` that show a host path: a bind of a host file (a
+/// host block device as source), `/var/lib/docker`, or a container id (64
+/// hex digits) in any field; but Docker's hostname file (see
+/// `DOCKERS_HOSTNAME_FILE`).
+fn host_paths(mountinfo: &str) -> Vec<&str> {
+    let id = |field: &str| {
+        field.as_bytes().windows(64).any(|w| {
+            w.iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        })
+    };
+    mountinfo
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let source = line.split(" - ").nth(1).and_then(|t| t.split(' ').nth(1));
+            let leaks = source.is_some_and(|s| s.starts_with("/dev/"))
+                || line.contains("/var/lib/docker")
+                || fields.iter().any(|f| id(f));
+            leaks && fields.get(4) != Some(&DOCKERS_HOSTNAME_FILE)
+        })
+        .collect()
+}
+
+/// A pyward container's /proc/self/mountinfo shows no host path (no
+/// docker-init bound from the host, no `/docker/ID` cgroup roots), cold
+/// and pooled, but Docker's hostname file (`DOCKERS_HOSTNAME_FILE`); the
+/// hostname stays pyward's.
+#[test]
+fn mountinfo_shows_no_host_path_but_dockers_hostname_file() {
+    let (Some(cold), Some(warm)) = (common::docker(), common::docker_warm(1)) else {
+        return;
+    };
+    let code = "import socket\n\
+                print(socket.gethostname(), repr(open('/etc/hostname').read()))\n\
+                print(open('/proc/self/mountinfo').read(), end='')";
+    let policy = SandboxPolicy::builtin("strict").unwrap();
+    for runtime in [&cold as &dyn Runtime, &warm] {
+        let outcome = runtime.run(&policy, &Submission::code(code)).unwrap();
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Ok,
+            "{}",
+            common::describe(&outcome)
+        );
+        let stdout = String::from_utf8_lossy(&outcome.stdout.bytes);
+        let (names, mountinfo) = stdout.split_once('\n').unwrap();
+        assert_eq!(names, "pyward 'pyward\\n'", "{}", runtime.name());
+        assert!(mountinfo.lines().count() > 10, "{mountinfo}");
+        assert_eq!(
+            host_paths(mountinfo),
+            Vec::<&str>::new(),
+            "{}: host paths in\n{mountinfo}",
+            runtime.name()
+        );
+    }
+}
+
 #[test]
 fn no_container_outlives_its_run_whatever_the_verdict() {
     let Some(runtime) = common::docker() else {

@@ -2,7 +2,7 @@
 //! typed `HostConfig`. Pure: no Docker call, unit-tested field by field.
 
 use crate::policy::{Network, SandboxPolicy};
-use bollard::models::{HostConfig, ResourcesUlimits};
+use bollard::models::{HostConfig, HostConfigCgroupnsModeEnum, ResourcesUlimits};
 use std::collections::HashMap;
 
 /// Where the submission's files live and the program's cwd: a tmpfs.
@@ -70,6 +70,10 @@ pub fn host_config(policy: &SandboxPolicy, seccomp_json: &str) -> HostConfig {
         // daemon configured with `"init": true` does not add one.
         init: Some(false),
         ipc_mode: Some("private".to_owned()),
+        // Its own cgroup namespace (cgroup v1 hosts default to the host's):
+        // the container sees its cgroup as `/`, not `/docker/ID`, in
+        // /proc/self/cgroup and in the roots of its cgroup mounts.
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
         ..HostConfig::default()
     }
 }
@@ -129,6 +133,9 @@ pub fn docker_run_flags(config: &HostConfig, user: &str, profile_path: &str) -> 
     }
     if let Some(ipc) = &config.ipc_mode {
         flag("ipc", ipc.clone());
+    }
+    if let Some(cgroupns) = config.cgroupns_mode {
+        flag("cgroupns", cgroupns.to_string());
     }
     flag("user", user.to_owned());
     flag("workdir", WORK_DIR.to_owned());
@@ -235,6 +242,10 @@ mod tests {
         );
         assert_eq!(config.ipc_mode.as_deref(), Some("private"));
         assert_eq!(config.pid_mode, None, "a private pid namespace");
+        assert_eq!(
+            config.cgroupns_mode,
+            Some(HostConfigCgroupnsModeEnum::PRIVATE)
+        );
         assert_eq!(config.binds, None, "no host path reaches the container");
         assert_eq!(config.mounts, None);
     }
@@ -286,6 +297,7 @@ mod tests {
             "--ulimit cpu=5:6",
             "--user 65534:65534",
             "--ipc private",
+            "--cgroupns private",
             "--tmpfs /tmp:size=16777216,noexec,nosuid,nodev,mode=1777",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from {text}");
