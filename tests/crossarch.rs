@@ -142,7 +142,8 @@ fn the_dangerous_set_never_succeeds_under_emulation() {
 
 /// The documented gap: without the native filters the strict allowlist's
 /// "threads, no new processes" cannot hold (the container profile must let
-/// docker-init fork). The pids limit still bounds it; netlink stays refused.
+/// the bootstrap, pid 1, fork the program). The pids limit still bounds it;
+/// netlink stays refused.
 #[test]
 fn strict_under_emulation_allows_fork_but_still_refuses_what_the_profile_refuses() {
     let Some(runtime) = foreign_docker() else {

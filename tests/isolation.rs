@@ -60,15 +60,10 @@ fn loopback_policy_talks_to_itself_but_not_to_the_host() {
 
 #[test]
 fn host_processes_are_invisible() {
-    // Exactly two processes: pid 1 (pyward's stub natively, docker-init under
-    // Docker, whose pids are not consecutive) and the program, its child. In
-    // a Docker pool, three: the program's parent is the container's
-    // bootstrap (python3), which writes the end trailer once it has ended.
+    // Exactly two processes: pid 1 (pyward's stub natively, the container's
+    // bootstrap under Docker, cold or pooled) and the program, its child.
     let code = "import os\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\nppid = os.getppid()\nparent = ppid if ppid == 1 else open('/proc/%d/comm' % ppid).read().strip()\nprint(len(pids), pids[0], os.getpid() in pids, parent)";
-    Case::code("strict", code).expect_stdout_each(|runtime| match runtime {
-        "docker-warm" => "3 1 True python3\n".to_owned(),
-        _ => "2 1 True 1\n".to_owned(),
-    });
+    Case::code("strict", code).expect_stdout("2 1 True 1\n");
 }
 
 #[test]
@@ -244,20 +239,14 @@ fn udp_sockets_cannot_reach_the_host_either() {
 
 #[test]
 fn the_stub_behind_pid_1_is_out_of_reach() {
-    // pid 1 is pyward's stub: the program may not read its fds, memory or environment.
+    // pid 1 is pyward's stub natively and pyward's bootstrap under Docker,
+    // cold or pooled (not dumpable): the program may not read its fds,
+    // memory or environment.
     let code = "import os\nfor p in ['/proc/1/fd', '/proc/1/environ', '/proc/1/mem']:\n    try:\n        os.listdir(p) if p.endswith('fd') else open(p, 'rb').read(1)\n        print(p, 'READABLE')\n    except PermissionError:\n        print(p, 'denied')\n    except OSError as e:\n        print(p, 'opened', e.strerror)";
-    // Under Docker pid 1 is docker-init, which runs as the sandbox user like the
-    // program (Docker has one user per container), so its fds, environment and
-    // memory are open to the program: Docker cannot meet this property. pid 1
-    // there holds only the container's stdio and the policy's environment, and
-    // must be as unprivileged as the program, which is checked instead.
-    Case::code("strict", code).expect_stdout_each(|runtime| match runtime {
-        r if common::is_docker(r) => {
-            "/proc/1/fd READABLE\n/proc/1/environ READABLE\n/proc/1/mem opened Input/output error\n"
-                .into()
-        }
-        _ => "/proc/1/fd denied\n/proc/1/environ denied\n/proc/1/mem denied\n".into(),
-    });
+    Case::code("strict", code)
+        .expect_stdout("/proc/1/fd denied\n/proc/1/environ denied\n/proc/1/mem denied\n");
+    // Under Docker pid 1 runs as the sandbox user like the program (Docker
+    // has one user per container): it must be as unprivileged as the program.
     let pid1 = "s = dict(l.split(':\\t') for l in open('/proc/1/status').read().splitlines() if ':\\t' in l)\nprint(s['Uid'].split()[0], s['CapEff'].strip(), s['CapBnd'].strip(), s['NoNewPrivs'].strip())";
     for (runtime, outcome) in Case::code("strict", pid1).expect_each(Verdict::Ok) {
         if common::is_docker(runtime) {

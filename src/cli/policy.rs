@@ -22,7 +22,7 @@ pub enum PolicyCommand {
     },
     /// Print a policy's seccomp profile in another tool's format: Docker's
     /// `--security-opt seccomp=FILE` JSON for x86_64 and aarch64, as the Docker
-    /// runtime uses it (with the syscalls `--init` and runc need under it).
+    /// runtime uses it (with the syscalls runc and pyward's bootstrap, pid 1, need under it).
     Export {
         /// The output format.
         #[arg(long, value_enum)]

@@ -29,14 +29,26 @@ pub fn runtimes() -> Vec<Box<dyn Runtime>> {
 /// The Docker runtime's warm pool, `size` containers per shape, or None
 /// (with a loud message) where Docker or the test image is missing.
 pub fn docker_warm(size: usize) -> Option<DockerWarmRuntime> {
+    docker_warm_for(pyward::Arch::host(), size)
+}
+
+/// The warm pool for the other architecture (under qemu-user), or None
+/// (with a loud message) where Docker, its image or qemu-user is missing.
+pub fn foreign_docker_warm(size: usize) -> Option<DockerWarmRuntime> {
+    docker_warm_for(foreign_arch(), size)
+}
+
+fn docker_warm_for(arch: pyward::Arch, size: usize) -> Option<DockerWarmRuntime> {
     let config = DockerWarmConfig {
         size,
         ..DockerWarmConfig::default()
     };
-    let runtime = match DockerWarmRuntime::new(DockerConfig::default(), config) {
+    let runtime = match DockerWarmRuntime::new(DockerConfig::for_arch(arch), config) {
         Ok(runtime) => runtime,
         Err(e) => {
-            missing(&format!("the Docker warm runtime cannot start here: {e}"));
+            missing(&format!(
+                "the {arch} Docker warm runtime cannot start here: {e}"
+            ));
             return None;
         }
     };

@@ -1,51 +1,31 @@
 
 # --- The declared output files (runtime/docker/files.rs). The bootstrap above
-# has unpacked the work dir and left the spec (JSON: marker, paths, caps,
-# `spec_len` bytes) on stdin, ahead of the program's stdin; `install_filters`,
-# `fail` and `program` are its own. Instead of running the program in this
-# process, it forks it, reads the spec while the program's process waits (so
-# that process never holds the marker, not even in memory it could scan),
-# lets it go, waits, and then, as the container's last process but
-# docker-init, writes the marker and one record per path on stdout, and the
-# end trailer (files.rs): the end record, then the marker on stderr.
-import errno, json, signal, stat, struct, time
-go_r, go_w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    os.close(go_w)
-    if os.read(go_r, 1) != b"1":
-        os._exit(1)  # the bootstrap failed and said why; the container ends as it did
-    os.close(go_r)
-    try:
-        install_filters()
-    except BaseException as e:
-        fail(e)
-    program()
-    sys.exit(0)
-os.close(go_r)
+# (pid 1, not dumpable) has unpacked the work dir and left the spec (JSON:
+# marker, paths, caps, `spec_len` bytes) on stdin, ahead of the program's
+# stdin; `fail`, `start_program` and `wait_program` are its own. It forks the
+# program, reads the spec while the program's process waits (so that process
+# never holds the marker, not even in memory it could scan), lets it go,
+# waits, and then, as the container's last process, writes the marker and one
+# record per path on stdout, and the end trailer (files.rs): the end record,
+# then the marker on stderr.
+import errno, json, stat, struct, time
+go = os.pipe()
+start_program(go)
 try:
-    # Not dumpable before the marker is in memory: the program (the same
-    # uid) may then not read this process's memory through /proc/PID/mem.
-    import ctypes
-    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
     spec = json.loads(take(spec_len))
 except BaseException as e:
     fail(e)
-os.write(go_w, b"1")
-os.close(go_w)
-_, status = os.waitpid(pid, 0)
-if os.WIFSIGNALED(status):
-    exit_status = 128 + os.WTERMSIG(status)
-else:
-    exit_status = os.WEXITSTATUS(status)
+os.write(go[1], b"1")
+os.close(go[1])
+exit_status = wait_program()
 
 # Nothing else may write on stdout from here on: end every other process of
-# the container (kill(-1) spares docker-init and the caller), and wait until
-# each is gone or a zombie, which holds no file.
+# the container (kill(-1) spares pid 1, the caller), reap them (they are all
+# its children now), and wait until each is gone or a zombie, which holds no
+# file.
 def others_alive():
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in (1, os.getpid()):
+        if not name.isdigit() or int(name) == os.getpid():
             continue
         try:
             with open("/proc/%s/stat" % name, "rb") as f:
@@ -56,11 +36,19 @@ def others_alive():
             return True
     return False
 
+def reap():
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
 try:
     os.kill(-1, signal.SIGKILL)
 except OSError:
     pass
 for _ in range(2000):
+    reap()
     alone = not others_alive()
     if alone:
         break
@@ -160,7 +148,7 @@ try:
         write_all(rec)
     # The end trailer, only when no other process is left to write after it
     # and every record went out whole: the end record, carrying the status
-    # docker-init will report, then the marker on stderr. The host ends the
+    # this process ends with, then the marker on stderr. The host ends the
     # call there, without waiting for Docker to tear the container down.
     if alone:
         write_all(record(END, exit_status))
@@ -168,14 +156,5 @@ try:
 except OSError:
     pass  # the paths not written come back not_collected
 
-# End as the program ended, for docker-init to report: its exit status, or
-# its signal (128 + N), as when the program is docker-init's own child.
-if os.WIFSIGNALED(status):
-    sig = os.WTERMSIG(status)
-    try:
-        signal.signal(sig, signal.SIG_DFL)
-    except (OSError, ValueError):
-        pass
-    os.kill(os.getpid(), sig)
-    os._exit(128 + sig)
-os._exit(os.WEXITSTATUS(status))
+# End as the program ended (see `wait_program`): pid 1 ends the container.
+os._exit(exit_status)

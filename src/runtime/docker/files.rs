@@ -21,19 +21,14 @@
 //!
 //! The end trailer: once the program has been reaped and no other process
 //! is left, the bootstrap also writes an end record (after the records),
-//! carrying the status docker-init will report (exit code, or 128 + the
-//! signal), and the marker on stderr; it writes neither if some process
-//! outlived its wait. [`Split`] finds both, at any chunking, and the host
-//! ends the call there instead of waiting for Docker's teardown (see the
-//! parent module). The bootstrap makes itself not dumpable before it reads
-//! the marker, so the program (the same uid) cannot read it from
-//! `/proc/PPID/mem`; what the program writes that looks like a trailer is
-//! its output.
-//!
-//! The cost, when files are declared and on every pooled call (which always
-//! forks, for the trailer): the bootstrap's process stays for the program's
-//! run (a few MiB against `limits.memory`; one more process, which a pooled
-//! container's pids limit adds back).
+//! carrying the status the bootstrap (pid 1) ends the container with (exit
+//! code, or 128 + the signal), and the marker on stderr; it writes neither
+//! if some process outlived its wait. [`Split`] finds both, at any chunking,
+//! and the host ends the call there instead of waiting for Docker's
+//! teardown (see the parent module). The bootstrap is not dumpable from its
+//! start, so the program (the same uid) cannot read the marker from
+//! `/proc/1/mem`; what the program writes that looks like a trailer is its
+//! output.
 
 use super::DockerError;
 use crate::runtime::output_files::{self, OutputCaps, RECORD_HEADER};
@@ -123,7 +118,7 @@ impl Split {
         }
     }
 
-    /// The program's exit status as docker-init reports it (its code, or
+    /// The program's exit status as the bootstrap reports it (its code, or
     /// 128 + its signal), once both trailers are complete: the bootstrap
     /// has written everything, and the program's streams are whole.
     pub fn ended(&self) -> Option<i64> {
@@ -371,7 +366,7 @@ mod tests {
         let early = [spec.marker.as_slice(), &end].concat();
         assert_eq!(ended(&early, &spec.marker), (Some(0), true));
         assert_eq!(Split::new(&spec).stdout.files(&spec).len(), 2);
-        // A status docker-init cannot report.
+        // A status no process can end with.
         let odd = [spec.marker.as_slice(), &record_header(END, 256, 0)].concat();
         assert_eq!(ended(&odd, &spec.marker).0, None);
     }

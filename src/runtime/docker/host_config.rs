@@ -2,7 +2,7 @@
 //! typed `HostConfig`. Pure: no Docker call, unit-tested field by field.
 
 use crate::policy::{Network, SandboxPolicy};
-use bollard::models::{HostConfig, ResourcesUlimits};
+use bollard::models::{HostConfig, HostConfigCgroupnsModeEnum, ResourcesUlimits};
 use std::collections::HashMap;
 
 /// Where the submission's files live and the program's cwd: a tmpfs.
@@ -65,8 +65,15 @@ pub fn host_config(policy: &SandboxPolicy, seccomp_json: &str) -> HostConfig {
             // SIGXCPU at the limit, SIGKILL a second later (a program may catch SIGXCPU).
             ulimit("cpu", cpu_seconds, cpu_seconds + 1),
         ]),
-        init: Some(true),
+        // No docker-init: pid 1 is pyward's bootstrap, which the program
+        // cannot reach (`workdir::bootstrap`). Said explicitly, so that a
+        // daemon configured with `"init": true` does not add one.
+        init: Some(false),
         ipc_mode: Some("private".to_owned()),
+        // Its own cgroup namespace (cgroup v1 hosts default to the host's):
+        // the container sees its cgroup as `/`, not `/docker/ID`, in
+        // /proc/self/cgroup and in the roots of its cgroup mounts.
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
         ..HostConfig::default()
     }
 }
@@ -127,13 +134,16 @@ pub fn docker_run_flags(config: &HostConfig, user: &str, profile_path: &str) -> 
     if let Some(ipc) = &config.ipc_mode {
         flag("ipc", ipc.clone());
     }
+    if let Some(cgroupns) = config.cgroupns_mode {
+        flag("cgroupns", cgroupns.to_string());
+    }
     flag("user", user.to_owned());
     flag("workdir", WORK_DIR.to_owned());
     if config.readonly_rootfs == Some(true) {
         flags.push("--read-only".to_owned());
     }
-    if config.init == Some(true) {
-        flags.push("--init".to_owned());
+    if let Some(init) = config.init {
+        flags.push(format!("--init={init}"));
     }
     flags
 }
@@ -232,6 +242,10 @@ mod tests {
         );
         assert_eq!(config.ipc_mode.as_deref(), Some("private"));
         assert_eq!(config.pid_mode, None, "a private pid namespace");
+        assert_eq!(
+            config.cgroupns_mode,
+            Some(HostConfigCgroupnsModeEnum::PRIVATE)
+        );
         assert_eq!(config.binds, None, "no host path reaches the container");
         assert_eq!(config.mounts, None);
     }
@@ -260,7 +274,7 @@ mod tests {
             "rounded up to whole seconds"
         );
         assert_eq!(config.ulimits.as_ref().unwrap().len(), 4);
-        assert_eq!(config.init, Some(true));
+        assert_eq!(config.init, Some(false), "pid 1 is the bootstrap");
     }
 
     #[test]
@@ -271,7 +285,7 @@ mod tests {
         for needle in [
             "--network none",
             "--read-only",
-            "--init",
+            "--init=false",
             "--memory 268435456b",
             "--memory-swap 268435456b",
             "--pids-limit 32",
@@ -283,6 +297,7 @@ mod tests {
             "--ulimit cpu=5:6",
             "--user 65534:65534",
             "--ipc private",
+            "--cgroupns private",
             "--tmpfs /tmp:size=16777216,noexec,nosuid,nodev,mode=1777",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from {text}");

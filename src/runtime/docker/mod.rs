@@ -11,16 +11,16 @@
 //!
 //! A run ends at the end of the container's streams, with the exit status
 //! from Docker (its `die` event or wait, then inspect for `OOMKilled`);
-//! except when the bootstrap forks the program (every pooled call, and a
-//! cold one with output files) and its end trailer comes whole on both
+//! except when the bootstrap writes an end trailer (every pooled call, and
+//! a cold one with output files) and it comes whole on both
 //! streams (`files`): the program is then over and no other process of the
 //! container is left, so the run ends there, with the trailer's exit status
 //! and OOM kills from the cgroup's counter (against the start's sample), and
 //! Docker's teardown of the container (15 to 25 ms here) happens after the
 //! call. CPU time, peak memory and pids-limit hits come from the cgroup
 //! either way. A run pyward stopped, or one without a whole trailer (the
-//! bootstrap killed, a setup failure, a cold container that execs the
-//! program), ends as before.
+//! container killed, a setup failure, a cold run without output files),
+//! ends as before.
 
 mod files;
 mod host_config;
@@ -266,9 +266,15 @@ impl DockerRuntime {
             rt,
             profiles: Mutex::new(HashMap::new()),
         };
-        let removed = runtime.remove_orphans()?;
-        if removed > 0 {
-            tracing::info!(removed, "removed containers left by a pyward that is gone");
+        // Housekeeping, never a reason not to start: what is left now goes at the next start.
+        match runtime.remove_orphans() {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(removed, "removed containers left by a pyward that is gone");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove the containers left by a pyward that is gone");
+            }
         }
         Ok(runtime)
     }
@@ -338,7 +344,11 @@ impl DockerRuntime {
     }
 
     /// Force-removes every pyward container whose owning process is gone;
-    /// returns how many. Containers of live pyward processes are left alone.
+    /// returns how many this call removed. Containers of live pyward
+    /// processes are left alone. Other pyward processes sweep the same
+    /// orphans at their start: one that another process removed meanwhile, or
+    /// is removing, is done. Any other failure leaves that container for the
+    /// next sweep and, once every orphan was tried, is the error.
     pub fn remove_orphans(&self) -> Result<usize, DockerError> {
         self.rt.block_on(async {
             let filters =
@@ -353,6 +363,7 @@ impl DockerRuntime {
                 .await
                 .map_err(api("list pyward's containers"))?;
             let mut removed = 0;
+            let mut failed = None;
             for container in containers {
                 let owner = container
                     .labels
@@ -362,12 +373,16 @@ impl DockerRuntime {
                 if owner.is_some_and(owner_alive) {
                     continue;
                 }
-                if let Some(id) = container.id {
-                    self.remove(&id).await?;
-                    removed += 1;
+                let Some(id) = container.id else { continue };
+                match orphan_removal(self.docker.remove_container(&id, Some(force())).await) {
+                    Ok(Removal::Removed) => removed += 1,
+                    Ok(Removal::ByAnother) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
-            Ok(removed)
+            failed.map_or(Ok(removed), Err)
         })
     }
 
@@ -748,13 +763,44 @@ async fn exit_status(docker: &Docker, id: &str, since: SystemTime) -> Option<i64
     }
 }
 
-/// Force-removes a container (and its anonymous volumes); one already gone is fine.
-async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
-    let options = RemoveContainerOptionsBuilder::default()
+/// How the removal of an orphan ended, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+enum Removal {
+    /// This call removed it.
+    Removed,
+    /// Another process (a pyward starting at the same time) removed it
+    /// first (404) or is removing it now (409, "removal of container … is
+    /// already in progress"): it is gone or going, which is what the sweep wants.
+    ByAnother,
+}
+
+/// The outcome of a forced removal of an orphan (see [`Removal`]), read
+/// from the daemon's status code.
+fn orphan_removal(result: Result<(), bollard::errors::Error>) -> Result<Removal, DockerError> {
+    match result {
+        Ok(()) => Ok(Removal::Removed),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }) => Ok(Removal::ByAnother),
+        Err(source) => Err(DockerError::Api {
+            step: "remove an orphaned container",
+            source,
+        }),
+    }
+}
+
+/// Removal of a container whatever its state, with its anonymous volumes.
+fn force() -> bollard::query_parameters::RemoveContainerOptions {
+    RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
-        .build();
-    match docker.remove_container(id, Some(options)).await {
+        .build()
+}
+
+/// Force-removes a container (and its anonymous volumes); one already gone is fine.
+async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    match docker.remove_container(id, Some(force())).await {
         Ok(())
         | Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
@@ -807,31 +853,31 @@ fn bpf_bytes(program: &[seccompiler::sock_filter]) -> Vec<u8> {
 /// Syscalls the container's own plumbing makes under the filter, which the
 /// program's allowlist may not list: Docker installs the profile in `runc
 /// init` before its last steps (it checks /proc/self/fd with `fstatfs`), and
-/// the filter covers docker-init (pid 1), which forks the program and reaps
-/// with `rt_sigtimedwait` and `wait4`, after putting the program in its own process group (`setpgid`). The fork is a plain `clone` with no
-/// namespace flag; one filter for the whole container cannot tell docker-init's
-/// fork from the program's: the program's process installs the native filters
-/// on top (see `workdir`), and may call `prctl(PR_SET_SECCOMP)` to do so.
+/// the filter covers the bootstrap, pid 1 (see `workdir`), which makes itself
+/// not dumpable, forks the program and reaps every child. The fork is a
+/// plain `clone` with no namespace flag; one filter for the whole container
+/// cannot tell the bootstrap's fork from the program's: the program's
+/// process installs the native filters on top (see `workdir`), and may call
+/// `prctl(PR_SET_SECCOMP)` to do so.
 fn add_container_plumbing(profile: &mut serde_json::Value) {
     let Some(syscalls) = profile["syscalls"].as_array_mut() else {
         return;
     };
     let entries = [
         serde_json::json!({
-            "names": ["fstatfs", "rt_sigtimedwait", "wait4", "setpgid"],
+            "names": ["fstatfs"],
             "action": "SCMP_ACT_ALLOW",
-            "comment": "container plumbing: runc's last check of /proc/self/fd, docker-init's own process group and reaping",
+            "comment": "container plumbing: runc's last check of /proc/self/fd",
+        }),
+        serde_json::json!({
+            "names": ["wait4"],
+            "action": "SCMP_ACT_ALLOW",
+            "comment": "container plumbing: the bootstrap, pid 1, reaps the program and every orphan (os.wait, os.waitpid)",
         }),
         serde_json::json!({
             "names": ["getcwd"],
             "action": "SCMP_ACT_ALLOW",
             "comment": "container plumbing: the bootstrap's tarfile resolves paths before the native filters (which decide for the program) are in place",
-        }),
-        serde_json::json!({
-            "names": ["ioctl"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{ "index": 1, "value": 0x5410, "valueTwo": 0, "op": "SCMP_CMP_EQ" }],
-            "comment": "container plumbing: docker-init's tcsetpgrp (TIOCSPGRP) on stdin, ENOTTY on a pipe",
         }),
         serde_json::json!({
             "names": ["prctl"],
@@ -844,15 +890,15 @@ fn add_container_plumbing(profile: &mut serde_json::Value) {
             "action": "SCMP_ACT_ALLOW",
             "args": [
                 { "index": 0, "value": 4, "valueTwo": 0, "op": "SCMP_CMP_EQ" },
-                { "index": 1, "value": 0, "valueTwo": 0, "op": "SCMP_CMP_EQ" },
+                { "index": 1, "value": 1, "valueTwo": 0, "op": "SCMP_CMP_LE" },
             ],
-            "comment": "container plumbing: the forking bootstrap makes itself not dumpable (PR_SET_DUMPABLE 0) before it reads the marker",
+            "comment": "container plumbing: the bootstrap (pid 1) makes itself not dumpable (PR_SET_DUMPABLE 0) first of all, and a pooled program's process dumpable again (1), as a fresh python3 is",
         }),
         serde_json::json!({
             "names": ["clone"],
             "action": "SCMP_ACT_ALLOW",
             "args": [{ "index": 0, "value": 0x7e02_0000_u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }],
-            "comment": "container plumbing: docker-init forks the program (no CLONE_NEW* flag)",
+            "comment": "container plumbing: the bootstrap forks the program (no CLONE_NEW* flag)",
         }),
     ];
     // Before the dangerous set's kill rule, which stays last.
@@ -1168,6 +1214,30 @@ mod tests {
             syscalls.len(),
             native["syscalls"].as_array().unwrap().len() + 1
         );
+    }
+
+    #[test]
+    fn an_orphan_another_process_removed_or_is_removing_is_done() {
+        let status = |status_code: u16| {
+            orphan_removal(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: "from the daemon".into(),
+            }))
+        };
+        assert_eq!(orphan_removal(Ok(())).unwrap(), Removal::Removed);
+        assert_eq!(status(404).unwrap(), Removal::ByAnother, "already gone");
+        assert_eq!(
+            status(409).unwrap(),
+            Removal::ByAnother,
+            "removal in progress"
+        );
+        for failure in [400, 500] {
+            let err = status(failure).unwrap_err();
+            assert!(
+                err.to_string().contains("remove an orphaned container"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

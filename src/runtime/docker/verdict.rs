@@ -12,7 +12,7 @@ pub use crate::runtime::verdict::Kill as KillReason;
 pub struct Observed {
     /// Set when pyward killed the container.
     pub killed: Option<KillReason>,
-    /// The container's exit status (docker-init's: the program's, or 128 + its signal).
+    /// The container's exit status (pid 1's, the bootstrap's: the program's, or 128 + its signal).
     pub exit_code: Option<i64>,
     /// State.OOMKilled.
     pub oom_killed: bool,
@@ -32,7 +32,7 @@ pub fn unpack_failed(exit_code: Option<i64>, stderr: &[u8]) -> bool {
 
 /// The verdict, the exit code, the signal and (for non-ok verdicts) a sentence.
 ///
-/// docker-init reports a program killed by signal N as exit status 128 + N, so a
+/// The bootstrap (pid 1) reports a program killed by signal N as exit status 128 + N, so a
 /// status above 128 is read as a signal: a program that calls `exit(159)` is
 /// indistinguishable from one killed by SIGSYS on this runtime.
 pub fn decide(o: &Observed) -> (Verdict, Option<i32>, Option<i32>, Option<String>) {

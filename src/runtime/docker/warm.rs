@@ -36,10 +36,10 @@
 //! it waits; what it used to start (python's start and a few imports, tens
 //! of milliseconds) is in that baseline. The program runs in a fork of the
 //! bootstrap, so its `RLIMIT_CPU` counts from the fork (on the cold path,
-//! where the bootstrap execs python3, it also counts python's start). The
-//! bootstrap's process is one more than a cold container has: the pool's
-//! containers get a pids limit one higher than the policy's, and the
-//! program exactly the processes a cold container gives it.
+//! the fork then execs python3, so it also counts python's start). In both
+//! the bootstrap is pid 1 and the program's process its child: a pool's
+//! container has the policy's pids limit, and the program exactly the
+//! processes a cold container gives it.
 //!
 //! Pool containers carry the cold path's labels (runtime, owner, job) plus
 //! `dev.pyward.pool` (which runtime's pool): after a crash, the next
@@ -241,13 +241,9 @@ impl DockerWarmRuntime {
         // The policy's fixed environment only: a call's own variables travel
         // in its payload, and the program's process gets exactly its environment.
         let env = policy.environment(&Default::default());
-        let mut body = docker.container_body(policy, &workdir::warm_cmd(), &filters.profile, &env);
-        // The bootstrap waits for the program in a process of its own (to
-        // write the end trailer): one process more than a cold container
-        // runs, which the program does not get.
-        if let Some(config) = body.host_config.as_mut() {
-            config.pids_limit = config.pids_limit.map(|pids| pids + 1);
-        }
+        // The pids limit is the cold container's: in both, pid 1 is the
+        // bootstrap and the program's process its child.
+        let body = docker.container_body(policy, &workdir::warm_cmd(), &filters.profile, &env);
         Ok(Shape {
             body,
             platform: docker.platform(),

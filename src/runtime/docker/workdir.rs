@@ -7,8 +7,8 @@
 //! underneath). So the files travel the way stdin does: a tar built here with
 //! the `tar` crate, ahead of the submission's stdin on the same stream.
 //!
-//! Filters: the container's seccomp profile also covers docker-init, which must
-//! fork the program, so it cannot refuse new processes. The program's process
+//! Filters: the container's seccomp profile also covers the bootstrap (pid 1),
+//! which must fork the program, so it cannot refuse new processes. The program's process
 //! therefore installs the native runtime's BPF filters (the same compiled
 //! programs, for the policy's allowlist) before it execs the interpreter:
 //! stacked filters only tighten, and the program gets exactly the native
@@ -17,20 +17,22 @@
 //! `PR_SET_SECCOMP` (EINVAL) and `seccomp()` (ENOSYS), so the runtime sends no
 //! filters and the container's host-arch profile is the only filter.
 //!
-//! The container's command is a short Python bootstrap: read exactly the tar
-//! and the filters from fd 0 (unbuffered, so not one byte of the program's
-//! stdin), unpack the tar into the `/work` tmpfs as the sandbox user, install
-//! the filters with `prctl(PR_SET_SECCOMP)`, and `execv` python3 with the real
-//! command line. No process is forked, unless output files are declared
-//! (`files`: the bootstrap then forks the program, whose process installs the
-//! filters, and reads the files' spec from fd 0 itself).
+//! The container's command is a short Python bootstrap, which is the
+//! container's pid 1 (no docker-init: one the program could not reach, see
+//! `bootstrap`): read exactly the tar and the filters from fd 0 (unbuffered,
+//! so not one byte of the program's stdin), unpack the tar into the `/work`
+//! tmpfs as the sandbox user, fork the program's process, which installs the
+//! filters with `prctl(PR_SET_SECCOMP)` and `execv`s python3 with the real
+//! command line, and reap until the program has ended. With output files
+//! declared (`files`) it also reads the files' spec from fd 0 itself, while
+//! the program's process waits.
 //!
 //! A warm pool's container is started before its call exists, so its
 //! command carries nothing of a call (`--wait`): its bootstrap imports what
 //! it needs, prints `READY` on stdout and blocks on fd 0, where the call's
 //! `warm_launch` brings a header (the same parameters as the cold command's
 //! argv, and the program's environment) ahead of the same bytes as above.
-//! It unpacks and installs the filters the same way, and always forks as
+//! It unpacks and installs the filters the same way, and always goes on as
 //! for output files (with no path when the call declares none), so that it
 //! can write the end trailer once the program is over (`files`); the
 //! program runs in the fork of the interpreter that waited instead of
@@ -50,7 +52,7 @@ pub const UNPACK_MESSAGE: &str = "pyward: sandbox setup failed in the container"
 /// The container's command, and the bytes to send on its stdin.
 #[derive(Debug)]
 pub struct Launch {
-    /// argv of the container's main process (docker-init runs it as its child).
+    /// argv of the container's pid 1, the bootstrap.
     pub cmd: Vec<String>,
     /// The tar of the work dir (may be empty), the filters, the output
     /// files' spec (may be empty), then the submission's stdin.
@@ -150,22 +152,39 @@ fn launch_forking(
 }
 
 /// argv[1]: the tar's length; argv[2]: the filters' lengths; argv[3]: the
-/// output files' spec's length; argv[4:]: the program's command line. Reads
-/// the tar and the filters from fd 0, unpacks, installs, execs (or, with
-/// output files, goes on with `files::COLLECTOR`, which `collector` adds).
+/// output files' spec's length; argv[4:]: the program's command line.
+///
+/// The bootstrap is pid 1 of the container (no docker-init), and first of
+/// all makes itself not dumpable: the program runs as the same user, and
+/// could otherwise open `/proc/1/mem`, `/proc/1/environ` and `/proc/1/fd`
+/// (qemu-user passes the `prctl` to the kernel, so this holds under
+/// emulation too, where no guest filter applies). As init it ignores every
+/// signal the program may send it (SIGKILL and SIGSTOP from inside the pid
+/// namespace never reach it), but SIGINT and SIGTERM, which it forwards to
+/// the program as docker-init did. Then it reads the tar and the filters
+/// from fd 0, unpacks, and always forks the program's process, which gets
+/// the interpreter's signal handlers back, installs the filters and execs
+/// python3 (or, with output files, the bootstrap goes on with
+/// `files::COLLECTOR`, which `collector` adds). It reaps every child (the
+/// program's orphans are its own) until the program has ended, and ends
+/// with the program's status as Docker reports a container's: the exit
+/// code, or 128 + the signal (pid 1 cannot die of a signal it raises).
 ///
 /// With `--wait` alone, imports first, says `READY`, and reads those
 /// parameters and the environment from fd 0 too (see `warm_launch`); then,
-/// instead of starting a second interpreter, runs the program in its own as
-/// `python3 -s -c CODE` or `python3 -s FILE` would: the call's environment,
-/// a fresh `__main__`, `sys.argv` and `sys.path[0]`, the program's own
-/// traceback, `SystemExit` and `KeyboardInterrupt` as python3 handles them,
-/// and a normal interpreter shutdown (threads joined, atexit, flushes).
+/// instead of starting a second interpreter, the forked process makes
+/// itself dumpable again (as a fresh python3 is) and runs the program in
+/// its interpreter as `python3 -s -c CODE` or `python3 -s FILE` would: the
+/// call's environment, a fresh `__main__`, `sys.argv` and `sys.path[0]`,
+/// the program's own traceback, `SystemExit` and `KeyboardInterrupt` as
+/// python3 handles them, and a normal interpreter shutdown (threads joined,
+/// atexit, flushes).
 fn bootstrap(collector: bool) -> String {
     let ready = String::from_utf8_lossy(READY).escape_default().to_string();
     let collector = if collector { COLLECTOR } else { "" };
     format!(
-        r#"import os, sys
+        r#"import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
 def take(n):
     buf = bytearray()
     while len(buf) < n:
@@ -175,10 +194,31 @@ def take(n):
     return bytes(buf)
 def fail(e):
     os.write(2, b"{UNPACK_MESSAGE}: " + repr(e).encode() + b"\n"); os._exit({UNPACK_FAILED})
+def dumpable(flag):
+    if libc.prctl(4, flag, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+try:
+    dumpable(0)
+except BaseException as e:
+    fail(e)
+program_pid = 0
+def forward(sig, frame):
+    if program_pid:
+        try: os.kill(program_pid, sig)
+        except OSError: pass
+inherited = {{}}
+for s in signal.valid_signals():
+    if s in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD): continue
+    try:
+        inherited[s] = signal.getsignal(s)
+        signal.signal(s, forward if s in (signal.SIGINT, signal.SIGTERM) else signal.SIG_IGN)
+    except (OSError, ValueError):
+        inherited.pop(s, None)
+def restore_signals():
+    for s, handler in inherited.items():
+        if handler is not None: signal.signal(s, handler)
 def install_filters():
     if filters:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
         class Prog(ctypes.Structure):
             _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
         for f in filters:
@@ -187,7 +227,7 @@ def install_filters():
 env = os.environ
 warm = sys.argv[1:] == ["--wait"]
 if warm:
-    import ctypes, errno, io, json, signal, stat, struct, tarfile, time, types
+    import errno, io, json, stat, struct, tarfile, time, types
     os.write(1, b"{ready}")
 try:
     if warm:
@@ -202,8 +242,6 @@ try:
         with tarfile.open(fileobj=io.BytesIO(tar)) as t:
             t.extractall("{WORK_DIR}")
     del tar
-    if not spec_len:
-        install_filters()
 except BaseException as e:
     fail(e)
 def run(argv):
@@ -225,7 +263,7 @@ def run(argv):
         tb = e.__traceback__.tb_next
         sys.excepthook(type(e), e.with_traceback(tb), tb)
         if isinstance(e, KeyboardInterrupt):
-            import atexit, signal
+            import atexit
             atexit._run_exitfuncs()
             for stream in (sys.stdout, sys.stderr):
                 try: stream.flush()
@@ -233,13 +271,37 @@ def run(argv):
             signal.signal(signal.SIGINT, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGINT)
         sys.exit(1)
 def program():
+    restore_signals()
     if not warm:
         os.execve("/usr/bin/python3", sys.argv[4:], env)
     os.environ.clear(); os.environ.update(env)
     run(sys.argv[6:])
-if not spec_len:
+def start_program(go=None):
+    global program_pid
+    program_pid = os.fork()
+    if program_pid:
+        if go: os.close(go[0])
+        return
+    if go:
+        os.close(go[1])
+        if os.read(go[0], 1) != b"1":
+            os._exit(1)  # the bootstrap failed and said why; the container ends as it did
+        os.close(go[0])
+    try:
+        if warm: dumpable(1)
+        install_filters()
+    except BaseException as e:
+        fail(e)
     program()
     sys.exit(0)
+def wait_program():
+    while True:
+        pid, status = os.wait()
+        if pid == program_pid:
+            return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+if not spec_len:
+    start_program()
+    os._exit(wait_program())
 {collector}"#
     )
 }
@@ -408,7 +470,13 @@ mod tests {
         assert_eq!(&launch.cmd[7..], ["python3", "-s", "-c", "print(1)", "a"]);
         assert_eq!(launch.stdin, [&[1u8; 16][..], &[2u8; 8], b"in"].concat());
         assert!(launch.outputs.is_none());
-        assert!(!launch.cmd[3].contains("os.fork"));
+        // pid 1 forks the program even without output files, and is not
+        // dumpable before it reads anything of the call.
+        let script = &launch.cmd[3];
+        assert!(!script.contains(COLLECTOR) && script.contains("os.fork()"));
+        let not_dumpable = script.find("    dumpable(0)").unwrap();
+        assert!(not_dumpable < script.find("take(int(").unwrap());
+        assert!(not_dumpable < script.find("os.fork()").unwrap());
     }
 
     #[test]
@@ -453,7 +521,7 @@ mod tests {
         submission.outputs = vec!["out.txt".into()];
         let cold = launch(&submission, &[vec![7u8; 8]], CAPS).unwrap();
         assert_eq!(warm.cmd[3], cold.cmd[3]);
-        assert!(warm.cmd[3].contains("os.fork"));
+        assert!(warm.cmd[3].contains(COLLECTOR));
     }
 
     /// The JSON header of a warm launch's stdin, and the bytes after it.
@@ -488,7 +556,7 @@ mod tests {
         let spec = launch.outputs.as_ref().unwrap().json();
         assert_eq!(launch.cmd[6], spec.len().to_string());
         assert_eq!(launch.stdin, [&[7u8; 8][..], &spec, b"in"].concat());
-        assert!(launch.cmd[3].contains("os.fork"));
+        assert!(launch.cmd[3].contains(COLLECTOR));
         // The marker travels on stdin only: the program can read argv in /proc.
         let marker = &launch.outputs.as_ref().unwrap().marker;
         let argv = launch.cmd.concat().into_bytes();
