@@ -418,7 +418,7 @@ fn refresh_resolves_again_and_a_changed_version_means_a_rebuild() {
         "--simulate",
         &format!("--architectures={arch}"),
         "--variant=essential",
-        "--include=python3",
+        "--include=python3,netbase,libnss-myhostname",
     ] {
         assert!(c[0].split(' ').any(|a| a == arg), "{arg} missing: {c:?}");
     }

@@ -196,3 +196,72 @@ print('after')
     Case::code("strict", code)
         .expect_stdout("before\nchroot 1\nclock_settime 1\nsethostname 1\nafter\n");
 }
+
+#[test]
+fn localhost_and_the_sandboxs_own_name_resolve_without_a_network() {
+    // Servers and tests bind to "localhost"; on every runtime and image it
+    // resolves from /etc/hosts, with no DNS and no network.
+    // (glibc's myhostname module, which the images use, answers 127.0.0.2 for
+    // the hostname: a loopback address all the same.)
+    let code = "import ipaddress, socket\nprint(socket.gethostbyname('localhost'), socket.gethostname(), ipaddress.ip_address(socket.gethostbyname(socket.gethostname())).is_loopback)";
+    Case::code("strict", code).expect_stdout("127.0.0.1 pyward True\n");
+}
+
+#[test]
+fn service_and_protocol_names_resolve_from_etc() {
+    // netbase's /etc/services and /etc/protocols: the host's, bound
+    // read-only, or the image's.
+    let code = "import socket\nprint(socket.getservbyname('http', 'tcp'), socket.getprotobyname('tcp'), socket.getaddrinfo('localhost', 'http', type=socket.SOCK_STREAM)[0][4][1])";
+    Case::code("strict", code).expect_stdout("80 6 80\n");
+}
+
+#[test]
+fn fd_signal_and_limit_calls_of_the_standard_library_work() {
+    // Each was denied (EPERM) and each touches only the caller's own fds,
+    // mappings, signals or processes.
+    let code = r#"
+import mmap, os, resource, signal
+m = mmap.mmap(-1, 4096); m[:2] = b'hi'; m.flush()
+r, w = os.pipe()
+e = os.eventfd(0); os.eventfd_write(e, 3)
+f = os.memfd_create('x'); os.write(f, b'abc'); os.lseek(f, 0, 0)
+src = os.open('/tmp/src', os.O_RDWR | os.O_CREAT); os.write(src, b'xyz'); os.lseek(src, 0, 0)
+copied = os.copy_file_range(src, os.open('/tmp/copy', os.O_RDWR | os.O_CREAT), 3)
+spliced = os.splice(f, w, 3, offset_src=0)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+os.kill(os.getpid(), signal.SIGUSR1)
+pending = signal.sigpending()
+info = signal.sigtimedwait([signal.SIGUSR1], 1)
+try:
+    resource.prlimit(-1, resource.RLIMIT_CORE)
+except ProcessLookupError:
+    missing = 'ESRCH'
+print(os.eventfd_read(e), copied, spliced, os.read(r, 3), sorted(pending) == [signal.SIGUSR1], info.si_signo == signal.SIGUSR1, missing, resource.prlimit(os.getpid(), resource.RLIMIT_CORE))
+"#;
+    Case::code("strict", code).expect_stdout("3 3 3 b'abc' True True ESRCH (0, 0)\n");
+}
+
+#[test]
+fn ownership_scheduling_and_id_calls_get_the_kernels_own_answers() {
+    // Allowed now, since without capabilities the kernel itself refuses
+    // what would be a privilege: a chown to one's own ids and a switch to
+    // one's own uid work, a chown to root and a raised priority do not.
+    let code = r#"
+import os
+open('f', 'w').close()
+os.chown('f', os.getuid(), os.getgid())
+try:
+    os.chown('f', 0, 0)
+except PermissionError:
+    print('chown to root refused')
+os.setuid(os.getuid()); os.setresgid(os.getgid(), os.getgid(), os.getgid())
+print(os.sched_getscheduler(0) == os.SCHED_OTHER, os.getpriority(os.PRIO_PROCESS, 0), os.nice(1))
+try:
+    os.nice(-5)
+except PermissionError:
+    print('higher priority refused')
+os.sched_setaffinity(0, os.sched_getaffinity(0))
+"#;
+    Case::code("strict", code)
+        .expect_stdout("chown to root refused\nTrue 0 1\nhigher priority refused\n");
+}

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 /// Bumped whenever the build or hardening changes what a recipe produces,
 /// so that old cache entries stop matching (2: the key covers package versions).
-const BUILDER_VERSION: &str = "pyward-image-builder/2";
+const BUILDER_VERSION: &str = "pyward-image-builder/3";
 
 /// The default cache directory.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/pyward/images";

@@ -180,6 +180,10 @@ pub fn installed_packages(root: &Path) -> Result<Vec<String>, ImageError> {
     Ok(list)
 }
 
+/// The image's /etc/hosts: loopback names, and `pyward`, the hostname every
+/// runtime gives a sandbox.
+const HOSTS: &str = "127.0.0.1 localhost pyward\n::1 localhost ip6-localhost ip6-loopback\n";
+
 /// Applies the recipe's hardening to `root`, in an order where each step
 /// cannot be undone by a later one: delete, then fix users, then clear bits.
 pub fn harden(root: &Path, h: &Hardening, packages: &[String]) -> Result<(), ImageError> {
@@ -191,6 +195,10 @@ pub fn harden(root: &Path, h: &Hardening, packages: &[String]) -> Result<(), Ima
         .map_err(ImageError::io("write packages.txt", &list))?;
     // Runtimes mount their own /dev; device nodes in the image are never needed.
     clear_dir(&root.join("dev"))?;
+    // localhost and the sandbox's hostname resolve without a network: a
+    // container without networking gets no /etc/hosts from Docker.
+    let hosts = root.join("etc/hosts");
+    fs::write(&hosts, HOSTS).map_err(ImageError::io("write /etc/hosts", &hosts))?;
     if h.remove_package_manager {
         remove_patterns(root, PACKAGE_MANAGER)?;
     }
@@ -402,6 +410,8 @@ mod tests {
         harden(root, &Hardening::default(), &["python3=3.11".into()]).unwrap();
 
         assert!(root.join("usr/bin/python3").exists());
+        let hosts = fs::read_to_string(root.join("etc/hosts")).unwrap();
+        assert!(hosts.starts_with("127.0.0.1 localhost pyward\n"), "{hosts}");
         for gone in [
             "usr/bin/dpkg",
             "usr/bin/gcc-12",

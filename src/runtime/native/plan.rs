@@ -12,7 +12,7 @@ use nix::sys::resource::Resource;
 use nix::sys::statvfs::{FsFlags, statvfs};
 use std::ffi::{CString, c_char};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// The work dir inside the sandbox, the program's cwd.
 pub const WORK_DIR: &str = "/work";
@@ -163,6 +163,28 @@ pub struct Plan {
 }
 
 const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
+
+/// What of the host's /etc a run on the host's rootfs sees besides the files
+/// pyward writes, bound read-only: the interpreter's own configuration
+/// (Debian's /usr/lib/python3.X/sitecustomize.py is a link into
+/// /etc/python3.X) and netbase's service and protocol names (getservbyname,
+/// getaddrinfo with a service name). `(name, is a directory)`, read once.
+static HOST_ETC: LazyLock<Vec<(String, bool)>> = LazyLock::new(|| {
+    let mut found: Vec<(String, bool)> = std::fs::read_dir("/etc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let meta = std::fs::metadata(entry.path()).ok()?;
+            let wanted = (name.starts_with("python3") && meta.is_dir())
+                || (matches!(name.as_str(), "services" | "protocols") && meta.is_file());
+            wanted.then(|| (name, meta.is_dir()))
+        })
+        .collect();
+    found.sort();
+    found
+});
 /// Top-level directories of a merged-/usr host, recreated as symlinks or binds.
 const USR_LINKS: [&str; 4] = ["bin", "lib", "lib64", "sbin"];
 
@@ -225,7 +247,22 @@ impl Plan {
         // alternatives symlinks its libraries are found through).
         let mut root_files = Vec::new();
         match &config.rootfs {
-            None => root_files.extend(etc_files(policy, &at)),
+            None => {
+                root_files.extend(etc_files(policy, &at));
+                for (name, is_dir) in HOST_ETC.iter() {
+                    let target = at(&format!("/etc/{name}"));
+                    if *is_dir {
+                        dirs.push(target.clone());
+                    } else {
+                        root_files.push(FileWrite {
+                            path: target.clone(),
+                            contents: Vec::new(),
+                            mode: 0o644,
+                        });
+                    }
+                    binds.push(ro_bind(&format!("/etc/{name}"), target));
+                }
+            }
             Some(rootfs) => binds.push(ro_bind(
                 &rootfs.join("etc").display().to_string(),
                 at("/etc"),
