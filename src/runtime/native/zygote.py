@@ -29,7 +29,10 @@ import ctypes, errno, fcntl, gc, json, os, resource, signal, socket, stat, struc
 # (runtime/native/status.rs) and the /proc paths each call covers
 # (runtime/native/plan.rs, PROC_COVERS); then the modules to preload.
 _PLAN = json.loads(sys.argv[1])
-STEPS, PROC_COVERS = _PLAN["steps"], [(p.encode(), how) for p, how in _PLAN["proc_covers"]]
+# A /proc path this kernel lacks is absent from every call's /proc too:
+# looked for once here, not per call.
+STEPS = _PLAN["steps"]
+PROC_COVERS = [(p.encode(), how) for p, how in _PLAN["proc_covers"] if os.path.lexists(p)]
 LANDLOCK = _PLAN["landlock"]
 for _module in sys.argv[2:]:
     __import__(_module)
