@@ -15,7 +15,9 @@ fn many_threads_share_one_runtime_while_others_come_and_go() {
         return;
     };
     let runtime = Arc::new(runtime);
-    let policy = Arc::new(SandboxPolicy::builtin("strict").unwrap());
+    // A run that hangs ends as `timeout` at the policy's wall limit, not as
+    // `ok`: no clock of this test's own (machines differ in speed 30-fold).
+    let policy = Arc::new(SandboxPolicy::builtin("standard").unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     // Threads starting and ending all the time keep glibc's thread-list and
     // allocator locks busy while the runs below clone.
@@ -46,11 +48,6 @@ fn many_threads_share_one_runtime_while_others_come_and_go() {
                     assert_eq!(
                         String::from_utf8_lossy(&outcome.stdout.bytes),
                         format!("{}\n", worker * 100 + run)
-                    );
-                    assert!(
-                        outcome.usage.wall < std::time::Duration::from_secs(5),
-                        "{:?}",
-                        outcome.usage
                     );
                 }
             })

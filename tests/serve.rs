@@ -77,7 +77,10 @@ impl Server {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a server that exits is caught at once below, and one
+        // that hangs is a failure either way; a slow machine (an emulated
+        // one checks each image's Python for seconds) is not.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
@@ -87,7 +90,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("the server did not listen within 10 s:\n{}", self.log());
+        panic!("the server did not listen within 120 s:\n{}", self.log());
     }
 
     fn log(&self) -> String {

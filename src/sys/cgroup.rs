@@ -132,9 +132,9 @@ impl Layout {
             });
         }
         if let Some(mount) = mounts.iter().find(|m| m.version == 2) {
-            // pyward's cgroups hang off the hierarchy's root, which may hold
-            // processes and still enable controllers (the "no internal processes"
-            // rule does not apply there).
+            // pyward's cgroups hang off the mounted cgroup: the hierarchy's
+            // root, or in a cgroup namespace the namespace's root, whose
+            // processes `CgroupPool::new` moves to a leaf (see `vacate`).
             return Ok(Layout::V2 {
                 base: mount.mount_point.join("pyward"),
             });
@@ -445,6 +445,7 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
     let control = dir.join("cgroup.subtree_control");
     let enabled = read(&control)?;
     let available = read(dir.join("cgroup.controllers"))?;
+    let mut vacated = false;
     for controller in ["memory", "pids", "cpu"] {
         if enabled.split_whitespace().any(|c| c == controller) {
             continue;
@@ -457,7 +458,48 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
                 ),
             });
         }
+        if !vacated {
+            vacate(dir)?;
+            vacated = true;
+        }
         write(&control, &format!("+{controller}"))?;
+    }
+    Ok(())
+}
+
+/// The leaf that [`vacate`] moves a cgroup's processes into.
+const VACATED_LEAF: &str = "init";
+
+/// cgroup v2's no-internal-process rule: a cgroup other than the
+/// hierarchy's root enables controllers for its children only while it
+/// holds no process itself. pyward's pool hangs off the cgroup mounted at
+/// the mount point, which is the root only outside a cgroup namespace: in a
+/// container's (Docker's and Podman's default on v2) it is the container's
+/// cgroup, holding the container's processes, pyward among them. Those move
+/// to a leaf `init` beside the pool, as container engines do for nested
+/// containers. The real root (it has no cgroup.type) is left alone.
+fn vacate(dir: &Path) -> Result<(), CgroupError> {
+    if !dir.join("cgroup.type").exists() {
+        return Ok(());
+    }
+    let procs = dir.join("cgroup.procs");
+    let leaf = dir.join(VACATED_LEAF);
+    // A process may fork while the others move: a few rounds catch its children.
+    for _ in 0..10 {
+        let pids = read(&procs)?;
+        if pids.trim().is_empty() {
+            return Ok(());
+        }
+        create_dir(&leaf)?;
+        for pid in pids.split_whitespace() {
+            match write(&leaf.join("cgroup.procs"), pid) {
+                Ok(()) => {}
+                // Exited meanwhile.
+                Err(CgroupError::Write { source, .. })
+                    if source.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(())
 }
@@ -540,6 +582,50 @@ mod tests {
     fn no_cgroup_mount_is_a_clear_error() {
         let err = Layout::from_proc("22 1 0:21 / /proc rw - proc proc rw\n", "").unwrap_err();
         assert!(err.to_string().contains("memory, pids and cpu"), "{err}");
+    }
+
+    /// A fake v2 cgroup directory: `procs` in it, the controllers offered.
+    fn fake_v2_cgroup(dir: &Path, procs: &str, root: bool) {
+        fs::write(dir.join("cgroup.procs"), procs).unwrap();
+        fs::write(
+            dir.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
+        if !root {
+            fs::write(dir.join("cgroup.type"), "domain\n").unwrap();
+        }
+    }
+
+    #[test]
+    fn the_hierarchys_root_keeps_its_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_v2_cgroup(dir.path(), "1\n42\n", true);
+        enable_controllers(dir.path()).unwrap();
+        assert!(!dir.path().join(VACATED_LEAF).exists());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("cgroup.procs")).unwrap(),
+            "1\n42\n"
+        );
+    }
+
+    #[test]
+    fn a_namespace_root_with_processes_moves_them_to_a_leaf_first() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file stands in for the kernel's cgroup.procs, which empties as
+        // processes move; here it is emptied when the leaf is written.
+        fake_v2_cgroup(dir.path(), "", false);
+        vacate(dir.path()).unwrap();
+        assert!(!dir.path().join(VACATED_LEAF).exists(), "nothing to move");
+        fs::write(dir.path().join("cgroup.procs"), "7\n").unwrap();
+        let leaf = dir.path().join(VACATED_LEAF);
+        fs::create_dir(&leaf).unwrap();
+        // A FIFO would block; a directory in the leaf's cgroup.procs place
+        // makes the move fail, which must be reported, not swallowed.
+        fs::create_dir(leaf.join("cgroup.procs")).unwrap();
+        let err = enable_controllers(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("init/cgroup.procs"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,14 @@
 //! Shared helpers for the integration suite: the runtimes to test, and a
 //! short way to run a program under a policy.
+//!
+//! By default every runtime is tested, and one that cannot run here fails
+//! under `CI=true` (and is skipped loudly elsewhere). `PYWARD_TEST_RUNTIMES`
+//! (a comma-separated list of `native`, `native-warm`, `docker`,
+//! `docker-warm`) narrows that to exactly the runtimes it names, for a
+//! machine that has only those (tests/vm/run sets it to `native,native-warm`
+//! in its cgroup v2 guest, which has no Docker). A test that needs an
+//! excluded runtime then fails, saying so: such tests are left out by name,
+//! never skipped.
 #![allow(dead_code)]
 
 use pyward::{
@@ -7,23 +16,68 @@ use pyward::{
     NativeRuntime, Outcome, Runtime, SandboxPolicy, Submission, Verdict, WarmConfig, WarmRuntime,
 };
 
-/// Every runtime this machine can test. A runtime that cannot run here fails
-/// the test under `CI=true`, and is skipped loudly elsewhere.
+/// Every runtime this machine can test (those `PYWARD_TEST_RUNTIMES` names,
+/// when set). A runtime that cannot run here fails the test under `CI=true`,
+/// and is skipped loudly elsewhere.
 pub fn runtimes() -> Vec<Box<dyn Runtime>> {
     let mut runtimes: Vec<Box<dyn Runtime>> = Vec::new();
-    if let Some(native) = native() {
-        runtimes.push(Box::new(native));
+    if selected("native") {
+        if let Some(native) = native() {
+            runtimes.push(Box::new(native));
+        }
     }
-    if let Some(warm) = warm() {
-        runtimes.push(Box::new(warm));
+    if selected("native-warm") {
+        if let Some(warm) = warm() {
+            runtimes.push(Box::new(warm));
+        }
     }
-    if let Some(docker) = docker() {
-        runtimes.push(Box::new(docker));
+    if selected("docker") {
+        if let Some(docker) = docker() {
+            runtimes.push(Box::new(docker));
+        }
     }
-    if let Some(warm) = docker_warm(1) {
-        runtimes.push(Box::new(warm));
+    if selected("docker-warm") {
+        if let Some(warm) = docker_warm(1) {
+            runtimes.push(Box::new(warm));
+        }
     }
     runtimes
+}
+
+/// The runtime names `PYWARD_TEST_RUNTIMES` may list.
+const RUNTIME_NAMES: [&str; 4] = ["native", "native-warm", "docker", "docker-warm"];
+
+/// The runtimes `PYWARD_TEST_RUNTIMES` names, or None when it is unset.
+/// An unknown name fails the test.
+fn runtimes_named() -> Option<Vec<String>> {
+    let value = std::env::var("PYWARD_TEST_RUNTIMES").ok()?;
+    let names: Vec<String> = value.split(',').map(|n| n.trim().to_owned()).collect();
+    for name in &names {
+        assert!(
+            RUNTIME_NAMES.contains(&name.as_str()),
+            "PYWARD_TEST_RUNTIMES={value:?}: unknown runtime {name:?}; the runtimes are {RUNTIME_NAMES:?}"
+        );
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("PYWARD_TEST_RUNTIMES: testing only {}", names.join(", ")));
+    Some(names)
+}
+
+/// True when `runtime` is to be tested: always, unless `PYWARD_TEST_RUNTIMES`
+/// is set and leaves it out.
+fn selected(runtime: &str) -> bool {
+    runtimes_named().is_none_or(|names| names.iter().any(|n| n == runtime))
+}
+
+/// Fails the test when `PYWARD_TEST_RUNTIMES` leaves out `runtime`, which
+/// the test needs: on such a machine it is excluded by name, not skipped.
+fn require(runtime: &str) {
+    if !selected(runtime) {
+        panic!(
+            "this test needs the {runtime} runtime, which PYWARD_TEST_RUNTIMES={:?} leaves out: exclude the test by name where the runtime is missing",
+            std::env::var("PYWARD_TEST_RUNTIMES").unwrap_or_default()
+        );
+    }
 }
 
 /// The Docker runtime's warm pool, `size` containers per shape, or None
@@ -39,6 +93,7 @@ pub fn foreign_docker_warm(size: usize) -> Option<DockerWarmRuntime> {
 }
 
 fn docker_warm_for(arch: pyward::Arch, size: usize) -> Option<DockerWarmRuntime> {
+    require("docker-warm");
     let config = DockerWarmConfig {
         size,
         ..DockerWarmConfig::default()
@@ -62,6 +117,7 @@ fn docker_warm_for(arch: pyward::Arch, size: usize) -> Option<DockerWarmRuntime>
 /// The Docker runtime, or None (with a loud message) where Docker or the
 /// test image is missing.
 pub fn docker() -> Option<DockerRuntime> {
+    require("docker");
     // The default image, pyward/python3.11-bookworm:ARCH, which
     // images/build-for-tests.sh builds.
     let runtime = match DockerRuntime::new(DockerConfig::default()) {
@@ -89,6 +145,7 @@ pub fn foreign_arch() -> pyward::Arch {
 /// The Docker runtime for the other architecture (under qemu-user), or None
 /// (with a loud message) where Docker, its image or qemu-user is missing.
 pub fn foreign_docker() -> Option<DockerRuntime> {
+    require("docker");
     let arch = foreign_arch();
     let runtime = match DockerRuntime::new(DockerConfig::for_arch(arch)) {
         Ok(runtime) => runtime,
@@ -106,6 +163,12 @@ pub fn foreign_docker() -> Option<DockerRuntime> {
 
 /// The native runtime, or None (with a loud message) where it cannot run.
 pub fn native() -> Option<NativeRuntime> {
+    require("native");
+    native_runtime()
+}
+
+/// The native runtime, whichever of its paths is to be tested.
+fn native_runtime() -> Option<NativeRuntime> {
     if !nix::unistd::geteuid().is_root() {
         missing("the native runtime tests need root (uid maps over 65536 ids and cgroup writes)");
         return None;
@@ -121,7 +184,8 @@ pub fn native() -> Option<NativeRuntime> {
 
 /// The native runtime's warm path (a zygote per policy, started on first use).
 pub fn warm() -> Option<WarmRuntime> {
-    native().map(|native| WarmRuntime::new(native, WarmConfig::default()))
+    require("native-warm");
+    native_runtime().map(|native| WarmRuntime::new(native, WarmConfig::default()))
 }
 
 /// True for the Docker runtimes (`docker`, `docker-warm`), whose containers
