@@ -637,6 +637,62 @@ def report_section(meta, modules, tally, diffs, expected) -> str:
     return "\n".join(lines)
 
 
+def cmd_syscalls(args) -> int:
+    """Which syscalls a module (or one test) makes bare that the policy's allowlist does not list.
+
+    A lead for finding why a test fails in the sandbox, not a verdict: a
+    syscall listed with argument conditions is shown as "conditional" (the
+    filter may still deny it for the arguments the test passes), and a denied
+    call that the test tolerates does not explain a failure.
+    """
+    allowlist = load_allowlist(args.allowlist)
+    cwd = tempfile.mkdtemp(prefix="compat-strace-")
+    trace = Path(cwd) / "trace"
+    target = [args.module] + (["-m", args.match] if args.match else [])
+    env = dict(CLEAN_ENV, HOME=cwd, TMPDIR=cwd)
+    try:
+        subprocess.run(["strace", "-f", "-qq", "-o", str(trace), PYTHON, "-s", "-c", REGRTEST, "-v", *target],
+                       cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=args.timeout)
+        calls: dict[str, dict] = {}
+        call = re.compile(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)\((.*?)(?:\) += (-?\d+|\?)(?: (E[A-Z0-9]+))?.*)?$")
+        for line in trace.read_text(errors="replace").splitlines():
+            m = call.match(line)
+            if not m or "resumed>" in line:
+                continue
+            name = m.group(1)
+            entry = calls.setdefault(name, {"count": 0, "errors": {}, "example": line.split(None, 1)[1][:160]})
+            entry["count"] += 1
+            if m.group(4):
+                entry["errors"][m.group(4)] = entry["errors"].get(m.group(4), 0) + 1
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
+    for name, entry in sorted(calls.items()):
+        rule = allowlist.get(name)
+        if rule is None:
+            state = "DENIED"
+        elif rule == "KILLED":
+            state = "KILLED"
+        elif isinstance(rule, dict) and rule.get("args"):
+            state = "conditional"
+        else:
+            continue
+        errors = ", ".join(f"{e} x{n}" for e, n in entry["errors"].items())
+        print(f"{state:11} {name:24} x{entry['count']:<6} {errors:30} {entry['example']}")
+    return 0
+
+
+def load_allowlist(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.exists():
+        path = REPO / "policies" / "seccomp" / f"{name_or_path}.toml"
+    rules = dict(tomllib.loads(path.read_text())["syscalls"])
+    dangerous = tomllib.loads((REPO / "policies" / "seccomp" / "dangerous.toml").read_text())["syscalls"]
+    for name in dangerous:
+        rules[name] = "KILLED"
+    return rules
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -672,6 +728,13 @@ def main() -> int:
     rep.add_argument("--expected", default=str(HERE / "expected.toml"))
     rep.add_argument("--output", default=str(REPO / "docs" / "COMPAT.md"))
     rep.set_defaults(func=cmd_report)
+
+    sc = sub.add_parser("syscalls", help="strace a module bare and list the syscalls the allowlist lacks")
+    sc.add_argument("module")
+    sc.add_argument("--match", default=None, help="only tests matching this (libregrtest -m)")
+    sc.add_argument("--allowlist", default="python-standard", help="allowlist name or file")
+    sc.add_argument("--timeout", type=int, default=600)
+    sc.set_defaults(func=cmd_syscalls)
 
     args = p.parse_args()
     return args.func(args)
