@@ -77,6 +77,7 @@ SUMMARY = re.compile(r"^(OK|FAILED)(?: \((.*)\))?$", re.M)
 TESTS_RESULT = re.compile(r"^(?:== )?Tests result: (.*?)(?: ==)?$", re.M)
 MODULE_SKIPPED = re.compile(r"^(test_\S+) skipped(?: -- (.*))?$", re.M)
 TIMEOUT_DUMP = re.compile(r"^Timeout \(\d+:\d\d:\d\d\)!$", re.M)
+SKIPPED_TEST = re.compile(r"^(\S+) \(([^)]*)\)(?: \(.*\))? \.\.\. skipped (.*)$", re.M)
 UNEXPECTED = re.compile(r"^(\S+) \(([^)]*)\)(?: \(.*\))? \.\.\. unexpected success$", re.M)
 
 
@@ -127,6 +128,12 @@ def parse_failures(text: str) -> list[dict]:
     return sorted(out.values(), key=lambda e: e["id"])
 
 
+def parse_skips(text: str) -> dict[str, str]:
+    """Skipped tests: id -> the reason unittest printed."""
+    return {test_id(f"{m.group(1)} ({m.group(2)})"): m.group(3).strip("'\"")[:200]
+            for m in SKIPPED_TEST.finditer(text)}
+
+
 def last_exception_line(body: list[str]) -> str:
     """The line naming the exception (the last non-indented one), e.g. 'PermissionError: [Errno 1] ...'."""
     for line in reversed(body):
@@ -147,6 +154,10 @@ def classify(text: str, exit_code: int | None, timed_out: bool, module: str) -> 
     if verdict.startswith("SUCCESS") and exit_code == 0:
         if skipped:
             return SKIPPED, (skipped[-1].group(2) or "skipped").strip()
+        if not sum(int(n) for n in RAN.findall(text)):
+            # setUpModule raised SkipTest: "Ran 0 tests ... OK (skipped=1)".
+            reasons = set(parse_skips(text).values())
+            return SKIPPED, "; ".join(sorted(reasons)) or "no test ran"
         return PASSED, ""
     if not verdict:
         return FAILED, f"ended without a result (exit code {exit_code})"
@@ -177,6 +188,7 @@ class Run:
     tests_ran: int = 0
     summary: str = ""
     failures: list = field(default_factory=list)
+    skips: dict = field(default_factory=dict)  # skipped test id -> reason
     verdict: str | None = None  # pyward's verdict (sandbox only)
     message: str | None = None  # pyward's message (sandbox only)
     output_tail: list = field(default_factory=list)
@@ -200,6 +212,7 @@ def finish(module, side, text, exit_code, timed_out, seconds, verdict=None, mess
         module=module, side=side, status=status, detail=detail, seconds=round(seconds, 1),
         exit_code=exit_code, tests_ran=c["ran"], summary=c.get("summary", ""),
         failures=parse_failures(text) if status != PASSED else [],
+        skips=parse_skips(text),
         verdict=verdict, message=message,
         output_tail=text.splitlines()[-OUTPUT_TAIL_LINES:] if status in (FAILED, TIMEOUT) else [],
     )
