@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -417,11 +418,29 @@ def differences(modules: dict) -> dict[str, dict]:
 
 
 def load_expected(path: Path, label: str) -> dict:
-    """expected.toml's section for this policy label: {"modules": {...}, "tests": {...}}."""
+    """expected.toml's causes for this policy: {"modules": {name: cause}, "tests": {id or prefix: cause}}.
+
+    The file holds, per policy file stem, a list of causes, each with a kind
+    ("intent": the policy means it; "defect": to fix; "limit": a limit of the
+    compat policy; "environment": this machine), the reason with the evidence,
+    the fix where there is one, and the modules or tests (ids, or class or
+    module prefixes of ids) it costs. `[inherit]` lets a policy take another's
+    causes too (strict has every difference standard has).
+    """
+    out = {"modules": {}, "tests": {}}
     if not path.exists():
-        return {"modules": {}, "tests": {}}
-    data = tomllib.loads(path.read_text()).get(label, {})
-    return {"modules": data.get("modules", {}), "tests": data.get("tests", {})}
+        return out
+    data = tomllib.loads(path.read_text())
+    labels = [label]
+    while data.get("inherit", {}).get(labels[-1]):
+        labels.append(data["inherit"][labels[-1]])
+    for name in reversed(labels):
+        for cause in data.get(name, []):
+            for module in cause.get("modules", []):
+                out["modules"][module] = cause
+            for ident in cause.get("tests", []):
+                out["tests"][ident] = cause
+    return out
 
 
 def explain(expected: dict, module: str, ident: str | None = None) -> dict | None:
@@ -750,6 +769,11 @@ def main() -> int:
     sc.set_defaults(func=cmd_syscalls)
 
     args = p.parse_args()
+    # A shell starts a background job with SIGINT ignored, and an ignored
+    # signal stays ignored across exec: bare runs would then fail the tests
+    # that expect KeyboardInterrupt. A handler (unlike SIG_IGN) is reset by
+    # exec, so the children start with the default, as in the sandbox.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return args.func(args)
 
 
