@@ -79,6 +79,7 @@ TESTS_RESULT = re.compile(r"^(?:== )?Tests result: (.*?)(?: ==)?$", re.M)
 MODULE_SKIPPED = re.compile(r"^(test_\S+) skipped(?: -- (.*))?$", re.M)
 TIMEOUT_DUMP = re.compile(r"^Timeout \(\d+:\d\d:\d\d\)!$", re.M)
 SKIPPED_TEST = re.compile(r"^(\S+) \(([^)]*)\)(?: \(.*\))? \.\.\. skipped (.*)$", re.M)
+VERBOSE_BAD = re.compile(r"^(\S+) \(([^)]*)\)(?: \(.*\))? \.\.\. (FAIL|ERROR)$", re.M)
 UNEXPECTED = re.compile(r"^(\S+) \(([^)]*)\)(?: \(.*\))? \.\.\. unexpected success$", re.M)
 
 
@@ -123,6 +124,11 @@ def parse_failures(text: str) -> list[dict]:
                 i = j
                 continue
         i += 1
+    # A run killed before unittest's summary prints no blocks: take the verdicts of the verbose lines.
+    for m in VERBOSE_BAD.finditer(text):
+        ident = test_id(f"{m.group(1)} ({m.group(2)})")
+        out.setdefault(ident, {"id": ident, "kind": m.group(3), "traceback": [],
+                               "error": f"{m.group(3)} (no traceback: the run ended before unittest printed it)"})
     for m in UNEXPECTED.finditer(text):
         ident = test_id(f"{m.group(1)} ({m.group(2)})")
         out.setdefault(ident, {"id": ident, "kind": "UNEXPECTED SUCCESS", "traceback": [], "error": "unexpected success"})
@@ -338,7 +344,8 @@ class Results:
         if resume and path.exists():
             old = json.loads(path.read_text())
             self.data["modules"] = old.get("modules", {})
-            self.data["meta"]["resumed_from"] = old.get("meta", {})
+            self.data["meta"]["segments"] = old.get("meta", {}).get("segments", [])
+            self.data["meta"]["started"] = old.get("meta", {}).get("started", meta["started"])
 
     def has(self, module: str, side: str) -> bool:
         return side in self.data["modules"].get(module, {})
@@ -373,10 +380,15 @@ def execute(args, modules: list[str], results: Results, sides: list[str]) -> flo
             return run_bare(module, args.timeout)
         return run_sandbox(module, args.timeout, pyward, policy, args.runtime, args.image)
 
+    # Wall time per invocation, kept as it goes: a run stopped and resumed
+    # (--resume) still adds up to the time the whole pass took.
+    segments = results.data["meta"].setdefault("segments", [])
+    segments.append({"sides": "+".join(sides), "tasks": len(tasks), "wall_s": 0.0})
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(one, t): t for t in tasks}
         for fut in concurrent.futures.as_completed(futures):
             run = fut.result()
+            segments[-1]["wall_s"] = round(time.monotonic() - start, 1)
             results.add(run)
             done += 1
             note = f" {run.detail}" if run.status != PASSED else ""
@@ -427,7 +439,7 @@ def load_expected(path: Path, label: str) -> dict:
     module prefixes of ids) it costs. `[inherit]` lets a policy take another's
     causes too (strict has every difference standard has).
     """
-    out = {"modules": {}, "tests": {}}
+    out = {"modules": {}, "tests": {}, "errors": []}
     if not path.exists():
         return out
     data = tomllib.loads(path.read_text())
@@ -440,16 +452,22 @@ def load_expected(path: Path, label: str) -> dict:
                 out["modules"][module] = cause
             for ident in cause.get("tests", []):
                 out["tests"][ident] = cause
+            for text in cause.get("errors", []):
+                out["errors"].append((text, cause))
     return out
 
 
-def explain(expected: dict, module: str, ident: str | None = None) -> dict | None:
-    """The expected.toml entry covering a module or a test id (a class or module prefix covers its tests)."""
+def explain(expected: dict, module: str, ident: str | None = None, error: str = "") -> dict | None:
+    """The expected.toml cause covering a test: by its id (or a class or module
+    prefix of it), by a text its error line contains, or by its module."""
     if ident:
         parts = ident.split(".")
         for n in range(len(parts), 1, -1):
             entry = expected["tests"].get(".".join(parts[:n]))
             if entry:
+                return entry
+        for text, entry in expected["errors"]:
+            if error and text in error:
                 return entry
     return expected["modules"].get(module)
 
@@ -479,7 +497,7 @@ def cmd_run(args) -> int:
     wall = execute(args, modules, results, sides)
     results.data["meta"]["finished"] = now()
     results.data["meta"].setdefault("wall_s", {})["+".join(sides)] = round(
-        wall + results.data["meta"].get("resumed_from", {}).get("wall_s", {}).get("+".join(sides), 0), 1)
+        sum(seg["wall_s"] for seg in results.data["meta"]["segments"] if seg["sides"] == "+".join(sides)), 1)
     results.save()
     if args.rerun_differences:
         rerun_differences(args, results)
@@ -526,7 +544,7 @@ def cmd_subset(args) -> int:
         if bare["status"] in (TIMEOUT,) or (bare["status"] == SKIPPED):
             continue
         new = sorted(failing_ids(sand) - failing_ids(bare))
-        unexplained = [t for t in new if not explain(expected, module, t)]
+        unexplained = [t for t in new if not explain(expected, module, t, error_of(sand, t))]
         if sand["status"] in (TIMEOUT, FAILED) and not new and bare["status"] == PASSED:
             # Failed without a test block (a crash, a kill, a timeout): only a module entry explains it.
             if not explain(expected, module):
@@ -588,7 +606,7 @@ def cmd_report(args) -> int:
         passed_bare = [m for m in both if modules[m]["bare"]["status"] == PASSED]
         passed_both = [m for m in passed_bare if modules[m]["sandbox"]["status"] == PASSED]
         summary_rows.append(
-            f"| {label} | `{meta['policy']}` | {len(both)} | {len(passed_bare)} | {len(passed_both)} | "
+            f"| {label} | `{rel(meta['policy'])}` | {len(both)} | {len(passed_bare)} | {len(passed_both)} | "
             f"{len(diffs)} | {fmt_wall(meta, 'bare')} | {fmt_wall(meta, 'sandbox')} |")
         sections.append(report_section(meta, modules, tally, diffs, expected))
     head = [
@@ -634,39 +652,97 @@ def report_section(meta, modules, tally, diffs, expected) -> str:
         f"- run: {meta['started']} to {meta.get('finished', meta.get('updated'))}",
         f"- machine: {m['os']}, kernel {m['kernel']}, {m['arch']}, {m['cpus']} cores ({m['cpu_model']}), "
         f"{m['memory_gib']} GiB; CPython {m['python']}",
-        f"- runtime `{meta['runtime']}`, image `{meta['image']}`, policy `{meta['policy']}`, "
+        f"- runtime `{meta['runtime']}`, image `{meta['image']}`, policy `{rel(meta['policy'])}`, "
         f"per-module timeout {meta['timeout_s']}s, {meta['jobs']} at a time",
         "",
-        "| side | passed | failed | skipped entirely | timed out |",
-        "| --- | --- | --- | --- | --- |",
+        "| side | passed | failed | skipped entirely | timed out | sum of the modules' run times |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for side in ("bare", "sandbox"):
         t = tally[side]
-        lines.append(f"| {side} | {t[PASSED]} | {t[FAILED]} | {t[SKIPPED]} | {t[TIMEOUT]} |")
+        total = sum(s[side]["seconds"] for s in modules.values() if side in s)
+        lines.append(f"| {side} | {t[PASSED]} | {t[FAILED]} | {t[SKIPPED]} | {t[TIMEOUT]} | {total / 60:.1f} min |")
     lines += ["", f"### Modules that differ ({len(diffs)})", ""]
+    used: dict[str, dict] = {}
     if not diffs:
         lines.append("None.")
     for name, d in diffs.items():
         bare, sand = d["bare"], d["sandbox"]
         rerun = modules[name].get("rerun", {})
-        flaky = ""
-        if rerun and rerun.get("sandbox", {}).get("status") == PASSED:
-            flaky = " — **did not repeat** on a rerun (flaky under load)"
-        lines.append(f"#### {name}: bare {bare['status']}, sandbox {sand['status']}{flaky}")
+        again = ""
+        if rerun.get("sandbox"):
+            again = (" — a rerun repeated it" if rerun["sandbox"]["status"] != PASSED
+                     else " — **did not repeat** on a rerun (flaky)")
+        lines.append(f"#### {name}: bare {bare['status']}, sandbox {sand['status']}{again}")
         lines.append("")
-        mod_entry = explain(expected, name)
-        if mod_entry:
-            lines.append(f"Module: **{mod_entry.get('kind', '?')}** — {mod_entry['reason']}")
-            lines.append("")
-        if sand["status"] != FAILED or not d["new_failures"]:
-            lines.append(f"Sandbox: {sand['detail']}" + (f" (pyward: {sand['verdict']})" if sand.get("verdict") else ""))
-            lines.append("")
+        if not d["new_failures"]:
+            entry = explain(expected, name)
+            lines.append(f"- the whole module: {sand['detail']}"
+                         + (f" (pyward verdict `{sand['verdict']}`)" if sand.get("verdict") else "")
+                         + f" — {cause_ref(entry, used)}")
+        groups: dict[str, list[str]] = {}
         for ident in d["new_failures"]:
-            entry = explain(expected, name, ident)
-            cause = f"**{entry.get('kind', '?')}** — {entry['reason']}" if entry else "**unexplained**"
-            lines.append(f"- `{ident}`: `{error_of(sand, ident)}` — {cause}")
+            entry = explain(expected, name, ident, error_of(sand, ident))
+            key = cause_ref(entry, used) if entry else ""
+            groups.setdefault(key, []).append(ident)
+        for key, idents in groups.items():
+            if key:
+                first = error_of(sand, idents[0])
+                lines.append(f"- {key}: {len(idents)} test(s), e.g. `{short(first)}`")
+                lines.append("  " + ", ".join(f"`{short_id(i, name)}`" for i in idents))
+            else:
+                for ident in idents:
+                    lines.append(f"- **unexplained**: `{short_id(ident, name)}`: `{short(error_of(sand, ident))}`")
         lines.append("")
+    skips = more_skips(modules)
+    lines += [f"### Modules that pass on both sides but skip more tests in the sandbox ({len(skips)})", ""]
+    for name, new in skips.items():
+        lines.append(f"- {name}: " + "; ".join(f"`{short_id(i, name)}` ({short(r)})" for i, r in new.items()))
+    if not skips:
+        lines.append("None.")
+    lines += ["", "### Causes", "",
+              "| cause | kind | evidence | fix |", "| --- | --- | --- | --- |"]
+    for cid, cause in sorted(used.items()):
+        lines.append(f"| {cid} | {cause.get('kind', '?')} | {cell(cause.get('reason', ''))} | "
+                     f"{cell(cause.get('fix', '—'))} |")
+    lines.append("")
     return "\n".join(lines)
+
+
+def rel(path: str) -> str:
+    return os.path.relpath(path, REPO) if path.startswith(str(REPO) + "/") else path
+
+
+def cause_ref(entry: dict | None, used: dict) -> str:
+    if not entry:
+        return "**unexplained**"
+    used[entry["id"]] = entry
+    return f"**{entry['id']}** ({entry.get('kind', '?')})"
+
+
+def more_skips(modules: dict) -> dict[str, dict]:
+    """Modules passing on both sides whose sandbox run skips tests the bare run ran."""
+    out = {}
+    for name, sides in sorted(modules.items()):
+        bare, sand = sides.get("bare"), sides.get("sandbox")
+        if bare and sand and bare["status"] == PASSED and sand["status"] == PASSED:
+            new = {i: r for i, r in sand.get("skips", {}).items() if i not in bare.get("skips", {})}
+            if new:
+                out[name] = new
+    return out
+
+
+def short(text: str, n: int = 160) -> str:
+    text = " ".join(text.split()).replace("`", "'")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def short_id(ident: str, module: str) -> str:
+    return ident.removeprefix(f"test.{module}.")
+
+
+def cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def cmd_syscalls(args) -> int:
