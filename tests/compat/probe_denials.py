@@ -1,6 +1,6 @@
 """Which syscalls the sandbox denies, and with what errno: run it inside `pyward run`.
 
-    pyward run --policy tests/compat/standard-loopback.toml tests/compat/probe_denials.py [NAME ...]
+    pyward run --policy tests/compat/standard-loopback.toml tests/compat/probe_denials.py -- [NAME ...]
 
 Each call is made directly (ctypes, x86_64 numbers) with harmless arguments
 (invalid fds, NULL pointers, -1 ids), so an allowed call fails with the
