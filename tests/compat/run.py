@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import fnmatch
 import json
 import os
 import platform
@@ -201,10 +202,15 @@ class Run:
     output_tail: list = field(default_factory=list)
 
 
+# Extra libregrtest arguments for every module (--regrtest-args), e.g. `-i PATTERN`
+# to leave out the one test that kills a module and see the rest.
+EXTRA_ARGS: list[str] = []
+
+
 def regrtest_args(module: str, timeout: int) -> list[str]:
     # libregrtest's own per-test timeout fires a little before ours, so that a
     # hang leaves a stack dump naming the test that hung.
-    return ["-v", "--timeout", str(max(timeout - 15, 10)), module]
+    return ["-v", "--timeout", str(max(timeout - 15, 10)), *EXTRA_ARGS, module]
 
 
 def finish(module, side, text, exit_code, timed_out, seconds, verdict=None, message=None) -> Run:
@@ -436,7 +442,8 @@ def load_expected(path: Path, label: str) -> dict:
     ("intent": the policy means it; "defect": to fix; "limit": a limit of the
     compat policy; "environment": this machine), the reason with the evidence,
     the fix where there is one, and the modules or tests (ids, or class or
-    module prefixes of ids) it costs. `[inherit]` lets a policy take another's
+    module prefixes of ids, or fnmatch patterns with `*`) it costs, or texts its
+    failures' error lines contain. `[inherit]` lets a policy take another's
     causes too (strict has every difference standard has).
     """
     out = {"modules": {}, "tests": {}, "errors": []}
@@ -466,6 +473,9 @@ def explain(expected: dict, module: str, ident: str | None = None, error: str = 
             entry = expected["tests"].get(".".join(parts[:n]))
             if entry:
                 return entry
+        for pattern, entry in expected["tests"].items():
+            if "*" in pattern and fnmatch.fnmatchcase(ident, pattern):
+                return entry
         for text, entry in expected["errors"]:
             if error and text in error:
                 return entry
@@ -481,6 +491,7 @@ def label_of(policy: str, runtime: str) -> str:
 
 
 def cmd_run(args) -> int:
+    EXTRA_ARGS[:] = args.regrtest_args.split()
     modules = read_subset(args.subset) if args.subset else list_modules()
     if args.modules:
         modules = [m for m in modules if m in args.modules.split(",")] or args.modules.split(",")
@@ -490,7 +501,7 @@ def cmd_run(args) -> int:
         "started": now(), "label": label_of(args.policy, args.runtime), "policy": args.policy,
         "runtime": args.runtime, "image": args.image or "host", "timeout_s": args.timeout,
         "jobs": args.jobs, "pyward_commit": pyward_commit(), "machine": machine(),
-        "modules_listed": len(modules), "subset": args.subset,
+        "modules_listed": len(modules), "subset": args.subset, "regrtest_args": EXTRA_ARGS,
     }
     results = Results(out, meta, args.resume)
     sides = args.sides.split(",")
@@ -821,6 +832,8 @@ def main() -> int:
     r.add_argument("--subset", default=None, help="only the modules listed in this file")
     r.add_argument("--modules", default=None, help="only these modules (comma-separated)")
     r.add_argument("--resume", action="store_true", help="keep the runs already in --out")
+    r.add_argument("--regrtest-args", default="",
+                   help="extra libregrtest arguments, space-separated (e.g. '-i *test_oserror_filename')")
     r.add_argument("--rerun-differences", action="store_true",
                    help="run each differing module once more on both sides to spot flaky ones")
     r.set_defaults(func=cmd_run)
