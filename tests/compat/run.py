@@ -78,7 +78,9 @@ RAN = re.compile(r"^Ran (\d+) tests? in ", re.M)
 SUMMARY = re.compile(r"^(OK|FAILED)(?: \((.*)\))?$", re.M)
 TESTS_RESULT = re.compile(r"^(?:== )?Tests result: (.*?)(?: ==)?$", re.M)
 MODULE_SKIPPED = re.compile(r"^(test_\S+) skipped(?: -- (.*))?$", re.M)
-TIMEOUT_DUMP = re.compile(r"^Timeout \(\d+:\d\d:\d\d\)!$", re.M)
+# faulthandler's dump when libregrtest's --timeout fires; it follows the
+# verbose line of the test that hung, on the same line.
+TIMEOUT_DUMP = re.compile(r"Timeout \(\d+:\d\d:\d\d\)!$", re.M)
 SKIPPED_TEST = re.compile(r"^(\S+) \(([^)]*)\)(?: \(.*\))? \.\.\. skipped (.*)$", re.M)
 VERBOSE_BAD = re.compile(r"^(\S+) \(([^)]*)\)(?: \(.*\))? \.\.\. (FAIL|ERROR)$", re.M)
 UNEXPECTED = re.compile(r"^(\S+) \(([^)]*)\)(?: \(.*\))? \.\.\. unexpected success$", re.M)
@@ -205,12 +207,14 @@ class Run:
 # Extra libregrtest arguments for every module (--regrtest-args), e.g. `-i PATTERN`
 # to leave out the one test that kills a module and see the rest.
 EXTRA_ARGS: list[str] = []
+# Per module, from a subset file's line "MODULE ARGS...".
+MODULE_ARGS: dict[str, list[str]] = {}
 
 
 def regrtest_args(module: str, timeout: int) -> list[str]:
     # libregrtest's own per-test timeout fires a little before ours, so that a
     # hang leaves a stack dump naming the test that hung.
-    return ["-v", "--timeout", str(max(timeout - 15, 10)), *EXTRA_ARGS, module]
+    return ["-v", "--timeout", str(max(timeout - 15, 10)), *EXTRA_ARGS, *MODULE_ARGS.get(module, []), module]
 
 
 def finish(module, side, text, exit_code, timed_out, seconds, verdict=None, message=None) -> Run:
@@ -407,6 +411,20 @@ def execute(args, modules: list[str], results: Results, sides: list[str]) -> flo
 # Comparing the two sides
 
 
+def normalize(modules: dict) -> dict:
+    """Results written by an earlier version of this script, classified as the current one does."""
+    for sides in modules.values():
+        for key in ("bare", "sandbox"):
+            run = sides.get(key)
+            if not run:
+                continue
+            if run["status"] == PASSED and run.get("tests_ran") == 0:
+                run["status"], run["detail"] = SKIPPED, "no test ran (setUpModule skipped)"
+            if run["status"] == FAILED and any(TIMEOUT_DUMP.search(l) for l in run.get("output_tail", [])):
+                run["status"], run["detail"] = TIMEOUT, "timed out (libregrtest's --timeout dumped the stacks)"
+    return modules
+
+
 def failing_ids(run: dict) -> set[str]:
     return {f["id"] for f in run.get("failures", [])}
 
@@ -531,8 +549,19 @@ def rerun_differences(args, results: Results) -> None:
 
 
 def read_subset(path) -> list[str]:
-    lines = Path(path).read_text().splitlines()
-    return [l.split("#", 1)[0].strip() for l in lines if l.split("#", 1)[0].strip()]
+    """The modules a subset file lists, one a line: "MODULE [libregrtest args]  # comment".
+
+    The args (e.g. `-i PATTERN` to leave out a test that kills the module)
+    apply on both sides, bare and sandboxed.
+    """
+    modules = []
+    for line in Path(path).read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            modules.append(words[0])
+            if words[1:]:
+                MODULE_ARGS[words[0]] = words[1:]
+    return modules
 
 
 def cmd_subset(args) -> int:
@@ -544,6 +573,7 @@ def cmd_subset(args) -> int:
     meta = {"started": now(), "label": label, "policy": args.policy, "runtime": args.runtime,
             "image": args.image or "host", "timeout_s": args.timeout, "jobs": args.jobs,
             "pyward_commit": pyward_commit(), "machine": machine(), "subset": args.subset}
+    meta["module_args"] = MODULE_ARGS
     results = Results(out, meta, False)
     start = time.monotonic()
     execute(args, modules, results, ["bare", "sandbox"])
@@ -605,7 +635,7 @@ def cmd_report(args) -> int:
     summary_rows = []
     for path in args.results:
         data = json.loads(Path(path).read_text())
-        meta, modules = data["meta"], data["modules"]
+        meta, modules = data["meta"], normalize(data["modules"])
         label = meta["label"]
         expected = load_expected(Path(args.expected), Path(meta["policy"]).stem)
         diffs = differences(modules)
