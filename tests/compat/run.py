@@ -522,6 +522,15 @@ def cmd_run(args) -> int:
         "modules_listed": len(modules), "subset": args.subset, "regrtest_args": EXTRA_ARGS,
     }
     results = Results(out, meta, args.resume)
+    if args.bare_from:
+        # The bare side does not depend on the policy: take it from another run of the same machine.
+        other = json.loads(Path(args.bare_from).read_text())
+        for module, sides_ in other["modules"].items():
+            if "bare" in sides_ and module in modules:
+                results.data["modules"].setdefault(module, {})["bare"] = sides_["bare"]
+        results.data["meta"]["bare_from"] = {"file": rel(str(Path(args.bare_from).resolve())),
+                                             "label": other["meta"].get("label"),
+                                             "wall_s": other["meta"].get("wall_s")}
     sides = args.sides.split(",")
     wall = execute(args, modules, results, sides)
     results.data["meta"]["finished"] = now()
@@ -862,6 +871,8 @@ def main() -> int:
     r.add_argument("--subset", default=None, help="only the modules listed in this file")
     r.add_argument("--modules", default=None, help="only these modules (comma-separated)")
     r.add_argument("--resume", action="store_true", help="keep the runs already in --out")
+    r.add_argument("--bare-from", default=None,
+                   help="take the bare runs from this results file (same machine) instead of running them")
     r.add_argument("--regrtest-args", default="",
                    help="extra libregrtest arguments, space-separated (e.g. '-i *test_oserror_filename')")
     r.add_argument("--rerun-differences", action="store_true",
