@@ -341,7 +341,7 @@ def pyward_commit() -> str:
     # only touch tests/ or docs/ do not change pyward).
     commit = git("log", "-1", "--format=%h %s", "--", *paths)
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
-    return commit[:100] + (" (+ uncommitted changes)" if dirty else "")
+    return commit + (" (+ uncommitted changes)" if dirty else "")
 
 
 class Results:
@@ -520,6 +520,7 @@ def cmd_run(args) -> int:
         "runtime": args.runtime, "image": args.image or "host", "timeout_s": args.timeout,
         "jobs": args.jobs, "pyward_commit": pyward_commit(), "machine": machine(),
         "modules_listed": len(modules), "subset": args.subset, "regrtest_args": EXTRA_ARGS,
+        "module_args": MODULE_ARGS,
     }
     results = Results(out, meta, args.resume)
     if args.bare_from:
@@ -579,7 +580,7 @@ def cmd_subset(args) -> int:
     label = label_of(args.policy, args.runtime)
     out = Path(args.out or REPO / "target" / "compat" / f"subset-{label}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"started": now(), "label": label, "policy": args.policy, "runtime": args.runtime,
+    meta = {"started": now(), "label": f"subset {label}", "policy": args.policy, "runtime": args.runtime,
             "image": args.image or "host", "timeout_s": args.timeout, "jobs": args.jobs,
             "pyward_commit": pyward_commit(), "machine": machine(), "subset": args.subset}
     meta["module_args"] = MODULE_ARGS
@@ -610,6 +611,9 @@ def cmd_subset(args) -> int:
             if key.startswith(module_prefix(module)) and not any(t == key or t.startswith(key + ".") for t in failing_now):
                 stale.append(key)
     elapsed = time.monotonic() - start
+    results.data["meta"]["finished"] = now()
+    results.data["meta"]["wall_s"] = {"bare+sandbox": round(elapsed, 1)}
+    results.save()
     for key in stale:
         print(f"note: expected.toml lists {key} under [{Path(args.policy).stem}] but it no longer fails: "
               "remove the entry if the fix has landed")
@@ -657,7 +661,7 @@ def cmd_report(args) -> int:
         passed_both = [m for m in passed_bare if modules[m]["sandbox"]["status"] == PASSED]
         summary_rows.append(
             f"| {label} | `{rel(meta['policy'])}` | {len(both)} | {len(passed_bare)} | {len(passed_both)} | "
-            f"{len(diffs)} | {fmt_wall(meta, 'bare')} | {fmt_wall(meta, 'sandbox')} |")
+            f"{len(diffs)} | {fmt_walls(meta)} |")
         sections.append(report_section(meta, modules, tally, diffs, expected))
     head = [
         "# Compatibility: CPython's regression suite in the sandbox",
@@ -674,8 +678,25 @@ def cmd_report(args) -> int:
         "defect to fix, and why (found with the test output, `strace -f` of the bare run or a probe",
         "under `pyward run`).",
         "",
-        "| run | policy | modules | pass bare | pass bare and sandboxed | differ | wall bare | wall sandboxed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "A difference marked \"a rerun repeated it\" ran a second time on both sides after the pass",
+        "(`--rerun-differences`) and failed again in the sandbox; \"did not repeat\" marks a flaky one.",
+        "Modules that time out or fail bare are not differences (the sandbox cannot be blamed), and",
+        "tests that fail on both sides are not counted either.",
+        "",
+        "Rerun it:",
+        "",
+        "```sh",
+        "cargo build --release --bin pyward",
+        "/usr/bin/python3 tests/compat/run.py run --rerun-differences          # standard, loopback (about 35 min here)",
+        "/usr/bin/python3 tests/compat/run.py run --rerun-differences --policy tests/compat/strict-roomy.toml \\",
+        "    --sides sandbox --bare-from target/compat/native-standard-loopback.json",
+        "/usr/bin/python3 tests/compat/run.py report target/compat/native-*.json target/compat/subset-*.json",
+        "/usr/bin/python3 tests/compat/run.py subset --pyward target/debug/pyward   # what CI runs",
+        "/usr/bin/python3 tests/compat/run.py syscalls test_os                    # a cause: strace bare vs the allowlist",
+        "```",
+        "",
+        "| run | policy | modules | pass bare | pass bare and sandboxed | differ | wall time of the pass |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         *summary_rows,
         "",
     ]
@@ -685,7 +706,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def fmt_walls(meta: dict) -> str:
+    """The pass's wall time, per set of sides it ran (bare and sandbox interleaved, or one side)."""
+    parts = [f"{value / 60:.0f} min ({key.replace('+', ' and ')}, {meta['jobs']} at a time)"
+             for key, value in meta.get("wall_s", {}).items()]
+    if meta.get("bare_from"):
+        parts.append(f"bare side taken from {meta['bare_from']['label']}")
+    return "; ".join(parts) or "—"
+
+
 def fmt_wall(meta: dict, side: str) -> str:
+    if side == "bare" and meta.get("bare_from"):
+        return f"taken from {meta['bare_from']['label']}"
     walls = meta.get("wall_s", {})
     for key, value in walls.items():
         if side in key.split("+"):
@@ -704,6 +736,13 @@ def report_section(meta, modules, tally, diffs, expected) -> str:
         f"{m['memory_gib']} GiB; CPython {m['python']}",
         f"- runtime `{meta['runtime']}`, image `{meta['image']}`, policy `{rel(meta['policy'])}`, "
         f"per-module timeout {meta['timeout_s']}s, {meta['jobs']} at a time",
+    ]
+    if meta.get("module_args") or meta.get("regrtest_args"):
+        given = [f"`{m} {' '.join(a)}`" for m, a in meta.get("module_args", {}).items()]
+        if meta.get("regrtest_args"):
+            given.insert(0, f"every module: `{' '.join(meta['regrtest_args'])}`")
+        lines += [f"- libregrtest arguments (both sides): {', '.join(given)}"]
+    lines += [
         "",
         "| side | passed | failed | skipped entirely | timed out | sum of the modules' run times |",
         "| --- | --- | --- | --- | --- | --- |",
