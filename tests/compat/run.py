@@ -700,6 +700,22 @@ def cmd_report(args) -> int:
         *summary_rows,
         "",
     ]
+    runtimes = {json.loads(Path(path).read_text())["meta"]["runtime"] for path in args.results}
+    if "docker" not in runtimes:
+        head += [
+            "No Docker run in this report. The Docker runtime runs an image, and pyward's images carry",
+            "Debian's python3 without the regression suite (only `test/support` and `libregrtest`",
+            "come with libpython3.11-stdlib). `tests/compat/image/python3.11-bookworm-compat` is the",
+            "default recipe plus `libpython3.11-testsuite` (which depends only on python3.11 and",
+            "net-tools); build it and run the suite in it with",
+            "",
+            "```sh",
+            "pyward image build tests/compat/image/python3.11-bookworm-compat --arch amd64",
+            "/usr/bin/python3 tests/compat/run.py run --runtime docker --image python3.11-bookworm-compat \\",
+            "    --sides sandbox --bare-from target/compat/native-standard-loopback.json",
+            "```",
+            "",
+        ]
     text = "\n".join(head + sections) + "\n"
     Path(args.output).write_text(text)
     print(f"wrote {args.output}")
