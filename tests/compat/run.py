@@ -700,6 +700,8 @@ def cmd_report(args) -> int:
         *summary_rows,
         "",
     ]
+    if args.keep:
+        keep_results(args.results, Path(args.keep))
     runtimes = {json.loads(Path(path).read_text())["meta"]["runtime"] for path in args.results}
     if "docker" not in runtimes:
         head += [
@@ -720,6 +722,20 @@ def cmd_report(args) -> int:
     Path(args.output).write_text(text)
     print(f"wrote {args.output}")
     return 0
+
+
+def keep_results(paths: list[str], into: Path) -> None:
+    """Slim copies of the result files beside the report (statuses, failing ids and their error
+    lines, skips; no tracebacks or output), so that docs/COMPAT.md can be regenerated from the repo."""
+    into.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for sides in normalize(data["modules"]).values():
+            for run in [r for k, r in sides.items() if k != "rerun"] + list(sides.get("rerun", {}).values()):
+                run.pop("output_tail", None)
+                for failure in run.get("failures", []):
+                    failure.pop("traceback", None)
+        (into / Path(path).name).write_text(json.dumps(data, indent=0, sort_keys=True))
 
 
 def fmt_walls(meta: dict) -> str:
@@ -944,6 +960,7 @@ def main() -> int:
     rep.add_argument("results", nargs="+")
     rep.add_argument("--expected", default=str(HERE / "expected.toml"))
     rep.add_argument("--output", default=str(REPO / "docs" / "COMPAT.md"))
+    rep.add_argument("--keep", default=None, help="also write slim copies of the result files here")
     rep.set_defaults(func=cmd_report)
 
     sc = sub.add_parser("syscalls", help="strace a module bare and list the syscalls the allowlist lacks")
