@@ -464,7 +464,7 @@ def load_expected(path: Path, label: str) -> dict:
     failures' error lines contain. `[inherit]` lets a policy take another's
     causes too (strict has every difference standard has).
     """
-    out = {"modules": {}, "tests": {}, "errors": []}
+    out = {"modules": {}, "tests": {}, "errors": [], "frames": []}
     if not path.exists():
         return out
     data = tomllib.loads(path.read_text())
@@ -479,12 +479,16 @@ def load_expected(path: Path, label: str) -> dict:
                 out["tests"][ident] = cause
             for text in cause.get("errors", []):
                 out["errors"].append((text, cause))
+            if cause.get("frames"):
+                out["frames"].append((cause["frames"], cause.get("frame_errors", []), cause))
     return out
 
 
-def explain(expected: dict, module: str, ident: str | None = None, error: str = "") -> dict | None:
+def explain(expected: dict, module: str, ident: str | None = None, error: str = "",
+            frames: list[str] = ()) -> dict | None:
     """The expected.toml cause covering a test: by its id (or a class or module
-    prefix of it), by a text its error line contains, or by its module."""
+    prefix of it, or a pattern), by a text its error line contains, by a frame of
+    its traceback together with its error (`frames`, `frame_errors`), or by its module."""
     if ident:
         parts = ident.split(".")
         for n in range(len(parts), 1, -1):
@@ -496,6 +500,9 @@ def explain(expected: dict, module: str, ident: str | None = None, error: str = 
                 return entry
         for text, entry in expected["errors"]:
             if error and text in error:
+                return entry
+        for wanted, errors, entry in expected["frames"]:
+            if any(w in f for w in wanted for f in frames) and (not errors or any(e in error for e in errors)):
                 return entry
     return expected["modules"].get(module)
 
@@ -595,7 +602,7 @@ def cmd_subset(args) -> int:
         if bare["status"] in (TIMEOUT,) or (bare["status"] == SKIPPED):
             continue
         new = sorted(failing_ids(sand) - failing_ids(bare))
-        unexplained = [t for t in new if not explain(expected, module, t, error_of(sand, t))]
+        unexplained = [t for t in new if not explain(expected, module, t, error_of(sand, t), frames_of(sand, t))]
         if sand["status"] in (TIMEOUT, FAILED) and not new and bare["status"] == PASSED:
             # Failed without a test block (a crash, a kill, a timeout): only a module entry explains it.
             if not explain(expected, module):
@@ -630,6 +637,13 @@ def cmd_subset(args) -> int:
 
 def module_prefix(module: str) -> str:
     return f"test.{module}."
+
+
+def frames_of(run: dict, ident: str) -> list[str]:
+    for f in run.get("failures", []):
+        if f["id"] == ident:
+            return f.get("frames") or [l.strip() for l in f.get("traceback", []) if l.startswith("  File ")]
+    return []
 
 
 def error_of(run: dict, ident: str) -> str:
@@ -734,7 +748,8 @@ def keep_results(paths: list[str], into: Path) -> None:
             for run in [r for k, r in sides.items() if k != "rerun"] + list(sides.get("rerun", {}).values()):
                 run.pop("output_tail", None)
                 for failure in run.get("failures", []):
-                    failure.pop("traceback", None)
+                    tb = failure.pop("traceback", None) or []
+                    failure["frames"] = [l.strip()[:120] for l in tb if l.startswith("  File ")]
         (into / Path(path).name).write_text(json.dumps(data, indent=0, sort_keys=True))
 
 
@@ -794,6 +809,8 @@ def report_section(meta, modules, tally, diffs, expected) -> str:
         if rerun.get("sandbox"):
             again = (" — a rerun repeated it" if rerun["sandbox"]["status"] != PASSED
                      else " — **did not repeat** on a rerun (flaky)")
+            if rerun.get("bare", {}).get("status") != bare["status"]:
+                again += f" (rerun: bare {rerun.get('bare', {}).get('status')}, sandbox {rerun['sandbox']['status']})"
         lines.append(f"#### {name}: bare {bare['status']}, sandbox {sand['status']}{again}")
         lines.append("")
         if not d["new_failures"]:
@@ -803,7 +820,7 @@ def report_section(meta, modules, tally, diffs, expected) -> str:
                          + f" — {cause_ref(entry, used)}")
         groups: dict[str, list[str]] = {}
         for ident in d["new_failures"]:
-            entry = explain(expected, name, ident, error_of(sand, ident))
+            entry = explain(expected, name, ident, error_of(sand, ident), frames_of(sand, ident))
             key = cause_ref(entry, used) if entry else ""
             groups.setdefault(key, []).append(ident)
         for key, idents in groups.items():
