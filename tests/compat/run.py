@@ -110,8 +110,10 @@ def parse_failures(text: str) -> list[dict]:
     while i < len(lines):
         if lines[i] == SEP_EQ and i + 2 < len(lines):
             head = BLOCK_HEAD.match(lines[i + 1])
-            if head and lines[i + 2] == SEP_DASH:
-                j = i + 3
+            # The test's docstring, when it has one, sits between the title and the dashes.
+            dash = next((k for k in range(i + 2, min(i + 6, len(lines))) if lines[k] == SEP_DASH), None)
+            if head and dash is not None:
+                j = dash + 1
                 body = []
                 while j < len(lines) and lines[j] not in (SEP_EQ, SEP_DASH):
                     body.append(lines[j])
