@@ -815,7 +815,8 @@ def report_section(meta, modules, tally, diffs, expected) -> str:
                 again += f" (rerun: bare {rerun.get('bare', {}).get('status')}, sandbox {rerun['sandbox']['status']})"
         lines.append(f"#### {name}: bare {bare['status']}, sandbox {sand['status']}{again}")
         lines.append("")
-        if not d["new_failures"]:
+        ended = sand["status"] == TIMEOUT or sand.get("verdict") not in (None, "ok", "runtime_error")
+        if not d["new_failures"] or ended:
             entry = explain(expected, name)
             lines.append(f"- the whole module: {sand['detail']}"
                          + (f" (pyward verdict `{sand['verdict']}`)" if sand.get("verdict") else "")
