@@ -506,6 +506,8 @@ def explain(expected: dict, module: str, ident: str | None = None, error: str = 
         for wanted, errors, entry in expected["frames"]:
             if any(w in f for w in wanted for f in frames) and (not errors or any(e in error for e in errors)):
                 return entry
+        entry = expected["modules"].get(module)
+        return entry if entry and entry.get("covers_tests") else None
     return expected["modules"].get(module)
 
 
@@ -616,8 +618,13 @@ def cmd_subset(args) -> int:
         if unexplained:
             bad.append((module, sand["status"], [f"{t}: {error_of(sand, t)}" for t in unexplained]))
         failing_now = failing_ids(sand)
+        args_ = MODULE_ARGS.get(module, [])
+        ignored = [args_[i + 1] for i, a in enumerate(args_[:-1]) if a in ("-i", "--ignore")]
         for key in expected["tests"]:
-            if key.startswith(module_prefix(module)) and not any(t == key or t.startswith(key + ".") for t in failing_now):
+            if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignored):
+                continue  # not run: left out with -i
+            if key.startswith(module_prefix(module)) and not any(
+                    t == key or t.startswith(key + ".") or fnmatch.fnmatchcase(t, key) for t in failing_now):
                 stale.append(key)
     elapsed = time.monotonic() - start
     results.data["meta"]["finished"] = now()
