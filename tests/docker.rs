@@ -35,19 +35,7 @@ fn orphans_of_dead_pyward_processes_are_removed_and_live_ones_kept() {
     };
     let image = &pyward::DockerConfig::default().image;
     // An owner label that names no live process (pid 1 never started at time 0).
-    let orphan = docker(&[
-        "create",
-        "--pull",
-        "never",
-        "--label",
-        "dev.pyward.runtime=docker",
-        "--label",
-        "dev.pyward.owner=1-0",
-        "--label",
-        "dev.pyward.job=orphan-test",
-        image,
-        "true",
-    ]);
+    let orphan = create_orphan(image, "orphan-test");
     // A container a live pyward (this test) still owns: left alone.
     let me = std::fs::read_to_string("/proc/self/stat").unwrap();
     let starttime = me[me.rfind(')').unwrap() + 2..]
@@ -79,7 +67,7 @@ fn orphans_of_dead_pyward_processes_are_removed_and_live_ones_kept() {
 
 /// A container labelled as left by a pyward that is gone (pid 1 never
 /// started at time 0): an orphan for every sweep.
-fn create_orphan(image: &str) -> String {
+fn create_orphan(image: &str, job: &str) -> String {
     docker(&[
         "create",
         "--pull",
@@ -89,7 +77,7 @@ fn create_orphan(image: &str) -> String {
         "--label",
         "dev.pyward.owner=1-0",
         "--label",
-        "dev.pyward.job=orphan-race-test",
+        &format!("dev.pyward.job={job}"),
         image,
         "true",
     ])
@@ -106,7 +94,7 @@ fn two_sweeps_of_the_same_orphan_at_once_both_succeed() {
     let second = DockerRuntime::new(DockerConfig::default()).unwrap();
     let image = &DockerConfig::default().image;
     for round in 0..20 {
-        let orphan = create_orphan(image);
+        let orphan = create_orphan(image, "orphan-race-test");
         let both = std::sync::Barrier::new(2);
         let (a, b) = std::thread::scope(|s| {
             let both = &both;
