@@ -26,8 +26,10 @@
 import ctypes, errno, fcntl, gc, json, os, resource, signal, socket, stat, struct, sys, types
 
 # What pyward's plan decides: the step numbers of its status messages
-# (runtime/native/status.rs) and the /proc paths each call covers
-# (runtime/native/plan.rs, PROC_COVERS); then the modules to preload.
+# (runtime/native/status.rs), the /proc paths each call covers
+# (runtime/native/plan.rs, PROC_COVERS) and the Landlock rules each call
+# restricts itself to (plan.rs, LandlockPlan; null without Landlock); then
+# the modules to preload.
 _PLAN = json.loads(sys.argv[1])
 # A /proc path this kernel lacks is absent from every call's /proc too:
 # looked for once here, not per call.
@@ -392,7 +394,7 @@ def setup_payload(call_fd, req, blobs, stdio):
     _os_step(steps["close_fds"], os.closerange, call_fd + 1, 1 << 20)
     # Default signal mask, as a fresh process has.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    # no_new_privs, then the seccomp filters.
+    # no_new_privs, then Landlock and the seccomp filters.
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), steps["nnp"])
     # Landlock: read anywhere, write only in /tmp, the work dir and /dev's nodes.
     if LANDLOCK is not None:
