@@ -300,7 +300,7 @@ fn state_dir(dir: &Path) -> Check {
 
 fn landlock() -> Check {
     const NAME: &str = "landlock";
-    match sys::host::landlock_abi() {
+    match sys::landlock::abi() {
         Ok(abi) => Check::ok(
             NAME,
             format!(

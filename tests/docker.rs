@@ -44,17 +44,7 @@ fn orphans_of_dead_pyward_processes_are_removed_and_live_ones_kept() {
         .unwrap()
         .to_owned();
     let owner = format!("dev.pyward.owner={}-{starttime}", std::process::id());
-    let live = docker(&[
-        "create",
-        "--pull",
-        "never",
-        "--label",
-        "dev.pyward.runtime=docker",
-        "--label",
-        &owner,
-        image,
-        "true",
-    ]);
+    let live = create_labelled(image, &[&owner]);
     // Another test process's DockerRuntime::new() may remove the orphan first:
     // what counts is that it is gone, not who removed it.
     runtime.remove_orphans().unwrap();
@@ -68,19 +58,26 @@ fn orphans_of_dead_pyward_processes_are_removed_and_live_ones_kept() {
 /// A container labelled as left by a pyward that is gone (pid 1 never
 /// started at time 0): an orphan for every sweep.
 fn create_orphan(image: &str, job: &str) -> String {
-    docker(&[
+    create_labelled(
+        image,
+        &["dev.pyward.owner=1-0", &format!("dev.pyward.job={job}")],
+    )
+}
+
+/// A stopped container of the Docker runtime's, with these labels besides.
+fn create_labelled(image: &str, labels: &[&str]) -> String {
+    let mut args = vec![
         "create",
         "--pull",
         "never",
         "--label",
         "dev.pyward.runtime=docker",
-        "--label",
-        "dev.pyward.owner=1-0",
-        "--label",
-        &format!("dev.pyward.job={job}"),
-        image,
-        "true",
-    ])
+    ];
+    for label in labels {
+        args.extend(["--label", label]);
+    }
+    args.extend([image, "true"]);
+    docker(&args)
 }
 
 /// Two pyward processes starting at once both sweep the same orphan: the

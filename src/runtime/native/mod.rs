@@ -197,7 +197,7 @@ impl NativeRuntime {
             netns: netns.clone(),
             reaper: Reaper::new(netns),
             filters: Mutex::default(),
-            landlock: sys::host::landlock_abi()
+            landlock: sys::landlock::abi()
                 .ok()
                 .map(|abi| Arc::new(plan::LandlockPlan::for_abi(abi))),
         })

@@ -168,9 +168,16 @@ const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 /// pyward writes, bound read-only: the interpreter's own configuration
 /// (Debian's /usr/lib/python3.X/sitecustomize.py is a link into
 /// /etc/python3.X) and netbase's service and protocol names (getservbyname,
-/// getaddrinfo with a service name). `(name, is a directory)`, read once.
-static HOST_ETC: LazyLock<Vec<(String, bool)>> = LazyLock::new(|| {
-    let mut found: Vec<(String, bool)> = std::fs::read_dir("/etc")
+/// getaddrinfo with a service name). Looked up once per process, remount
+/// flags included, so that a run adds no statvfs for them.
+struct HostEtc {
+    name: String,
+    is_dir: bool,
+    remount: MsFlags,
+}
+
+static HOST_ETC: LazyLock<Vec<HostEtc>> = LazyLock::new(|| {
+    let mut found: Vec<HostEtc> = std::fs::read_dir("/etc")
         .into_iter()
         .flatten()
         .flatten()
@@ -179,10 +186,17 @@ static HOST_ETC: LazyLock<Vec<(String, bool)>> = LazyLock::new(|| {
             let meta = std::fs::metadata(entry.path()).ok()?;
             let wanted = (name.starts_with("python3") && meta.is_dir())
                 || (matches!(name.as_str(), "services" | "protocols") && meta.is_file());
-            wanted.then(|| (name, meta.is_dir()))
+            if !wanted {
+                return None;
+            }
+            Some(HostEtc {
+                remount: remount_flags(&format!("/etc/{name}")),
+                is_dir: meta.is_dir(),
+                name,
+            })
         })
         .collect();
-    found.sort();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
     found
 });
 /// Top-level directories of a merged-/usr host, recreated as symlinks or binds.
@@ -249,9 +263,9 @@ impl Plan {
         match &config.rootfs {
             None => {
                 root_files.extend(etc_files(policy, &at));
-                for (name, is_dir) in HOST_ETC.iter() {
-                    let target = at(&format!("/etc/{name}"));
-                    if *is_dir {
+                for etc in HOST_ETC.iter() {
+                    let target = at(&format!("/etc/{}", etc.name));
+                    if etc.is_dir {
                         dirs.push(target.clone());
                     } else {
                         root_files.push(FileWrite {
@@ -260,7 +274,11 @@ impl Plan {
                             mode: 0o644,
                         });
                     }
-                    binds.push(ro_bind(&format!("/etc/{name}"), target));
+                    binds.push(Bind {
+                        source: cstring(format!("/etc/{}", etc.name)),
+                        target,
+                        remount: etc.remount,
+                    });
                 }
             }
             Some(rootfs) => binds.push(ro_bind(
